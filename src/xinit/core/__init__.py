@@ -1,0 +1,69 @@
+"""xinit.core: framework-neutral initializers on jax.random keys.
+
+Never imports torch or flax. Shapes are canonical ``(out, in, *receptive)``
+unless a :class:`Layout` says otherwise.
+"""
+
+from . import errors as errors
+from ._kernels import compile_count as compile_count
+from ._keys import fold_in_name as fold_in_name
+from ._keys import key_data as key_data
+from ._keys import stable_hash as stable_hash
+from .engine import DTYPES as DTYPES
+from .engine import FLOAT_DTYPES as FLOAT_DTYPES
+from .engine import draw as draw
+from .engine import sample as sample
+from .errors import XinitError as XinitError
+from .gains import NONLINEARITIES as NONLINEARITIES
+from .gains import calculate_gain as calculate_gain
+from .layout import FLAX as FLAX
+from .layout import TORCH as TORCH
+from .layout import Fans as Fans
+from .layout import Layout as Layout
+from .layout import canonical_shape as canonical_shape
+from .layout import compute_fans as compute_fans
+from .samplers import constant as constant
+from .samplers import dirac as dirac
+from .samplers import eye as eye
+from .samplers import kaiming_normal as kaiming_normal
+from .samplers import kaiming_uniform as kaiming_uniform
+from .samplers import normal as normal
+from .samplers import ones as ones
+from .samplers import orthogonal as orthogonal
+from .samplers import sparse as sparse
+from .samplers import trunc_normal as trunc_normal
+from .samplers import uniform as uniform
+from .samplers import xavier_normal as xavier_normal
+from .samplers import xavier_uniform as xavier_uniform
+from .samplers import zeros as zeros
+from .specs import REGISTRY as REGISTRY
+from .specs import Constant as Constant
+from .specs import Dirac as Dirac
+from .specs import Eye as Eye
+from .specs import KaimingNormal as KaimingNormal
+from .specs import KaimingUniform as KaimingUniform
+from .specs import Normal as Normal
+from .specs import Ones as Ones
+from .specs import Orthogonal as Orthogonal
+from .specs import Sparse as Sparse
+from .specs import Spec as Spec
+from .specs import TruncatedNormal as TruncatedNormal
+from .specs import TruncNormal as TruncNormal
+from .specs import Uniform as Uniform
+from .specs import VarianceScaling as VarianceScaling
+from .specs import XavierNormal as XavierNormal
+from .specs import XavierUniform as XavierUniform
+from .specs import Zeros as Zeros
+from .specs import from_config as from_config
+
+__all__ = [
+    "errors", "XinitError", "compile_count", "key_data", "fold_in_name", "stable_hash",
+    "DTYPES", "FLOAT_DTYPES", "draw", "sample", "NONLINEARITIES", "calculate_gain",
+    "Layout", "TORCH", "FLAX", "Fans", "canonical_shape", "compute_fans",
+    "uniform", "normal", "trunc_normal", "constant", "ones", "zeros", "eye", "dirac",
+    "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal",
+    "sparse", "Spec", "REGISTRY", "from_config", "Uniform", "Normal", "TruncNormal",
+    "Constant", "Ones", "Zeros", "Eye", "Dirac", "XavierUniform", "XavierNormal",
+    "KaimingUniform", "KaimingNormal", "Orthogonal", "Sparse", "VarianceScaling",
+    "TruncatedNormal",
+]

@@ -1,0 +1,136 @@
+"""Running specs: the one path from (spec, key, shape, dtype) to values.
+
+:func:`draw` returns the flat draw of a canonical shape as chunk pieces (what the
+torch adapter copies into a tensor); :func:`sample` assembles an array in any
+layout (what JAX and Flax users get). Both run the same compiled kernels, so the
+torch and flax adapters give the same bits for the same key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _kernels
+from ._keys import key_data
+from .errors import DtypeError
+from .layout import TORCH, Layout, canonical_shape
+from .specs import Elementwise, OrthogonalPlan, Spec, SparsePlan
+
+__all__ = ["draw", "draw_plan", "sample", "canonical_dtype", "x64_scope", "FLOAT_DTYPES", "DTYPES"]
+
+FLOAT_DTYPES = tuple(np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
+# Dtypes the deterministic families (constant, ones, zeros, eye, dirac) also fill.
+DTYPES = FLOAT_DTYPES + tuple(
+    np.dtype(d) for d in (np.bool_, np.uint8, np.int8, np.int16, np.int32, np.int64)
+)
+
+
+def canonical_dtype(dtype) -> np.dtype:
+    """``dtype`` as a numpy dtype (``None`` -> float32); raises for unsupported ones."""
+    if dtype is None:
+        return np.dtype(np.float32)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise DtypeError(f"dtype {dtype!r} is not a dtype xinit knows") from None
+    if dt not in DTYPES:
+        raise DtypeError(
+            f"xinit does not support dtype {dt}; supported: {[str(d) for d in DTYPES]}"
+        )
+    return dt
+
+
+@contextlib.contextmanager
+def x64_scope(dtype):
+    """Enable 64-bit types locally for a 64-bit dtype; the user's config is untouched."""
+    if np.dtype(dtype).itemsize == 8 and not jax.config.jax_enable_x64:
+        with jax.enable_x64(True):
+            yield
+    else:
+        yield
+
+
+def _check_dtype(spec: Spec, plan, dtype: np.dtype) -> None:
+    random = not isinstance(plan, Elementwise) or _kernels.FAMILIES[plan.family].random
+    if random and dtype not in FLOAT_DTYPES:
+        raise DtypeError(
+            f"{spec.name} draws random floats and does not support dtype {dtype}; "
+            f"use one of {[str(d) for d in FLOAT_DTYPES]} (constant, ones, zeros, eye and "
+            "dirac also fill integer and bool tensors)"
+        )
+
+
+def draw(spec: Spec, key, shape, dtype=None, *, device=None) -> list[_kernels.Piece]:
+    """The flat row-major draw of ``spec`` on the canonical ``shape``, as pieces.
+
+    Validates everything before anything runs. Returns ``[]`` for zero elements.
+    """
+    shape = tuple(int(d) for d in shape)
+    dtype = canonical_dtype(dtype)
+    plan = spec.plan(shape)
+    _check_dtype(spec, plan, dtype)
+    return draw_plan(plan, key, shape, dtype, device=device)
+
+
+def draw_plan(plan, key, shape, dtype, *, device=None) -> list[_kernels.Piece]:
+    """Run an already validated plan (see :meth:`Spec.plan`) on the canonical ``shape``."""
+    n = math.prod(shape)
+    kd = key_data(key)
+    if n == 0:
+        return []
+    _kernels.ensure_checked()
+    device_ctx = jax.default_device(device) if device is not None else contextlib.nullcontext()
+    with x64_scope(dtype), device_ctx:
+        if isinstance(plan, Elementwise):
+            return _kernels.run_elementwise(plan.family, dtype, n, kd, plan.fparams, plan.iparams)
+        if isinstance(plan, OrthogonalPlan):
+            return _kernels.run_orthogonal(kd, plan.rows, plan.cols, dtype, plan.gain)
+        if isinstance(plan, SparsePlan):
+            return _kernels.run_sparse(kd, shape[0], shape[1], dtype, plan.zeros, plan.std)
+    raise AssertionError(plan)
+
+
+@functools.lru_cache(maxsize=None)
+def _assembler(valids: tuple[int, ...], shape: tuple[int, ...], perm: tuple[int, ...]):
+    def assemble(*chunks):
+        flat = _kernels._concat_prefix(
+            [_kernels.Piece(c, v) for c, v in zip(chunks, valids)], math.prod(shape)
+        )
+        return flat.reshape(shape).transpose(perm)
+
+    return jax.jit(assemble)
+
+
+def sample(spec: Spec, key, shape, dtype=None, *, layout: Layout = TORCH, device=None) -> jax.Array:
+    """Draw ``spec`` for a weight of ``shape`` stored in ``layout``.
+
+    The values are those of the canonical shape, moved into ``layout`` by a pure
+    transpose: ``sample(s, k, (3, 3, 8, 16), layout=FLAX)`` equals
+    ``sample(s, k, (16, 8, 3, 3)).transpose(2, 3, 1, 0)`` bit for bit.
+
+    >>> from xinit.core import Uniform
+    >>> sample(Uniform(-1, 1), 0, (4, 3)).shape
+    (4, 3)
+    """
+    shape = tuple(int(d) for d in shape)
+    dtype = canonical_dtype(dtype)
+    canon = canonical_shape(shape, layout)
+    inv = layout.inverse_permutation(len(shape))
+    pieces = draw(spec, key, canon, dtype, device=device)
+    with x64_scope(dtype):
+        if not pieces:
+            return jnp.zeros(shape, dtype)
+        if any(isinstance(p.array, jax.core.Tracer) for p in pieces):
+            flat = _kernels._concat_prefix(pieces, math.prod(shape))
+            return flat.reshape(canon).transpose(inv)
+        if len(pieces) == 1 and pieces[0].valid == pieces[0].array.shape[0] and inv == tuple(
+            range(len(shape))
+        ):
+            return pieces[0].array.reshape(shape)
+        return _assembler(tuple(p.valid for p in pieces), canon, inv)(*(p.array for p in pieces))

@@ -1,0 +1,161 @@
+"""Moving xinit draws into torch tensors: keys, devices, dtypes, and the in-place copy."""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from xinit.core import engine
+from xinit.core._kernels import FAMILIES, Piece
+from xinit.core.errors import DtypeError
+from xinit.core.specs import Elementwise, Spec
+
+_DTYPES = {
+    torch.float16: np.dtype(jnp.float16),
+    torch.bfloat16: np.dtype(jnp.bfloat16),
+    torch.float32: np.dtype(np.float32),
+    torch.float64: np.dtype(np.float64),
+    torch.bool: np.dtype(np.bool_),
+    torch.uint8: np.dtype(np.uint8),
+    torch.int8: np.dtype(np.int8),
+    torch.int16: np.dtype(np.int16),
+    torch.int32: np.dtype(np.int32),
+    torch.int64: np.dtype(np.int64),
+}
+_COMPLEX = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+
+
+def numpy_dtype(dtype: torch.dtype, fn: str) -> np.dtype:
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise DtypeError(
+            f"{fn}: tensors of dtype {dtype} are not supported; supported: "
+            f"{[str(d) for d in (*_DTYPES, *_COMPLEX)]}"
+        ) from None
+
+
+def seed_from_torch(generator: torch.Generator | None) -> int:
+    """A 63-bit seed drawn from ``generator`` (or torch's global RNG), advancing it.
+
+    So ``torch.manual_seed(s)`` makes xinit reproducible, as users of a drop-in expect.
+    """
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device).item())
+
+
+def resolve_key(key, generator):
+    if key is not None:
+        if generator is not None:
+            raise ValueError("pass either key= or generator=, not both")
+        return key
+    return seed_from_torch(generator)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_no_jax_gpu(device: str) -> None:
+    warnings.warn(
+        f"JAX has no GPU backend here; xinit samples for {device} tensors on the CPU "
+        "and copies them over (install jax[cuda] to sample on the GPU).",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def jax_device(device: torch.device):
+    """The JAX device that matches a torch device (CPU when JAX has no GPU backend)."""
+    if device.type == "cuda":
+        try:
+            gpus = jax.devices("gpu")
+            return gpus[device.index if device.index is not None else torch.cuda.current_device()]
+        except RuntimeError:
+            _warn_no_jax_gpu(str(device))
+    return jax.devices("cpu")[0]
+
+
+def check_dtype(tensor: torch.Tensor, spec: Spec, plan, fn: str) -> np.dtype:
+    """The numpy dtype to draw in, or the same error class torch raises."""
+    random = not isinstance(plan, Elementwise) or FAMILIES[plan.family].random
+    dtype = tensor.dtype
+    if dtype in _COMPLEX:
+        if isinstance(plan, Elementwise) and plan.family in ("uniform", "normal", "constant"):
+            return numpy_dtype(_COMPLEX[dtype], fn)
+        raise DtypeError(f"{fn}: complex tensors are not supported (torch does not support them "
+                         f"here either); got {dtype}")
+    np_dtype = numpy_dtype(dtype, fn)
+    if random and np_dtype not in engine.FLOAT_DTYPES:
+        raise DtypeError(
+            f"{fn}: draws random floats and does not support {dtype} tensors; use a floating "
+            "tensor (constant_, ones_, zeros_, eye_ and dirac_ fill integer and bool tensors)"
+        )
+    return np_dtype
+
+
+def _complex_plan(plan: Elementwise) -> Elementwise:
+    """The plan for ``view_as_real`` of a complex tensor, as torch draws complex values."""
+    if plan.family == "normal":  # total variance std**2: each part std / sqrt(2)
+        mean, std = plan.fparams
+        return Elementwise("normal", (mean, std / math.sqrt(2)))
+    return plan
+
+
+def _to_torch(piece: Piece) -> torch.Tensor:
+    t = torch.from_dlpack(piece.array)
+    return t if piece.valid == t.shape[0] else t[: piece.valid]
+
+
+def write_(tensor: torch.Tensor, pieces: list[Piece]) -> None:
+    """Copy the flat draw into ``tensor`` in place (its strides honoured)."""
+    with torch.no_grad():
+        if tensor.is_contiguous():
+            flat = tensor.view(-1)
+            start = 0
+            for piece in pieces:
+                flat[start : start + piece.valid].copy_(_to_torch(piece))
+                start += piece.valid
+        else:
+            parts = [_to_torch(p) for p in pieces]
+            src = parts[0] if len(parts) == 1 else torch.cat(parts)
+            tensor.copy_(src.view(tensor.shape))
+
+
+def fill_(tensor: torch.Tensor, spec: Spec, key, generator, fn: str) -> torch.Tensor:
+    """Validate, draw ``spec`` for ``tensor`` with a key, then write it in place.
+
+    Nothing is written (and no RNG state is consumed) unless validation passed;
+    nothing is written unless the whole draw succeeded.
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{fn}: expected a torch.Tensor, got {type(tensor).__name__}")
+    shape = tuple(tensor.shape)
+    plan = spec.plan(shape)
+    np_dtype = check_dtype(tensor, spec, plan, fn)
+    if tensor.is_meta or tensor.numel() == 0:
+        return tensor
+    key = resolve_key(key, generator)
+    device = jax_device(tensor.device)
+    if tensor.is_complex():
+        target = torch.view_as_real(tensor)
+        if plan.family == "constant":
+            val = complex(plan.fparams[0])
+            re = engine.draw_plan(Elementwise("constant", (val.real,)), key, shape, np_dtype,
+                                  device=device)
+            im = engine.draw_plan(Elementwise("constant", (val.imag,)), key, shape, np_dtype,
+                                  device=device)
+            write_(target[..., 0], re)
+            write_(target[..., 1], im)
+            return tensor
+        pieces = engine.draw_plan(_complex_plan(plan), key, tuple(target.shape), np_dtype,
+                                  device=device)
+        write_(target, pieces)
+        return tensor
+    pieces = engine.draw_plan(plan, key, shape, np_dtype, device=device)
+    write_(tensor, pieces)
+    return tensor
+
