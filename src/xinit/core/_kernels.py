@@ -175,7 +175,12 @@ def _trunc_standard(u, alpha, beta):
 def _family_values(family, cdt, out_dtype, idx_u32, k1, k2, hi, lo, fp, ip):
     if family == "uniform":
         u = _unit_uniform(k1, k2, hi, lo, cdt)
-        return _uniform_between(u, fp(0), fp(1)).astype(out_dtype)
+        x = _uniform_between(u, fp(0), fp(1)).astype(out_dtype)
+        # [a, b) as torch promises, also after rounding to a 16-bit dtype: a value
+        # that rounded up to b becomes the largest representable value below it.
+        b = fp(1).astype(out_dtype)
+        below_b = jnp.nextafter(b, jnp.array(-jnp.inf, out_dtype))
+        return jnp.where((x >= b) & (fp(0) < fp(1)), below_b, x)
     if family == "normal":
         z = _standard_normal(lambda: _unit_uniform(k1, k2, hi, lo, cdt), cdt)
         return (fp(0) + fp(1) * z).astype(out_dtype)
