@@ -18,14 +18,18 @@ def key_data(key) -> jax.Array | np.ndarray:
     """Return the ``(2,) uint32`` threefry key data of ``key``.
 
     ``key`` may be a typed key (``jax.random.key``), a legacy ``uint32[2]`` key
-    (``jax.random.PRNGKey``) or an integer seed. An integer seed ``s`` gives the
-    same data as ``jax.random.key(s)``. Inside ``jit`` the result is a tracer.
+    (``jax.random.PRNGKey``) or an integer seed in the int64 range. A seed ``s``
+    gives ``[s >> 32, s & 0xFFFFFFFF]`` of its 64-bit two's complement: the data of
+    ``jax.random.key(s)`` under ``jax_enable_x64`` (without x64 JAX keeps only 32
+    bits of the seed; xinit keeps all 64 whatever the config, so a seed means the
+    same key everywhere). Inside ``jit`` the result is a tracer.
     """
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         seed = operator.index(key)
-        if 0 <= seed < 2**63:  # jax.random.key's own split of a non-negative int64
-            return np.array([seed >> 32, seed & _MASK32], dtype=np.uint32)
-        return jax.random.key_data(jax.random.key(seed))
+        if not -(2**63) <= seed < 2**64:
+            raise ValueError(f"an int seed must fit in 64 bits; got {seed}")
+        seed &= 0xFFFFFFFFFFFFFFFF
+        return np.array([seed >> 32, seed & _MASK32], dtype=np.uint32)
     if isinstance(key, bool) or key is None:
         raise TypeError(f"key must be a jax.random.key, a uint32[2] key or an int seed; got {key!r}")
     dtype = getattr(key, "dtype", None)
