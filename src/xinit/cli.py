@@ -1,0 +1,350 @@
+"""The ``xinit`` command: the fidelity report, the initializer list, recipes and benchmarks.
+
+    xinit report [--out DIR] [--quick] [--backends core,torch,flax] [--only NAMES]
+    xinit list
+    xinit recipes
+    xinit bench [ARGS...]
+
+Exit status: 0 when everything agrees, 1 when a report row disagrees (or a
+subcommand's own run fails), 2 for a usage error (unknown backend or initializer,
+an ``--out`` that cannot be written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """A mistake in the command line: reported as one line on stderr, exit status 2."""
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    # Outside a terminal (pipes, CI logs) rich would wrap the tables at 80 columns.
+    width = None if sys.stdout.isatty() else 200
+    return Console(stderr=stderr, width=width, highlight=False)
+
+
+# ------------------------------------------------------------------ list
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print every initializer with its formula and where it exists."""
+    from rich.table import Table
+
+    from . import _report
+
+    flax = _report.flax_module()
+    table = Table(title="xinit initializers (fans from the layout: torch (out, in, *k), "
+                        "flax (*k, in, out))")
+    for col in ("initializer", "formula", "xinit.torch", "xinit.flax", "reference"):
+        table.add_column(col)
+    for name in _report.TORCH_NAMES:
+        table.add_row(
+            name, _report.FORMULAS[name], f"{name}_",
+            _where(flax, name), f"torch.nn.init.{name}_",
+        )
+    for name in _report.JAX_NAMES:
+        table.add_row(
+            name, _report.FORMULAS[name], "-", _where(flax, name),
+            f"jax.nn.initializers.{name}",
+        )
+    _console().print(table)
+    return 0
+
+
+def _where(module, name: str) -> str:
+    if module is None:
+        return "(xinit.flax not installed)"
+    return name if hasattr(module, name) else "(not yet)"
+
+
+# ------------------------------------------------------------------ recipes
+
+
+def load_recipes() -> dict[str, object] | None:
+    """Built-in recipes by name from ``xinit.core.recipes``; None if that module is absent."""
+    try:
+        mod = importlib.import_module("xinit.core.recipes")
+    except ModuleNotFoundError as err:
+        if err.name in ("xinit.core.recipes", "xinit.core"):
+            return None
+        raise
+    for attr in ("RECIPES", "BUILTIN_RECIPES", "BUILTINS", "BUILTIN"):
+        table = getattr(mod, attr, None)
+        if isinstance(table, dict):
+            return dict(table)
+    for attr in ("builtin_recipes", "list_recipes", "available", "names"):
+        fn = getattr(mod, attr, None)
+        if callable(fn):
+            found = fn()
+            if isinstance(found, dict):
+                return dict(found)
+            getter = getattr(mod, "get", None) or getattr(mod, "get_recipe", None)
+            if getter is not None:
+                return {name: getter(name) for name in found}
+    return {}
+
+
+def _rules(recipe) -> list:
+    rules = getattr(recipe, "rules", recipe)
+    try:
+        return list(rules)
+    except TypeError:
+        return [rules]
+
+
+def _rule_text(rule) -> tuple[str, str]:
+    """(what it matches, what it draws) for a rule; falls back to ``str(rule)``."""
+    if dataclasses.is_dataclass(rule):
+        parts, spec = [], ""
+        for f in dataclasses.fields(rule):
+            value = getattr(rule, f.name)
+            if f.name in ("spec", "init", "initializer"):
+                spec = str(value)
+            elif value not in (None, "", (), "*"):
+                parts.append(f"{f.name}={value}")
+        if spec:
+            return " ".join(parts), spec
+    return str(rule), ""
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    """Print the built-in recipes, rule by rule (first matching rule wins)."""
+    recipes = load_recipes()
+    if recipes is None:
+        print(
+            "xinit recipes: this installation has no built-in recipes yet "
+            "(xinit.core.recipes is not available)",
+            file=sys.stderr,
+        )
+        return 1
+    if not recipes:
+        print("xinit recipes: xinit.core.recipes defines no recipes", file=sys.stderr)
+        return 1
+    from rich.table import Table
+
+    console = _console()
+    for name, recipe in recipes.items():
+        table = Table(title=f"{name}", title_justify="left")
+        table.add_column("#", justify="right")
+        table.add_column("matches")
+        table.add_column("initializer")
+        for i, rule in enumerate(_rules(recipe), 1):
+            match, spec = _rule_text(rule)
+            table.add_row(str(i), match, spec)
+        console.print(table)
+    return 0
+
+
+# ------------------------------------------------------------------ report
+
+
+def _parse_backends(text: str) -> list[str]:
+    from ._report import BACKENDS
+
+    names = [b.strip() for b in text.split(",") if b.strip()]
+    if not names:
+        raise UsageError(f"--backends is empty; choose from {', '.join(BACKENDS)}")
+    for name in names:
+        if name not in BACKENDS:
+            raise UsageError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    return list(dict.fromkeys(names))
+
+
+def _parse_only(text: str | None) -> list[str] | None:
+    from ._report import FORMULAS
+
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        if name not in FORMULAS:
+            raise UsageError(
+                f"unknown initializer {name!r} in --only; choose from {', '.join(FORMULAS)}"
+            )
+    return names
+
+
+def _prepare_out(out: str | None) -> Path | None:
+    if out is None:
+        return None
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise UsageError(f"cannot write to --out {out}: {err.strerror or err}") from None
+    return path
+
+
+def _versions() -> str:
+    parts = [f"xinit {_version()}", f"Python {platform.python_version()}"]
+    for mod in ("jax", "torch", "flax", "scipy"):
+        try:
+            parts.append(f"{mod} {importlib.import_module(mod).__version__}")
+        except ImportError:
+            parts.append(f"{mod} (not installed)")
+    parts.append(f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs")
+    return ", ".join(parts)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Sample every initializer on every backend and compare with the reference."""
+    backends = _parse_backends(args.backends)
+    only = _parse_only(args.only)
+    out = _prepare_out(args.out)
+    try:
+        import scipy  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as err:
+        raise UsageError(
+            f"xinit report needs {err.name} (pip install 'xinit[torch,cli]')"
+        ) from None
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.table import Table
+
+    from . import _report
+
+    cases = _report.select_cases(only, args.quick)
+    console, err_console = _console(), _console(stderr=True)
+    if "flax" in backends and _report.flax_module() is None:
+        err_console.print("note: xinit.flax is not available; flax rows are skipped")
+    total = sum(1 for c in cases for b in backends if not (b == "torch" and c.family == "jax"))
+    with Progress(
+        TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(),
+        console=err_console, transient=True,
+    ) as progress:
+        task = progress.add_task("sampling", total=total)
+
+        def step(label: str) -> None:
+            progress.update(task, advance=1, description=label)
+
+        rows = _report.run(cases, backends, seed=args.seed, progress=step)
+
+    table = Table(title="xinit fidelity report", show_lines=False)
+    for col in _report.COLUMNS:
+        table.add_column(col, overflow="fold")
+    style = {"ok": "green", "FAIL": "bold red", "skip": "yellow"}
+    for row in rows:
+        cells = _report.row_cells(row, short=True)
+        cells[-1] = f"[{style[row.status]}]{cells[-1]}[/]"
+        table.add_row(*cells)
+    console.print(table)
+    for row in rows:
+        if row.notes:
+            label = f"{row.case.label} [{row.backend}]"
+            console.print(f"[{style[row.status]}]{row.status}[/] {label}: {'; '.join(row.notes)}")
+
+    failed = [r for r in rows if r.status == "FAIL"]
+    skipped = [r for r in rows if r.status == "skip"]
+    summary = f"{len(rows) - len(failed) - len(skipped)} ok, {len(failed)} failed, " \
+              f"{len(skipped)} skipped"
+    if out is not None:
+        images = _report.write_histograms(rows, out)
+        header = f"Seed {args.seed}; {_versions()}."
+        _report.write_markdown(rows, out / "report.md", images, header)
+        summary += f"; wrote {out / 'report.md'} and {len(images)} histograms"
+    console.print(summary)
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------ bench
+
+
+def find_benchmarks() -> Path | None:
+    """``benchmarks/run.py`` of the source checkout (or of the current directory)."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        script = root / "benchmarks" / "run.py"
+        if script.is_file():
+            return script
+    return None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the benchmark suite's quick set (``benchmarks/run.py --quick``)."""
+    script = find_benchmarks()
+    if script is None:
+        print(
+            "xinit bench: benchmarks/run.py not found; run it from a source checkout of xinit",
+            file=sys.stderr,
+        )
+        return 2
+    cmd = [sys.executable, str(script), "--quick", *args.bench_args]
+    return subprocess.call(cmd, cwd=script.parent.parent)
+
+
+# ------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xinit",
+        description="xinit: one definition of every initializer, native in PyTorch and Flax.",
+    )
+    parser.add_argument("--version", action="version", version=f"xinit {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    rep = sub.add_parser(
+        "report", help="the fidelity report: xinit vs torch.nn.init / jax.nn.initializers",
+        description="Sample every initializer on every backend and compare it with "
+                    "torch.nn.init (and jax.nn.initializers for the JAX-native family). "
+                    "Exit status 1 if any row disagrees.",
+    )
+    rep.add_argument("--out", metavar="DIR", help="also write DIR/report.md and one PNG per "
+                                                  "initializer")
+    rep.add_argument("--quick", action="store_true", help="a fast subset of the initializers")
+    rep.add_argument("--backends", default="core,torch,flax", metavar="LIST",
+                     help="comma-separated, from core, torch, flax (default: all)")
+    rep.add_argument("--only", metavar="NAMES",
+                     help="comma-separated initializer names (overrides --quick)")
+    rep.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    rep.set_defaults(func=cmd_report)
+
+    lst = sub.add_parser("list", help="the initializers with their formulas")
+    lst.set_defaults(func=cmd_list)
+
+    rec = sub.add_parser("recipes", help="the built-in recipes with their rules")
+    rec.set_defaults(func=cmd_recipes)
+
+    ben = sub.add_parser("bench", help="the benchmark suite's quick set (ratios vs torch)")
+    ben.add_argument("bench_args", nargs=argparse.REMAINDER,
+                     help="passed on to benchmarks/run.py")
+    ben.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``xinit`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as err:
+        print(f"xinit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
