@@ -321,7 +321,7 @@ def run_elementwise(family, out_dtype, n, kd, fparams=(), iparams=(), *, offset=
     out_dtype = np.dtype(out_dtype)
     pdt = param_dtype(family, out_dtype)
     fam = FAMILIES[family]
-    fp = jnp.asarray(np.asarray(fparams, dtype=pdt).reshape(1, fam.n_float))
+    fp = jnp.asarray(np.asarray(fparams).astype(pdt).reshape(1, fam.n_float))
     ip = np.asarray(iparams, dtype=np.int32).reshape(1, fam.n_int)
     keys = kd.reshape(1, 2) if _is_tracer(kd) else np.asarray(kd, np.uint32).reshape(1, 2)
     starts = np.zeros(1, np.int32)
