@@ -111,35 +111,37 @@ def test_list_shows_every_initializer_with_its_formula(capsys):
     assert "torch.nn.init.kaiming_normal_" in out and "jax.nn.initializers.he_uniform" in out
 
 
-def test_recipes_lists_builtins_or_says_why_not(capsys):
-    rc, out, err = run_cli(capsys, "recipes")
-    recipes = cli.load_recipes()
-    if recipes is None:
-        assert rc == 1 and "xinit.core.recipes is not available" in err
-    else:
-        assert rc == 0
-        for name in ("torch_default", "resnet", "transformer", "gpt2", "dcgan", "vit"):
-            assert name in out
-
-
-def test_recipes_prints_rules_from_a_recipe_module(capsys, monkeypatch):
-    """The printing path, independent of the recipes module that exists."""
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class Rule:
-        kind: str
-        role: str
-        spec: str
-
-    monkeypatch.setattr(
-        cli, "load_recipes",
-        lambda: {"demo": [Rule("linear", "weight", "xavier_uniform(gain=1.0)"),
-                          Rule("linear", "bias", "zeros()")]},
-    )
+def test_recipes_lists_builtins_with_their_rules(capsys):
+    recipes = pytest.importorskip("xinit.core.recipes")
     rc, out, _ = run_cli(capsys, "recipes")
     assert rc == 0
-    assert "demo" in out and "kind=linear role=weight" in out and "xavier_uniform" in out
+    for name in recipes.RECIPES:
+        assert f"{name} (" in out
+    # torch_default's first rule: Linear/Conv weights are kaiming_uniform(a=sqrt(5)).
+    assert "linear, conv, conv_transpose" in out and "kaiming_uniform(a=2.236" in out
+
+
+def test_recipes_prints_a_users_rules(capsys, monkeypatch):
+    recipes = pytest.importorskip("xinit.core.recipes")
+    from xinit.core import Normal, Zeros
+
+    mine = recipes.Recipe("mine", (
+        recipes.Rule(Normal(0.0, 0.02), kind="linear", role="weight", name="head.*"),
+        recipes.Rule(Zeros(), role="bias", regex=r"blocks\.\d+\..*"),
+    ))
+    monkeypatch.setattr(cli, "load_recipes", lambda: {"mine": mine})
+    rc, out, _ = run_cli(capsys, "recipes")
+    assert rc == 0
+    assert "mine (2 rules, first match wins)" in out
+    assert "head.*" in out and "normal(mean=0.0, std=0.02)" in out
+    assert r"re:blocks\.\d+\..*" in out
+
+
+def test_recipes_without_recipe_module_is_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "load_recipes", lambda: None)
+    rc, out, err = run_cli(capsys, "recipes")
+    assert rc == 1 and out == ""
+    assert err.strip().endswith("(xinit.core.recipes is not available)")
 
 
 def test_bench_without_suite_is_one_clear_line(capsys, monkeypatch):

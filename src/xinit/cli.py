@@ -13,7 +13,6 @@ an ``--out`` that cannot be written).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import os
 import platform
@@ -76,76 +75,55 @@ def _where(module, name: str) -> str:
 
 
 def load_recipes() -> dict[str, object] | None:
-    """Built-in recipes by name from ``xinit.core.recipes``; None if that module is absent."""
+    """Built-in recipes by name (``xinit.core.recipes.RECIPES``); None if that module is absent."""
     try:
         mod = importlib.import_module("xinit.core.recipes")
     except ModuleNotFoundError as err:
         if err.name in ("xinit.core.recipes", "xinit.core"):
             return None
         raise
-    for attr in ("RECIPES", "BUILTIN_RECIPES", "BUILTINS", "BUILTIN"):
-        table = getattr(mod, attr, None)
-        if isinstance(table, dict):
-            return dict(table)
-    for attr in ("builtin_recipes", "list_recipes", "available", "names"):
-        fn = getattr(mod, attr, None)
-        if callable(fn):
-            found = fn()
-            if isinstance(found, dict):
-                return dict(found)
-            getter = getattr(mod, "get", None) or getattr(mod, "get_recipe", None)
-            if getter is not None:
-                return {name: getter(name) for name in found}
-    return {}
+    return {name: mod.get_recipe(name) for name in mod.RECIPES}
 
 
-def _rules(recipe) -> list:
-    rules = getattr(recipe, "rules", recipe)
-    try:
-        return list(rules)
-    except TypeError:
-        return [rules]
+def _rule_cells(rule) -> tuple[str, str, str, str]:
+    """(kind, role, name pattern, initializer) of a rule; ``*`` where it matches anything."""
 
+    def any_of(value) -> str:
+        if value is None:
+            return "*"
+        return value if isinstance(value, str) else ", ".join(value)
 
-def _rule_text(rule) -> tuple[str, str]:
-    """(what it matches, what it draws) for a rule; falls back to ``str(rule)``."""
-    if dataclasses.is_dataclass(rule):
-        parts, spec = [], ""
-        for f in dataclasses.fields(rule):
-            value = getattr(rule, f.name)
-            if f.name in ("spec", "init", "initializer"):
-                spec = str(value)
-            elif value not in (None, "", (), "*"):
-                parts.append(f"{f.name}={value}")
-        if spec:
-            return " ".join(parts), spec
-    return str(rule), ""
+    name = any_of(getattr(rule, "name", None))
+    regex = getattr(rule, "regex", None)
+    if regex is not None:
+        name = f"re:{regex}" if name == "*" else f"{name} re:{regex}"
+    return (
+        any_of(getattr(rule, "kind", None)), any_of(getattr(rule, "role", None)), name,
+        repr(getattr(rule, "init", rule)),
+    )
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    """Print the built-in recipes, rule by rule (first matching rule wins)."""
+    """Print the built-in recipes, rule by rule (the first matching rule wins)."""
     recipes = load_recipes()
     if recipes is None:
         print(
-            "xinit recipes: this installation has no built-in recipes yet "
+            "xinit recipes: this installation has no built-in recipes "
             "(xinit.core.recipes is not available)",
             file=sys.stderr,
         )
-        return 1
-    if not recipes:
-        print("xinit recipes: xinit.core.recipes defines no recipes", file=sys.stderr)
         return 1
     from rich.table import Table
 
     console = _console()
     for name, recipe in recipes.items():
-        table = Table(title=f"{name}", title_justify="left")
-        table.add_column("#", justify="right")
-        table.add_column("matches")
-        table.add_column("initializer")
-        for i, rule in enumerate(_rules(recipe), 1):
-            match, spec = _rule_text(rule)
-            table.add_row(str(i), match, spec)
+        rules = list(getattr(recipe, "rules", ()))
+        table = Table(title=f"{name} ({len(rules)} rules, first match wins)",
+                      title_justify="left")
+        for col in ("#", "kind", "role", "name", "initializer"):
+            table.add_column(col, overflow="fold")
+        for i, rule in enumerate(rules):
+            table.add_row(str(i), *_rule_cells(rule))
         console.print(table)
     return 0
 
