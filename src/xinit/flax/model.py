@@ -1,0 +1,334 @@
+"""Whole-model initialization for Flax param trees (linen) and nnx States/Modules.
+
+The same :class:`~xinit.core.recipes.Recipe` and key give a torch module and a
+flax model with matching canonical names the same numbers: each parameter is
+drawn on its canonical (torch-layout) shape with the key
+``fold_in(root_key, crc32(name))`` by the same batched kernels as
+``xinit.torch.initialize``, then transposed into flax's layout.
+
+Canonical names: the path ``params/a/b/kernel`` is ``a.b.weight`` (collection
+dropped, ``/`` -> ``.``, ``kernel``/``embedding``/``scale`` -> ``weight``);
+BatchNorm's ``batch_stats/bn/mean`` and ``.../var`` are ``bn.running_mean`` and
+``bn.running_var``, as in torch. nnx paths such as ``('blocks', 0, 'kernel')``
+give ``blocks.0.weight``. Linen names list submodules ``blocks_0``; pass
+``rename=`` to map names onto a torch model's (e.g. ``blocks_0`` -> ``blocks.0``).
+
+Layer kinds are inferred from the tree: ``kernel`` of rank 2 is ``linear``, of
+rank >= 3 ``conv`` (``conv_transpose`` when its module's name or class starts
+with ``ConvTranspose``); ``embedding`` is ``embedding``; ``scale`` and its sibling
+``bias`` (or a module with batch stats) are ``norm``; a ``bias`` next to a kernel
+has the kernel's kind and takes its fan-in. Kernels are canonicalized with
+:data:`xinit.core.FLAX` (``(*k, in, out)`` -> ``(out, in, *k)``); a
+ConvTranspose kernel ``(*k, in, out)`` maps to torch's ConvTranspose weight
+layout ``(in, out, *k)``, so ``torch_default`` gives torch's (reversed) fans.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xinit.core import _batch
+from xinit.core._keys import key_data, stable_hash
+from xinit.core.engine import canonical_dtype, x64_scope
+from xinit.core.layout import FLAX, TORCH, Layout, canonical_shape
+from xinit.core.recipes import Param, Plan, UnmatchedError, as_layer, get_recipe
+
+__all__ = ["initialize", "plan", "describe", "canonical_name"]
+
+CONV_TRANSPOSE = Layout(in_axis=-1, out_axis=-2, name="FLAX_CONV_TRANSPOSE")
+_WEIGHT_LEAVES = {"kernel": "weight", "embedding": "weight", "scale": "weight"}
+_STAT_LEAVES = {"mean": "running_mean", "var": "running_var"}
+_AUTO_NAME = re.compile(r"^(.*?)_\d+$")
+
+
+def canonical_name(path, *, stats: bool = False) -> str:
+    """The canonical dotted name of a flax path (collection already dropped).
+
+    >>> canonical_name(("layer1_0", "conv1", "kernel"))
+    'layer1_0.conv1.weight'
+    >>> canonical_name(("bn", "mean"), stats=True)
+    'bn.running_mean'
+    """
+    *mods, leaf = (str(p) for p in path)
+    table = _STAT_LEAVES if stats else _WEIGHT_LEAVES
+    return ".".join([*mods, table.get(leaf, leaf)])
+
+
+class _Leaf:
+    __slots__ = ("path", "collection", "value", "shape", "dtype", "is_param", "box", "var")
+
+    def __init__(self, path, collection, value, is_param, box=None, var=None):
+        self.path = tuple(path)
+        self.collection = collection
+        self.value = value
+        self.shape = tuple(int(d) for d in value.shape)
+        self.dtype = np.dtype(value.dtype)
+        self.is_param = is_param
+        self.box = box  # a flax AxisMetadata box (nn.Partitioned) around the value
+        self.var = var  # an nnx Variable
+
+
+def _unbox(x):
+    from flax.core import meta
+
+    if isinstance(x, meta.AxisMetadata):
+        return x.unbox(), x
+    return x, None
+
+
+# ------------------------------------------------------------- tree handling
+
+
+def _leaves_linen(tree: Mapping) -> tuple[list[_Leaf], bool]:
+    from flax import traverse_util
+    from flax.core import meta
+
+    plain = dict(tree)
+    collections = "params" in plain and all(isinstance(v, Mapping) for v in plain.values())
+    flat = traverse_util.flatten_dict(
+        {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in plain.items()},
+        is_leaf=lambda _, x: isinstance(x, meta.AxisMetadata),
+    )
+    leaves = []
+    for path, leaf in flat.items():
+        value, box = _unbox(leaf)
+        if collections:
+            coll, rest = path[0], path[1:]
+        else:
+            coll, rest = "params", path
+        leaves.append(_Leaf(rest, coll, value, coll == "params", box))
+    return leaves, collections
+
+
+def _leaves_nnx(state) -> list[_Leaf]:
+    from flax import nnx
+
+    leaves = []
+    for path, var in nnx.to_flat_state(state):
+        value = var.get_value() if hasattr(var, "get_value") else var.value
+        coll = "params" if isinstance(var, nnx.Param) else type(var).__name__
+        is_stat = isinstance(var, nnx.BatchStat)
+        leaves.append(_Leaf(path, "batch_stats" if is_stat else coll, value,
+                            isinstance(var, nnx.Param), var=var))
+    return leaves
+
+
+def _layer_type(mod_path, types: Mapping) -> str:
+    if mod_path in types:
+        return types[mod_path]
+    if not mod_path:
+        return ""
+    last = str(mod_path[-1])
+    m = _AUTO_NAME.match(last)
+    return m.group(1) if m else last
+
+
+def _classify(leaves: list[_Leaf], types: Mapping, rename) -> list[tuple[Param, Layout]]:
+    by_module: dict[tuple, dict[str, _Leaf]] = {}
+    stats_modules = set()
+    for lf in leaves:
+        by_module.setdefault(lf.path[:-1], {})
+        if lf.is_param:
+            by_module[lf.path[:-1]][str(lf.path[-1])] = lf
+        elif lf.collection == "batch_stats":
+            stats_modules.add(lf.path[:-1])
+    out = []
+    for lf in leaves:
+        mod, leaf = lf.path[:-1], str(lf.path[-1])
+        siblings = by_module.get(mod, {})
+        ltype = _layer_type(mod, types)
+        stats = lf.collection == "batch_stats" and leaf in _STAT_LEAVES
+        layout, attrs, role = TORCH, {}, leaf
+        kernel = siblings.get("kernel")
+
+        def kernel_kind(k):
+            if len(k.shape) == 2:
+                return "linear", FLAX
+            if len(k.shape) >= 3:
+                if ltype.startswith("ConvTranspose"):
+                    return "conv_transpose", CONV_TRANSPOSE
+                return "conv", FLAX
+            return "other", TORCH
+
+        if stats:
+            kind, role = "norm", _STAT_LEAVES[leaf]
+        elif not lf.is_param:
+            kind = "other"
+        elif leaf == "kernel":
+            kind, layout = kernel_kind(lf)
+            role = "weight"
+        elif leaf == "embedding":
+            kind, role = "embedding", "weight"
+        elif leaf == "scale":
+            kind, role = "norm", "weight"
+        elif leaf == "negative_slope":
+            kind, role = "prelu", "weight"
+        elif leaf == "bias" and kernel is not None:
+            kind, _ = kernel_kind(kernel)
+        elif leaf == "bias" and ("scale" in siblings or mod in stats_modules or "Norm" in ltype):
+            kind = "norm"
+        else:
+            kind = "other"
+        if kernel is not None and kind in ("linear", "conv", "conv_transpose"):
+            _, klayout = kernel_kind(kernel)
+            attrs["weight_shape"] = canonical_shape(kernel.shape, klayout)
+        name = canonical_name(lf.path, stats=stats)
+        if rename is not None:
+            name = rename(name)
+        p = Param(
+            name=name,
+            kind=kind,
+            role=role,
+            shape=canonical_shape(lf.shape, layout),
+            dtype=canonical_dtype(lf.dtype).name,
+            layer_type=ltype,
+            layer=as_layer(attrs),
+            buffer=not lf.is_param,
+        )
+        out.append((p, layout))
+    return out
+
+
+def _prepare(tree, rename):
+    """(kind of input, leaves, params with layouts, nnx module types)."""
+    from flax import nnx
+
+    if isinstance(tree, nnx.Module):
+        types = {tuple(p): type(m).__name__ for p, m in tree.iter_modules()}
+        leaves = _leaves_nnx(nnx.state(tree))
+        return "nnx_module", leaves, _classify(leaves, types, rename), None
+    if isinstance(tree, nnx.State):
+        leaves = _leaves_nnx(tree)
+        return "nnx_state", leaves, _classify(leaves, {}, rename), None
+    if isinstance(tree, Mapping):
+        leaves, collections = _leaves_linen(tree)
+        return "linen", leaves, _classify(leaves, {}, rename), collections
+    raise TypeError(
+        "initialize expects a linen variables/params dict (or FrozenDict), an nnx.State or an "
+        f"nnx.Module; got {type(tree).__name__}"
+    )
+
+
+def describe(tree, *, rename: Callable[[str], str] | None = None) -> list[Param]:
+    """The :class:`~xinit.core.recipes.Param` records recipes see for ``tree``."""
+    return [p for p, _ in _prepare(tree, rename)[2]]
+
+
+def plan(tree, recipe="torch_default", *, rename: Callable[[str], str] | None = None) -> Plan:
+    """The dry run for a flax tree: every leaf -> rule -> initializer, nothing drawn."""
+    return get_recipe(recipe).plan(describe(tree, rename=rename))
+
+
+# -------------------------------------------------------------------- drawing
+
+
+def _draw(params: list[Param], layouts, resolved, root_key) -> list[jax.Array]:
+    kd = key_data(root_key)
+    keys = _batch.fold_in_many(kd, [stable_hash(p.name) for p in params])
+    items = []
+    for p, res, k in zip(params, resolved, keys):
+        items.append(_batch.Item(p.name, k, tuple(p.shape), np.dtype(p.dtype),
+                                 res.spec.plan(tuple(p.shape))))
+    parts: list[list] = [[] for _ in params]
+    for chunk in _batch.draw_items(items):
+        for seg in chunk:
+            with x64_scope(items[seg.index].dtype):
+                parts[seg.index].append((seg.offset, seg.array[seg.start : seg.start + seg.length]))
+    out = []
+    for p, layout, res, segs in zip(params, layouts, resolved, parts):
+        dtype = np.dtype(p.dtype)
+        with x64_scope(dtype):
+            if not segs:
+                flat = jnp.zeros((math.prod(p.shape),), dtype)
+            else:
+                segs.sort(key=lambda s: s[0])
+                arrays = [a for _, a in segs]
+                flat = arrays[0] if len(arrays) == 1 else jnp.concatenate(arrays)
+            arr = flat.reshape(p.shape)
+            for r in res.zero_rows:
+                arr = arr.at[r].set(0)
+            arr = arr.transpose(layout.inverse_permutation(len(p.shape)))
+        out.append(arr)
+    return out
+
+
+def initialize(tree, recipe, *, key, unmatched: str = "error",
+               rename: Callable[[str], str] | None = None):
+    """Initialize a whole flax model by ``recipe``.
+
+    Args:
+        tree: a linen variables dict (``{"params": ..., "batch_stats": ...}``), a
+            linen params dict (no collection level), either of them abstract
+            (``jax.eval_shape(model.init, ...)``: ``ShapeDtypeStruct`` leaves) or
+            boxed (``nn.Partitioned``); an ``nnx.State``; or an ``nnx.Module``.
+        recipe: a :class:`~xinit.core.recipes.Recipe` or a built-in's name.
+        key: root key (``jax.random.key``, ``uint32[2]`` key or int seed).
+        unmatched: ``"error"`` (default): params no rule matches raise
+            :class:`~xinit.core.recipes.UnmatchedError` listing them all;
+            ``"ignore"``: they are returned as they are (abstract leaves stay
+            abstract). Non-param leaves (batch stats) no rule matches are
+            always left as they are.
+        rename: maps each canonical name before keying and matching (e.g. to
+            match a torch model's names).
+
+    Returns:
+        a new tree of the same structure with real arrays (the input is never
+        changed); for an ``nnx.Module``, the module itself, updated in place
+        with ``nnx.update`` (nnx modules are mutable objects; use
+        ``nnx.state(module)`` for a functional update instead).
+
+    >>> import flax.linen as nn
+    >>> abstract = jax.eval_shape(nn.Dense(3).init, jax.random.key(0), jnp.ones((1, 4)))
+    >>> initialize(abstract, "torch_default", key=0)["params"]["kernel"].shape
+    (4, 3)
+    """
+    if unmatched not in ("error", "ignore"):
+        raise ValueError(f"unmatched must be one of ['error', 'ignore']; got {unmatched!r}")
+    recipe = get_recipe(recipe)
+    kind, leaves, classified, collections = _prepare(tree, rename)
+    params = [p for p, _ in classified]
+    pl = recipe.plan(params)
+    missing = [e.param.name for e in pl.entries if e.rule is None and not e.param.buffer]
+    if missing and unmatched == "error":
+        raise UnmatchedError(
+            f"recipe {pl.recipe!r} has no rule for {len(missing)} parameter(s): "
+            f"{', '.join(missing)}. Add rules (Recipe(...) + recipe) or pass unmatched='ignore'"
+        )
+    todo = [i for i, e in enumerate(pl.entries) if e.resolved is not None]
+    arrays = _draw([params[i] for i in todo], [classified[i][1] for i in todo],
+                   [pl.entries[i].resolved for i in todo], key)
+    new = {i: a for i, a in zip(todo, arrays)}
+    return _rebuild(tree, kind, leaves, new, collections)
+
+
+def _rebuild(tree, kind, leaves, new: dict[int, Any], collections):
+    from flax import nnx
+
+    if kind in ("nnx_module", "nnx_state"):
+        flat = []
+        for i, lf in enumerate(leaves):
+            value = new.get(i, lf.value)
+            flat.append((lf.path, lf.var.replace(value)))
+        state = nnx.from_flat_state(flat)
+        if kind == "nnx_module":
+            nnx.update(tree, state)
+            return tree
+        return state
+    from flax import traverse_util
+    from flax.core import FrozenDict
+
+    flat = {}
+    for i, lf in enumerate(leaves):
+        value = new.get(i, lf.value)
+        if lf.box is not None:
+            value = lf.box.replace_boxed(value)
+        path = (lf.collection, *lf.path) if collections else lf.path
+        flat[path] = value
+    out = traverse_util.unflatten_dict(flat)
+    return FrozenDict(out) if isinstance(tree, FrozenDict) else out
