@@ -203,6 +203,19 @@ def test_error_messages_name_argument_value_and_allowed(name, kw, match):
         getattr(xt, name)(torch.empty(shape), **kw)
 
 
+@pytest.mark.parametrize("name", ["kaiming_uniform_", "normal_", "zeros_"])
+def test_uninitialized_lazy_parameter_raises_like_torch(name):
+    with pytest.raises(ValueError) as theirs:
+        getattr(torch.nn.init, name)(torch.nn.parameter.UninitializedParameter())
+    with pytest.raises(type(theirs.value), match="uninitialized parameter.*forward pass"):
+        getattr(xt, name)(torch.nn.parameter.UninitializedParameter())
+
+
+def test_non_tensor_input_is_a_type_error():
+    with pytest.raises(TypeError, match="expected a torch.Tensor, got list"):
+        xt.normal_([1.0, 2.0])
+
+
 def test_trunc_normal_warns_like_torch():
     with pytest.warns(UserWarning, match="mean is more than 2 std from"):
         xt.trunc_normal_(torch.empty(3), mean=10.0, key=0)

@@ -125,14 +125,32 @@ def write_(tensor: torch.Tensor, pieces: list[Piece]) -> None:
             tensor.copy_(src.view(tensor.shape))
 
 
+def check_tensor(tensor, fn: str) -> None:
+    """Reject what xinit cannot write into, with the error class torch uses."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{fn}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if isinstance(tensor, torch.nn.parameter.UninitializedTensorMixin):
+        raise ValueError(
+            f"{fn}: Attempted to use an uninitialized parameter (a lazy module's "
+            f"{type(tensor).__name__}); run a forward pass first so its shape is known, "
+            "or build the model on the meta device and use xinit.torch.materialize"
+        )
+    dispatch = getattr(type(tensor), "__torch_dispatch__", None)
+    if dispatch is not getattr(torch.Tensor, "__torch_dispatch__", None):
+        raise TypeError(
+            f"{fn}: tensor subclasses with __torch_dispatch__ ({type(tensor).__name__}, e.g. "
+            "DTensor) are not supported yet; initialize the local tensor (e.g. "
+            "dtensor.to_local()) or a full tensor and distribute it"
+        )
+
+
 def fill_(tensor: torch.Tensor, spec: Spec, key, generator, fn: str) -> torch.Tensor:
     """Validate, draw ``spec`` for ``tensor`` with a key, then write it in place.
 
     Nothing is written (and no RNG state is consumed) unless validation passed;
     nothing is written unless the whole draw succeeded.
     """
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"{fn}: expected a torch.Tensor, got {type(tensor).__name__}")
+    check_tensor(tensor, fn)
     shape = tuple(tensor.shape)
     plan = spec.plan(shape)
     np_dtype = check_dtype(tensor, spec, plan, fn)

@@ -26,7 +26,7 @@ import torch
 from xinit.core import specs
 from xinit.core.gains import calculate_gain
 
-from ._bridge import fill_
+from ._bridge import check_tensor, fill_
 
 __all__ = [
     "calculate_gain",
@@ -211,7 +211,8 @@ def xavier_normal_(
     return fill_(tensor, specs.XavierNormal(gain), key, generator, "xavier_normal_")
 
 
-def _zero_element(tensor: Tensor) -> bool:
+def _zero_element(tensor: Tensor, fn: str) -> bool:
+    check_tensor(tensor, fn)
     if 0 in tensor.shape:
         warnings.warn("Initializing zero-element tensors is a no-op", stacklevel=3)
         return True
@@ -237,7 +238,7 @@ def kaiming_uniform_(
     >>> bool(w.abs().max() <= (6 / 100) ** 0.5)
     True
     """
-    if _zero_element(tensor):
+    if _zero_element(tensor, "kaiming_uniform_"):
         return tensor
     spec = specs.KaimingUniform(a, mode, nonlinearity)
     return fill_(tensor, spec, key, generator, "kaiming_uniform_")
@@ -252,7 +253,7 @@ def kaiming_normal_(
     >>> kaiming_normal_(torch.empty(3, 5), mode="fan_out", nonlinearity="relu", key=0).shape
     torch.Size([3, 5])
     """
-    if _zero_element(tensor):
+    if _zero_element(tensor, "kaiming_normal_"):
         return tensor
     spec = specs.KaimingNormal(a, mode, nonlinearity)
     return fill_(tensor, spec, key, generator, "kaiming_normal_")
