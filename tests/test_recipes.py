@@ -1,0 +1,236 @@
+"""Core recipes: rules, matching, plans, layer-dependent initializers, built-in formulas."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from xinit.core.recipes import (
+    RECIPES,
+    AttrConstant,
+    FanInUniform,
+    InvSqrtUniform,
+    PaddingZeroed,
+    Param,
+    Recipe,
+    Rule,
+    UnmatchedError,
+    dcgan,
+    get_recipe,
+    gpt2,
+    resnet,
+    resolve,
+    torch_default,
+    transformer,
+    vit,
+)
+from xinit.core.specs import (
+    Constant,
+    KaimingNormal,
+    KaimingUniform,
+    Normal,
+    Ones,
+    TruncNormal,
+    Uniform,
+    XavierNormal,
+    XavierUniform,
+    Zeros,
+)
+
+
+def P(name, kind, role, shape, **layer):
+    return Param(name, kind, role, tuple(shape), layer=tuple(sorted(layer.items())))
+
+
+LIN_W = P("fc.weight", "linear", "weight", (30, 400))
+LIN_B = P("fc.bias", "linear", "bias", (30,), weight_shape=(30, 400))
+
+
+# ------------------------------------------------------------------ rules
+
+
+def test_rule_matches_kind_role_name_regex():
+    assert Rule(Zeros(), kind="linear", role="bias").matches(LIN_B)
+    assert not Rule(Zeros(), kind="linear", role="bias").matches(LIN_W)
+    assert Rule(Zeros(), kind=("conv", "linear")).matches(LIN_W)
+    assert Rule(Zeros(), name="fc.*").matches(LIN_W)
+    assert not Rule(Zeros(), name="head.*").matches(LIN_W)
+    assert Rule(Zeros(), regex=r"fc\.(weight|bias)").matches(LIN_B)
+    assert not Rule(Zeros(), regex=r"fc").matches(LIN_B)  # the whole name must match
+    assert Rule(Zeros()).matches(LIN_W)  # no condition: everything
+
+
+def test_rule_kind_also_matches_layer_type():
+    p = Param("ln.weight", "norm", "weight", (4,), layer_type="LayerNorm")
+    assert Rule(Ones(), kind="LayerNorm").matches(p)
+    assert not Rule(Ones(), kind="BatchNorm2d").matches(p)
+
+
+def test_rule_validation():
+    with pytest.raises(TypeError, match="Rule init must be a Spec"):
+        Rule("normal")
+    with pytest.raises(ValueError, match="not a valid pattern"):
+        Rule(Zeros(), regex="(")
+    with pytest.raises(TypeError, match="Rule kind must be"):
+        Rule(Zeros(), kind=(1, 2))
+
+
+def test_first_match_wins():
+    r = Recipe("r", (Rule(Zeros(), name="fc.weight"), Rule(Ones(), kind="linear")))
+    assert r.match(LIN_W) == (0, r.rules[0])
+    assert r.match(LIN_B) == (1, r.rules[1])
+    assert r.match(P("x", "conv", "weight", (2, 2, 1))) is None
+
+
+def test_recipes_are_frozen_comparable_hashable_printable():
+    assert torch_default() == torch_default()
+    assert hash(gpt2(n_layer=6)) == hash(gpt2(n_layer=6))
+    assert gpt2(n_layer=6) != gpt2(n_layer=12)
+    r = torch_default()
+    with pytest.raises(AttributeError):
+        r.name = "x"
+    text = str(r)
+    assert text.startswith("Recipe 'torch_default':") and "#0: Rule(kaiming_uniform" in text
+    assert repr(Rule(Normal(0.0, 0.02), kind="linear", role="weight")) == (
+        "Rule(normal(mean=0.0, std=0.02), kind='linear', role='weight')"
+    )
+
+
+def test_recipe_addition_and_rule_type_check():
+    mine = Recipe("mine", (Rule(Zeros(), role="bias"),)) + torch_default()
+    assert mine.name == "mine" and mine.rules[1:] == torch_default().rules
+    with pytest.raises(TypeError, match="rules must be Rule objects"):
+        Recipe("bad", (Zeros(),))
+
+
+def test_get_recipe():
+    assert get_recipe("gpt2") == gpt2(n_layer=12)
+    r = Recipe("x", ())
+    assert get_recipe(r) is r
+    with pytest.raises(ValueError, match="recipe must be a Recipe or one of"):
+        get_recipe("xavier")
+    assert set(RECIPES) == {"torch_default", "resnet", "transformer", "gpt2", "dcgan", "vit"}
+
+
+# ------------------------------------------------------------------ plans
+
+
+def test_plan_lists_rule_and_spec_and_unmatched():
+    conv = P("c.weight", "conv", "weight", (4, 2, 3))
+    r = Recipe("lin", (Rule(Zeros(), kind="linear"),))
+    plan = r.plan([LIN_W, LIN_B, conv])
+    assert plan.unmatched == ("c.weight",)
+    assert plan.entries[0].resolved.spec == Zeros()
+    text = str(plan)
+    assert "fc.weight" in text and "UNMATCHED" in text and "#0" in text
+    with pytest.raises(UnmatchedError, match="c.weight") as err:
+        plan.check()
+    assert isinstance(err.value, ValueError)
+
+
+def test_plan_error_names_every_unmatched_parameter():
+    params = [P(f"x{i}", "other", "p", (2,)) for i in range(3)]
+    with pytest.raises(UnmatchedError) as err:
+        Recipe("empty", ()).plan(params).check()
+    assert all(f"x{i}" in str(err.value) for i in range(3))
+
+
+def test_plan_validates_spec_on_shape_and_names_parameter():
+    r = Recipe("r", (Rule(XavierUniform()),))
+    with pytest.raises(ValueError, match="'fc.bias'.*fewer than 2 dimensions"):
+        r.plan([LIN_B])
+
+
+# ------------------------------------------------- layer-dependent initializers
+
+
+def test_fan_in_uniform_is_torch_bias_bound():
+    assert resolve(FanInUniform(), LIN_B).spec == Uniform(-1 / math.sqrt(400), 1 / math.sqrt(400))
+    conv_b = P("c.bias", "conv", "bias", (16,), weight_shape=(16, 8, 3, 3))
+    assert resolve(FanInUniform(), conv_b).spec.b == 1 / math.sqrt(72)
+    empty = P("e.bias", "linear", "bias", (5,), weight_shape=(5, 0))
+    assert resolve(FanInUniform(), empty).spec == Uniform(0, 0)
+    with pytest.raises(ValueError, match="weight_shape"):
+        resolve(FanInUniform(), P("b", "linear", "bias", (3,)))
+
+
+def test_inv_sqrt_uniform_and_attr_constant():
+    p = P("rnn.weight_ih_l0", "recurrent", "weight_ih", (80, 10), hidden_size=20)
+    assert resolve(InvSqrtUniform("hidden_size"), p).spec == Uniform(-1 / math.sqrt(20), 1 / math.sqrt(20))
+    assert resolve(InvSqrtUniform("hidden_size"), P("r", "recurrent", "w", (0, 3), hidden_size=0)).spec.b == 0
+    prelu = P("act.weight", "prelu", "weight", (3,), init=0.1)
+    assert resolve(AttrConstant("init", 0.25), prelu).spec == Constant(0.1)
+    assert resolve(AttrConstant("init", 0.25), P("a", "prelu", "weight", (1,))).spec == Constant(0.25)
+
+
+def test_padding_zeroed_rows():
+    emb = P("emb.weight", "embedding", "weight", (10, 4), padding_idx=-1)
+    assert resolve(PaddingZeroed(Normal(0.0, 1.0)), emb).zero_rows == (9,)
+    assert resolve(PaddingZeroed(), P("e", "embedding", "weight", (10, 4))).zero_rows == ()
+
+
+# --------------------------------------------------------------- built-in formulas
+
+
+def spec_of(recipe, param):
+    (entry,) = recipe.plan([param]).entries
+    return entry.resolved.spec
+
+
+def test_torch_default_formulas():
+    r = torch_default()
+    assert spec_of(r, LIN_W) == KaimingUniform(a=math.sqrt(5))
+    assert spec_of(r, LIN_B).b == 1 / math.sqrt(400)
+    assert spec_of(r, P("ct.weight", "conv_transpose", "weight", (16, 32, 3, 3))).plan(
+        (16, 32, 3, 3)).fparams[1] == pytest.approx(1 / math.sqrt(288))
+    assert spec_of(r, P("b.weight", "bilinear", "weight", (5, 3, 7), in1_features=3)).b == 1 / math.sqrt(3)
+    assert spec_of(r, P("lstm.weight_hr_l0", "recurrent", "weight_hr", (5, 20), hidden_size=20)).b == (
+        1 / math.sqrt(20)
+    )
+    assert spec_of(r, P("a.in_proj_weight", "attention", "in_proj_weight", (192, 64))) == XavierUniform()
+    assert spec_of(r, P("a.in_proj_bias", "attention", "in_proj_bias", (192,))) == Zeros()
+    assert spec_of(r, P("a.out_proj.bias", "attention", "out_proj_bias", (64,))) == Zeros()
+    assert spec_of(r, P("a.out_proj.weight", "attention", "out_proj_weight", (64, 64))) == (
+        KaimingUniform(a=math.sqrt(5))
+    )
+    assert spec_of(r, P("a.bias_k", "attention", "bias_k", (1, 1, 64))) == XavierNormal()
+    assert spec_of(r, P("e.weight", "embedding", "weight", (10, 3))) == Normal(0.0, 1.0)
+    for role, spec in [("weight", Ones()), ("bias", Zeros()), ("running_mean", Zeros()),
+                       ("running_var", Ones()), ("num_batches_tracked", Zeros())]:
+        assert spec_of(r, P(f"bn.{role}", "norm", role, (8,))) == spec
+
+
+def test_resnet_formulas():
+    conv = P("layer1.0.conv1.weight", "conv", "weight", (64, 64, 3, 3))
+    assert spec_of(resnet(), conv) == KaimingNormal(mode="fan_out", nonlinearity="relu")
+    bn2 = P("layer1.0.bn2.weight", "norm", "weight", (64,))
+    assert spec_of(resnet(), bn2) == Ones()
+    assert spec_of(resnet(zero_init_residual="layer*.*.bn2.weight"), bn2) == Zeros()
+    assert spec_of(resnet(zero_init_residual="layer*.*.bn2.weight"),
+                   P("bn1.weight", "norm", "weight", (64,))) == Ones()
+    assert spec_of(resnet(), LIN_W) == KaimingUniform(a=math.sqrt(5))  # fc keeps torch's default
+
+
+def test_transformer_gpt2_dcgan_vit_formulas():
+    emb = P("wte.weight", "embedding", "weight", (50, 8))
+    assert spec_of(transformer(), LIN_W) == XavierUniform()
+    assert spec_of(transformer(), LIN_B) == Zeros()
+    assert spec_of(transformer(), emb) == Normal(0.0, 0.02)
+    g = gpt2(n_layer=6)
+    assert spec_of(g, LIN_W) == Normal(0.0, 0.02)
+    assert spec_of(g, P("h.0.attn.c_proj.weight", "linear", "weight", (8, 8))) == (
+        Normal(0.0, 0.02 / math.sqrt(12))
+    )
+    assert spec_of(g, P("h.0.mlp.c_proj.bias", "linear", "bias", (8,), weight_shape=(8, 8))) == Zeros()
+    assert spec_of(g, emb) == Normal(0.0, 0.02)
+    with pytest.raises(ValueError, match="n_layer must be a positive int"):
+        gpt2(n_layer=0)
+    conv = P("c.weight", "conv_transpose", "weight", (4, 8, 4, 4))
+    assert spec_of(dcgan(), conv) == Normal(0.0, 0.02)
+    assert spec_of(dcgan(), P("bn.weight", "norm", "weight", (8,))) == Normal(1.0, 0.02)
+    assert spec_of(dcgan(), P("bn.bias", "norm", "bias", (8,))) == Zeros()
+    assert spec_of(vit(), LIN_W) == TruncNormal(0.0, 0.02, -2.0, 2.0)
+    assert spec_of(vit(), LIN_B) == Zeros()
+    assert spec_of(vit(), P("cls_token", "other", "cls_token", (1, 1, 8))) == Normal(0.0, 1e-6)
+    assert spec_of(vit(), P("pos_embed", "other", "pos_embed", (1, 5, 8))) == TruncNormal(0.0, 0.02)
