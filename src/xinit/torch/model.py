@@ -101,7 +101,8 @@ def _collect(module: nn.Module, *, buffers: bool = True) -> list[Entry]:
         parent = parents.get(id(m))
         kind, attrs = _layer(m, parent)
         weight = m._parameters.get("weight")
-        if weight is not None and kind in ("linear", "conv", "conv_transpose", "attention"):
+        if (weight is not None and kind in ("linear", "conv", "conv_transpose", "attention")
+                and not isinstance(weight, nn.parameter.UninitializedTensorMixin)):
             attrs = {**attrs, "weight_shape": tuple(weight.shape)}
         members = [(n, t, False) for n, t in m._parameters.items()]
         if buffers:

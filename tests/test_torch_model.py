@@ -1,0 +1,533 @@
+"""xinit.torch.model: initialize / apply_fn / materialize / no_init against torch's own layer init."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+from xinit.core import _batch, _kernels, compile_count
+from xinit.core.recipes import Recipe, Rule, UnmatchedError, gpt2, resnet
+from xinit.core.specs import Normal
+from xinit.torch.model import apply_fn, initialize, materialize, no_init, plan
+
+P_MIN = 1e-4
+
+
+def flat(module, names, scale=1.0):
+    params = dict(module.named_parameters())
+    return np.concatenate([params[n].detach().double().numpy().ravel() / scale for n in names])
+
+
+def garbage_(module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.fill_(float("nan"))
+
+
+def ks(a, b):
+    assert a.size >= 20_000 and b.size >= 20_000, (a.size, b.size)
+    return stats.ks_2samp(a, b).pvalue
+
+
+# ------------------------------------------------- torch_default vs each torch layer
+
+# (id, factory, [(parameter names, "uniform"|"normal", scale)]): values of the listed
+# parameters, divided by scale, share one distribution: U(-1, 1) or N(0, 1).
+_u = "uniform"
+_n = "normal"
+
+
+def _lazy_linear():
+    m = nn.LazyLinear(20_000)
+    m(torch.zeros(1, 8))
+    return m
+
+
+def _mha_kv_list():
+    return nn.ModuleList(
+        nn.MultiheadAttention(64, 1, kdim=4, vdim=4, add_bias_kv=True) for _ in range(160)
+    )
+
+
+LAYERS = [
+    ("Linear", lambda: nn.Linear(8, 20_000), [(["weight"], _u, 1 / math.sqrt(8)),
+                                             (["bias"], _u, 1 / math.sqrt(8))]),
+    ("LazyLinear", _lazy_linear, [(["weight", "bias"], _u, 1 / math.sqrt(8))]),
+    ("Bilinear", lambda: nn.Bilinear(3, 2, 20_000), [(["weight", "bias"], _u, 1 / math.sqrt(3))]),
+    ("Conv1d", lambda: nn.Conv1d(4, 20_000, 3), [(["weight", "bias"], _u, 1 / math.sqrt(12))]),
+    ("Conv2d_groups", lambda: nn.Conv2d(8, 20_000, 3, groups=4),
+     [(["weight", "bias"], _u, 1 / math.sqrt(18))]),
+    ("Conv3d", lambda: nn.Conv3d(2, 20_000, (1, 1, 2)), [(["weight", "bias"], _u, 1 / math.sqrt(4))]),
+    ("ConvTranspose1d", lambda: nn.ConvTranspose1d(5, 20_000, 2),
+     [(["weight", "bias"], _u, 1 / math.sqrt(40_000))]),
+    ("ConvTranspose2d", lambda: nn.ConvTranspose2d(20_000, 3, 2),
+     [(["weight"], _u, 1 / math.sqrt(12))]),
+    ("ConvTranspose3d_groups", lambda: nn.ConvTranspose3d(4, 20_000, (1, 1, 2), groups=2),
+     [(["weight", "bias"], _u, 1 / math.sqrt(20_000))]),
+    ("Embedding", lambda: nn.Embedding(20_000, 2), [(["weight"], _n, 1.0)]),
+    ("EmbeddingBag", lambda: nn.EmbeddingBag(10_000, 3), [(["weight"], _n, 1.0)]),
+    ("RNN", lambda: nn.RNN(300, 60, num_layers=2, bidirectional=True),
+     [(None, _u, 1 / math.sqrt(60))]),
+    ("LSTM_proj", lambda: nn.LSTM(100, 40, proj_size=10, num_layers=2),
+     [(None, _u, 1 / math.sqrt(40))]),
+    ("GRU", lambda: nn.GRU(200, 50), [(None, _u, 1 / math.sqrt(50))]),
+    ("RNNCell", lambda: nn.RNNCell(300, 70), [(None, _u, 1 / math.sqrt(70))]),
+    ("LSTMCell", lambda: nn.LSTMCell(100, 50), [(None, _u, 1 / math.sqrt(50))]),
+    ("GRUCell", lambda: nn.GRUCell(100, 70), [(None, _u, 1 / math.sqrt(70))]),
+    ("MultiheadAttention", lambda: nn.MultiheadAttention(160, 4),
+     [(["in_proj_weight"], _u, math.sqrt(6 / 640)), (["out_proj.weight"], _u, 1 / math.sqrt(160))]),
+]
+
+
+def _mha_kv_groups(m):
+    n = len(m)
+    q = [f"{i}.q_proj_weight" for i in range(n)]
+    kv = [f"{i}.{w}" for i in range(n) for w in ("k_proj_weight", "v_proj_weight")]
+    bias = [f"{i}.{b}" for i in range(n) for b in ("bias_k", "bias_v")]
+    return [(q, _u, math.sqrt(6 / 128)), (kv, _u, math.sqrt(6 / 68)), (bias, _n, 1 / math.sqrt(64))]
+
+
+LAYERS.append(("MultiheadAttention_kdim_bias_kv", _mha_kv_list, _mha_kv_groups))
+
+
+@pytest.mark.parametrize("name,make,groups", LAYERS, ids=[c[0] for c in LAYERS])
+def test_torch_default_matches_layer_init(name, make, groups):
+    torch.manual_seed(0)
+    ref = make()  # torch's own reset_parameters
+    mine = make()
+    garbage_(mine)
+    initialize(mine, "torch_default", key=11)
+    if callable(groups):
+        groups = groups(mine)
+    for names, dist, scale in groups:
+        names = names or [n for n, _ in mine.named_parameters()]
+        a, b = flat(mine, names, scale), flat(ref, names, scale)
+        if dist == _u:  # exact bound: |x| <= bound, and the bound is reached
+            assert np.abs(a).max() <= 1.0 and np.abs(a).max() > 0.99
+            assert np.abs(b).max() <= 1.0 + 1e-6
+        else:
+            assert abs(a.std() - 1) < 0.05
+        assert ks(a, b) > P_MIN, (name, names[:2])
+
+
+def test_torch_default_attention_zeros_and_padding_rows():
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(32, 4)
+    emb = nn.Embedding(50, 6, padding_idx=-3)
+    bag = nn.EmbeddingBag(50, 6, padding_idx=7)
+    for m in (mha, emb, bag):
+        garbage_(m)
+        initialize(m, key=1)
+    assert torch.count_nonzero(mha.in_proj_bias) == 0 and torch.count_nonzero(mha.out_proj.bias) == 0
+    assert emb.padding_idx == 47 and torch.count_nonzero(emb.weight[47]) == 0
+    assert torch.count_nonzero(bag.weight[7]) == 0
+    assert torch.count_nonzero(emb.weight[46]) == 6
+
+
+NORMS = [
+    lambda: nn.BatchNorm1d(7),
+    lambda: nn.BatchNorm2d(7),
+    lambda: nn.BatchNorm3d(7, momentum=None),
+    lambda: nn.SyncBatchNorm(7),
+    lambda: nn.InstanceNorm1d(7, affine=True, track_running_stats=True),
+    lambda: nn.InstanceNorm2d(7, affine=True, track_running_stats=True),
+    lambda: nn.InstanceNorm3d(7, affine=True, track_running_stats=True),
+    lambda: nn.GroupNorm(7, 14),
+    lambda: nn.LayerNorm((3, 7)),
+    lambda: nn.RMSNorm(7),
+    lambda: nn.PReLU(),
+    lambda: nn.PReLU(num_parameters=5, init=0.1),
+]
+
+
+@pytest.mark.parametrize("make", NORMS, ids=lambda f: f().__class__.__name__)
+def test_torch_default_constants_and_buffers_exact(make):
+    ref = make()
+    mine = make()
+    with torch.no_grad():
+        for t in [*mine.parameters(), *mine.buffers()]:
+            t.fill_(3)
+    initialize(mine, key=0)
+    got = dict(mine.state_dict())
+    for name, want in ref.state_dict().items():
+        assert got[name].dtype == want.dtype and torch.equal(got[name], want), name
+
+
+# ------------------------------------------------------------ module semantics
+
+
+def test_identity_storage_requires_grad_kept_and_float_dtypes():
+    m = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2).double(), nn.Linear(3, 2).to(torch.bfloat16))
+    m[0].bias.requires_grad_(False)
+    before = [(p, p.data_ptr(), p.requires_grad, p.dtype) for p in m.parameters()]
+    initialize(m, key=0)
+    after = list(m.parameters())
+    for (p, ptr, rg, dt), q in zip(before, after):
+        assert p is q and q.data_ptr() == ptr and q.requires_grad == rg and q.dtype == dt
+        assert torch.isfinite(q.float()).all() and q.abs().max() > 0
+
+
+def test_non_contiguous_parameter_written_through_strides():
+    m = nn.Linear(6, 5)
+    m.weight = nn.Parameter(torch.empty(6, 5).t())
+    assert not m.weight.is_contiguous()
+    ref = nn.Linear(6, 5)
+    initialize(m, key=4)
+    initialize(ref, key=4)
+    assert torch.equal(m.weight, ref.weight)
+
+
+def test_unmatched_parameters_error_lists_all_and_writes_nothing():
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+            self.alpha = nn.Parameter(torch.full((2,), 7.0))
+            self.beta = nn.Parameter(torch.full((2,), 7.0))
+
+    m = Custom()
+    w = m.fc.weight.detach().clone()
+    with pytest.raises(UnmatchedError, match="alpha, beta"):
+        initialize(m, key=0)
+    assert torch.equal(m.fc.weight, w)
+    initialize(m, key=0, unmatched="ignore")
+    assert not torch.equal(m.fc.weight, w) and torch.equal(m.alpha, torch.full((2,), 7.0))
+    custom = Recipe("custom", (Rule(Normal(0.0, 1.0), name=("alpha", "beta")),))
+    initialize(m, custom, key=0, unmatched="ignore")
+    assert not torch.equal(m.alpha, torch.full((2,), 7.0))
+    with pytest.raises(ValueError, match="unmatched must be one of"):
+        initialize(m, key=0, unmatched="skip")
+
+
+def test_lazy_parameters_are_an_error():
+    with pytest.raises(ValueError, match="uninitialized lazy parameter"):
+        initialize(nn.LazyLinear(3), key=0)
+
+
+def test_plan_is_a_dry_run():
+    m = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    p = plan(m, "transformer")
+    assert [e.param.name for e in p.entries][:2] == ["0.weight", "0.bias"]
+    assert "xavier_uniform" in str(p) and "1.running_var" in str(p)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+
+
+def test_tied_parameters_initialized_once_and_stay_tied():
+    class LM(nn.Module):
+        def __init__(self, tie=True):
+            super().__init__()
+            self.wte = nn.Embedding(100, 16)
+            self.h = nn.Linear(16, 16)
+            self.lm_head = nn.Linear(16, 100, bias=False)
+            if tie:
+                self.lm_head.weight = self.wte.weight
+
+    tied, untied = LM(), LM(tie=False)
+    initialize(tied, "gpt2", key=5)
+    initialize(untied, "gpt2", key=5)
+    assert tied.lm_head.weight is tied.wte.weight
+    assert torch.equal(tied.wte.weight, untied.wte.weight)  # keyed by the first name
+    assert not torch.equal(untied.lm_head.weight, untied.wte.weight)
+
+
+class Two(nn.Module):
+    def __init__(self, extra=False):
+        super().__init__()
+        if extra:
+            self.extra = nn.Linear(7, 9)
+            self.extra_norm = nn.LayerNorm(9)
+        self.fc1 = nn.Linear(10, 20)
+        self.emb = nn.Embedding(30, 20)
+        self.fc2 = nn.Linear(20, 5)
+
+
+@pytest.mark.parametrize("recipe", ["torch_default", "gpt2", "vit"])
+def test_order_independence_adding_a_module_changes_nothing_else(recipe):
+    a, b = Two(), Two(extra=True)
+    initialize(a, recipe, key=9)
+    initialize(b, recipe, key=9)
+    pb = dict(b.named_parameters())
+    for name, p in a.named_parameters():
+        assert torch.equal(p, pb[name]), name
+
+
+def test_determinism_and_seed_from_torch():
+    def run(**kw):
+        m = Two()
+        initialize(m, **kw)
+        return torch.cat([p.detach().ravel() for p in m.parameters()])
+
+    assert torch.equal(run(key=1), run(key=1))
+    assert not torch.equal(run(key=1), run(key=2))
+    torch.manual_seed(3)
+    a = run()
+    torch.manual_seed(3)
+    assert torch.equal(a, run())
+    assert not torch.equal(a, run())  # the global RNG advanced
+
+
+def test_parameter_value_matches_per_tensor_draw():
+    """A parameter is fold_in(key, crc32(name)) of the core sampler (same random bits)."""
+    from xinit.core import fold_in_name
+    from xinit.torch.init import kaiming_uniform_, normal_
+
+    m = Two()
+    initialize(m, key=21)
+    w = torch.empty(20, 10)
+    kaiming_uniform_(w, a=math.sqrt(5), key=fold_in_name(21, "fc1.weight"))
+    assert torch.equal(m.fc1.weight, w)  # uniform: bit for bit
+    e = torch.empty(30, 20)
+    normal_(e, key=fold_in_name(21, "emb.weight"))
+    torch.testing.assert_close(m.emb.weight.detach(), e, rtol=0, atol=4e-7)  # normal: <= 1 ulp
+
+
+# ------------------------------------------------------------------ apply_fn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.PReLU())
+        self.blocks = nn.ModuleList(nn.TransformerEncoderLayer(16, 2, 32) for _ in range(2))
+        self.rnn = nn.GRU(16, 8)
+        self.emb = nn.Embedding(20, 16, padding_idx=0)
+        self.head = nn.Linear(16, 20)
+        self.head.weight = self.emb.weight
+
+
+@pytest.mark.parametrize("recipe", ["torch_default", "transformer"])
+def test_apply_fn_equals_initialize(recipe):
+    a, b = Net(), Net()
+    with torch.no_grad():
+        for t in [*b.parameters(), *b.buffers()]:
+            t.fill_(5)
+    initialize(a, recipe, key=13)
+    out = b.apply(apply_fn(recipe, key=13))
+    assert out is b and b.head.weight is b.emb.weight
+    sa = a.state_dict()
+    for k, v in b.state_dict().items():
+        assert torch.equal(v, sa[k]), k
+
+
+def test_apply_fn_outside_apply_initializes_the_module_and_validates_first():
+    a, b = Two(), Two()
+    apply_fn(key=3)(a)
+    initialize(b, key=3)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    m = Two()
+    m.free = nn.Parameter(torch.zeros(3))
+    w = m.fc1.weight.detach().clone()
+    with pytest.raises(UnmatchedError, match="free"):
+        m.apply(apply_fn(key=3))
+    assert torch.equal(m.fc1.weight, w)
+
+
+def test_apply_fn_without_key_is_fixed_at_creation():
+    torch.manual_seed(0)
+    fn = apply_fn()
+    a, b = Two(), Two()
+    a.apply(fn)
+    torch.randn(3)
+    b.apply(fn)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+# ---------------------------------------------------------------- materialize
+
+
+class GPTish(nn.Module):
+    def __init__(self, n_layer=2, d=16, vocab=50):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.wpe = nn.Embedding(8, d)
+        self.h = nn.ModuleList(
+            nn.ModuleDict({"ln_1": nn.LayerNorm(d), "c_attn": nn.Linear(d, 3 * d),
+                           "c_proj": nn.Linear(d, d), "ln_2": nn.LayerNorm(d),
+                           "c_fc": nn.Linear(d, 4 * d), "mlp_c_proj": nn.Linear(4 * d, d)})
+            for _ in range(n_layer)
+        )
+        self.ln_f = nn.LayerNorm(d)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight
+
+
+class Mixed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.lstm = nn.LSTM(4, 6, num_layers=2)
+        self.attn = nn.MultiheadAttention(8, 2, add_bias_kv=True)
+        self.emb = nn.Embedding(10, 8, padding_idx=1)
+        self.frozen = nn.Linear(8, 8)
+        self.frozen.weight.requires_grad_(False)
+
+
+@pytest.mark.parametrize("cls,recipe", [(GPTish, "gpt2"), (Mixed, "torch_default")])
+def test_materialize_from_meta_equals_initialize(cls, recipe):
+    torch.manual_seed(0)
+    real = cls()
+    initialize(real, recipe, key=8)
+    with torch.device("meta"):
+        meta = cls()
+    out = materialize(meta, "cpu", recipe, key=8)
+    assert out is meta
+    assert len(list(meta.parameters())) == len(list(real.parameters()))
+    for (n, t), (n2, t2) in zip(meta.named_parameters(), real.named_parameters()):
+        assert n == n2 and t.device.type == "cpu" and t.requires_grad == t2.requires_grad
+        assert torch.equal(t, t2), n
+    for (n, t), (n2, t2) in zip(meta.named_buffers(), real.named_buffers()):
+        assert n == n2 and not t.is_meta and torch.equal(t, t2), n
+    if cls is GPTish:
+        assert meta.lm_head.weight is meta.wte.weight
+    if cls is Mixed:
+        assert torch.equal(meta.bn.running_var, torch.ones(4))
+        assert meta.bn.num_batches_tracked.dtype == torch.int64
+        meta.lstm(torch.zeros(2, 1, 4))  # flat weights point at the new parameters
+        assert meta.lstm._flat_weights[0] is meta.lstm.weight_ih_l0
+
+
+def test_materialize_reports_uncovered_buffers_by_name():
+    with torch.device("meta"):
+        m = nn.Linear(4, 4)
+        m.register_buffer("mask", torch.ones(4, 4))
+        m.register_buffer("pos", torch.ones(4), persistent=False)
+    with pytest.raises(UnmatchedError, match="mask, pos"):
+        materialize(m, key=0)
+    assert m.weight.is_meta  # nothing allocated
+    with pytest.warns(UserWarning, match="mask, pos"):
+        materialize(m, key=0, unmatched="zeros")
+    assert torch.equal(m.mask, torch.zeros(4, 4)) and "pos" not in m.state_dict()
+    assert not m.weight.is_meta
+
+
+def test_materialize_without_key_uses_torch_seed():
+    def run():
+        with torch.device("meta"):
+            m = nn.Linear(5, 5)
+        return materialize(m).weight.detach()
+
+    torch.manual_seed(4)
+    a = run()
+    torch.manual_seed(4)
+    assert torch.equal(a, run())
+
+
+# -------------------------------------------------------------------- no_init
+
+
+def test_no_init_skips_torch_init_and_restores():
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    with no_init():
+        nn.Linear(50, 50)
+        nn.MultiheadAttention(16, 2, add_bias_kv=True)
+        nn.LSTM(4, 4)
+        nn.Conv2d(3, 3, 3)
+        emb = nn.Embedding(5, 3, padding_idx=0)
+    assert torch.equal(torch.get_rng_state(), state)  # no draws happened
+    assert torch.count_nonzero(emb.weight[0]) == 0
+    nn.Linear(3, 3)
+    assert not torch.equal(torch.get_rng_state(), state)  # restored
+    from torch.nn.modules import activation
+
+    assert activation.xavier_uniform_ is torch.nn.init.xavier_uniform_
+    with pytest.raises(RuntimeError), no_init():
+        raise RuntimeError("boom")
+    assert torch.nn.init.kaiming_uniform_.__name__ == "kaiming_uniform_"
+
+
+# ------------------------------------------------------------- compile count
+
+
+class Block(nn.Module):
+    def __init__(self, d=32):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, 4 * d)
+        self.out = nn.Linear(4 * d, d)
+
+
+def _cold_compiles(n_blocks, recipe):
+    model = nn.Sequential(nn.Embedding(64, 32), *[Block() for _ in range(n_blocks)])
+    _kernels._elementwise_program.cache_clear()
+    _batch._fold_program.cache_clear()
+    before = compile_count()
+    initialize(model, recipe, key=0)
+    return compile_count() - before
+
+
+@pytest.mark.parametrize("recipe", ["torch_default", "gpt2"])
+def test_compile_count_does_not_grow_with_blocks(recipe):
+    one = _cold_compiles(1, recipe)
+    twelve = _cold_compiles(12, recipe)
+    assert twelve <= one <= 5, (one, twelve)
+
+
+# ------------------------------------------------------- recipes on torch models
+
+
+def test_resnet_recipe_on_torch():
+    m = nn.Sequential(nn.Conv2d(64, 64, 3), nn.BatchNorm2d(64))
+    m.add_module("layer1", nn.Sequential(nn.Module()))
+    m.layer1[0].bn2 = nn.BatchNorm2d(8)
+    initialize(m, resnet(zero_init_residual="layer*.*.bn2.weight"), key=2)
+    ref = torch.empty(64, 64, 3, 3)
+    torch.manual_seed(0)
+    nn.init.kaiming_normal_(ref, mode="fan_out", nonlinearity="relu")
+    assert ks(m[0].weight.detach().numpy().ravel(), ref.numpy().ravel()) > P_MIN
+    assert torch.count_nonzero(m.layer1[0].bn2.weight) == 0
+    assert torch.equal(m[1].weight, torch.ones(64))
+
+
+@pytest.mark.parametrize("recipe,ref_fn", [
+    ("transformer", lambda t: nn.init.xavier_uniform_(t)),
+    ("gpt2", lambda t: nn.init.normal_(t, 0, 0.02)),
+    ("vit", lambda t: nn.init.trunc_normal_(t, std=0.02)),
+])
+def test_linear_weight_recipes_on_torch(recipe, ref_fn):
+    m = nn.Sequential(nn.Linear(250, 100), nn.LayerNorm(100))
+    initialize(m, recipe, key=3)
+    torch.manual_seed(0)
+    ref = ref_fn(torch.empty(100, 250))
+    assert ks(m[0].weight.detach().numpy().ravel(), ref.numpy().ravel()) > P_MIN
+    assert torch.count_nonzero(m[0].bias) == 0
+    assert torch.equal(m[1].weight, torch.ones(100)) and torch.count_nonzero(m[1].bias) == 0
+    if recipe == "transformer":
+        assert m[0].weight.abs().max() <= math.sqrt(6 / 350)
+
+
+def test_gpt2_residual_projection_std():
+    m = nn.ModuleDict({"c_proj": nn.Linear(200, 200), "c_fc": nn.Linear(200, 200)})
+    initialize(m, gpt2(n_layer=8), key=1)
+    torch.manual_seed(0)
+    ref = nn.init.normal_(torch.empty(200, 200), 0, 0.02 / math.sqrt(16))
+    assert ks(m.c_proj.weight.detach().numpy().ravel(), ref.numpy().ravel()) > P_MIN
+    assert abs(m.c_fc.weight.std().item() - 0.02) < 0.001
+
+
+def test_dcgan_recipe_on_torch():
+    m = nn.Sequential(nn.ConvTranspose2d(100, 64, 4), nn.BatchNorm2d(20_000))
+    initialize(m, "dcgan", key=1)
+    torch.manual_seed(0)
+    ref = nn.init.normal_(torch.empty(100 * 64 * 16), 0, 0.02)
+    assert ks(m[0].weight.detach().numpy().ravel(), ref.numpy()) > P_MIN
+    ref_bn = nn.init.normal_(torch.empty(20_000), 1.0, 0.02)
+    assert ks(m[1].weight.detach().numpy(), ref_bn.numpy()) > P_MIN
+    assert torch.count_nonzero(m[0].bias) == 0 and torch.count_nonzero(m[1].bias) == 0
+
+
+def test_initialize_warns_nothing_for_plain_models():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        initialize(Two(), key=0)
