@@ -1,0 +1,95 @@
+"""One cold measurement in a fresh process; prints a JSON line (used by run.py).
+
+    python benchmarks/cold.py --model gpt2 --who xinit --cache DIR
+    python benchmarks/cold.py --model gpt2 --who torch
+
+``torch``: build the model on the CPU (its layers' reset_parameters run in their
+constructors). ``xinit``: from ``import xinit.torch`` (JAX import and every
+compilation included) through building the model on ``meta`` and materializing
+it with the ``torch_default`` recipe (``xinit.torch.model.materialize``; while
+that does not exist: ``to_empty`` + one ``xinit.torch`` call per tensor). torch
+itself and the model classes are imported before the clock starts, for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import resource
+import sys
+import time
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _call(fn, model, recipe):
+    params = inspect.signature(fn).parameters
+    kwargs = {"key": 0} if "key" in params else {}
+    if "recipe" in params:
+        return fn(model, recipe=recipe, **kwargs)
+    return fn(model, recipe, **kwargs)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--who", choices=("xinit", "torch"), required=True)
+    ap.add_argument("--cache", default="", help="persistent compilation cache dir ('' = none)")
+    args = ap.parse_args(argv)
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import torch  # noqa: F401 - imported before the clock for both sides
+    import models
+
+    build = models.MODELS[args.model]
+    rss_before = _rss_bytes()
+    out = {"model": args.model, "who": args.who, "cache": bool(args.cache)}
+    if args.who == "torch":
+        t0 = time.perf_counter()
+        model = build(device="cpu")
+        out["seconds"] = time.perf_counter() - t0
+        out["path"] = "construct on cpu"
+    else:
+        t0 = time.perf_counter()
+        import xinit.torch as xt
+
+        if args.cache:
+            from xinit.core.cache import enable_compilation_cache
+
+            enable_compilation_cache(args.cache)
+        try:
+            from xinit.torch.model import materialize
+        except ImportError:
+            materialize = None
+        model = build(device="meta")
+        if materialize is not None:
+            _call(materialize, model, "torch_default")
+            out["path"] = "meta + materialize"
+        else:
+            model.to_empty(device="cpu")
+            if hasattr(model, "lm_head") and hasattr(model, "wte"):
+                model.lm_head.weight = model.wte.weight  # to_empty breaks the tie
+            models.torch_default_by_hand(model, xt)
+            out["path"] = "meta + to_empty + xinit.torch per tensor"
+        out["seconds"] = time.perf_counter() - t0
+        import xinit.core
+
+        out["compiles"] = xinit.core.compile_count()
+    out["rss_before"] = rss_before
+    out["peak_rss"] = _peak_rss_bytes()
+    out["state_bytes"] = models.state_bytes(model)
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

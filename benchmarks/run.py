@@ -1,0 +1,566 @@
+"""xinit's benchmark suite: xinit side by side with torch.nn.init and jax.nn.initializers.
+
+    .venv/bin/python benchmarks/run.py            # everything (make bench), ~10 min here
+    .venv/bin/python benchmarks/run.py --quick    # a subset, < 3 min on 2 cores
+    .venv/bin/python benchmarks/run.py --out /tmp/bench --sections single,models
+
+Writes ``performance.md`` (tables of medians and ratios, the machine, the targets)
+and ``performance.png`` (a bar chart of the ratios) into ``--out`` (``docs/``).
+Ratio = peer time / xinit time (> 1: xinit is faster). Peers run in the same
+process, interleaved with xinit repeat by repeat, so load from other processes
+hits both sides alike. Times are medians of warm repeats unless a row says cold.
+Nothing here asserts a time; ``tests/test_benchmarks_smoke.py`` runs the code
+paths on tiny sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import models  # noqa: E402
+import xinit.core  # noqa: E402
+import xinit.torch as xt  # noqa: E402
+
+SQRT5 = math.sqrt(5)
+
+
+@dataclass
+class Row:
+    section: str
+    case: str
+    shape: str
+    dtype: str
+    xinit_s: float | None
+    peer: str
+    peer_s: float | None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.xinit_s and self.peer_s:
+            return self.peer_s / self.xinit_s
+        return None
+
+
+# ----------------------------------------------------------------------------- timing
+def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each callable, the callables run in turn within each repeat."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+# ----------------------------------------------------------------------------- single tensors
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+# (function, kwargs, shape override or None)
+SINGLE = [
+    ("uniform_", {"a": -0.1, "b": 0.1}, None),
+    ("normal_", {"std": 0.02}, None),
+    ("trunc_normal_", {"std": 0.02, "a": -0.04, "b": 0.04}, None),
+    ("constant_", {"val": 0.5}, None),
+    ("ones_", {}, None),
+    ("zeros_", {}, None),
+    ("eye_", {}, None),
+    ("dirac_", {}, "conv"),
+    ("xavier_uniform_", {}, None),
+    ("xavier_normal_", {}, None),
+    ("kaiming_uniform_", {"a": SQRT5}, None),
+    ("kaiming_normal_", {"nonlinearity": "relu"}, None),
+    ("orthogonal_", {}, "orthogonal"),
+    ("sparse_", {"sparsity": 0.9}, "sparse"),
+]
+ORTHOGONAL_SHAPES = [(2048, 2048), (4096, 1024)]
+SPARSE_SHAPES = [(1024, 8192)]
+
+
+def single_cases(quick: bool, sizes=None, dtypes=None):
+    """(fn, kwargs, shape, dtype) for the single-tensor table."""
+    big = [(4096, 4096)] if quick else [(4096, 4096), (16384, 4096)]
+    sizes = sizes or big
+    dtypes = dtypes or (["float32"] if quick else ["float32", "bfloat16", "float64"])
+    cases = []
+    for dtype in dtypes:
+        for fn, kw, kind in SINGLE:
+            if kind == "orthogonal":
+                shapes = ORTHOGONAL_SHAPES if sizes is big else [sizes[0]]
+            elif kind == "sparse":
+                shapes = SPARSE_SHAPES if sizes is big else [sizes[0]]
+            elif kind == "conv":
+                shapes = [(s[0], s[1], 1, 1) for s in sizes]
+            else:
+                shapes = sizes
+            if dtype != "float32":  # other dtypes on the first (smaller) size only
+                shapes = shapes[:1]
+            cases += [(fn, kw, tuple(s), dtype) for s in shapes]
+    return cases
+
+
+def bench_single_torch(cases, repeats: int) -> list[Row]:
+    rows = []
+    for fn, kw, shape, dtype in cases:
+        t = torch.empty(shape, dtype=TORCH_DTYPES[dtype])
+        ours = getattr(xt, fn)
+        peer = getattr(torch.nn.init, fn)
+        note = ""
+        fns = {"xinit": lambda: ours(t, **kw), "torch": lambda: peer(t, **kw)}
+        try:
+            peer(t, **kw)
+        except Exception as err:  # torch lacks some dtypes (e.g. bf16 QR)
+            note = f"torch: {type(err).__name__}"
+            del fns["torch"]
+        res = interleaved(fns, repeats)
+        rows.append(Row("single", fn, "x".join(map(str, shape)), dtype, res["xinit"],
+                        "torch.nn.init", res.get("torch"), note))
+        print(f"  {fn:18s} {shape} {dtype}: {_fmt_row(rows[-1])}", flush=True)
+    return rows
+
+
+def bench_many_small(repeats: int, count: int = 200, shape=(256, 256)) -> list[Row]:
+    """Dispatch overhead: ``count`` calls on small tensors."""
+    ts = [torch.empty(shape) for _ in range(count)]
+
+    def ours():
+        for t in ts:
+            xt.kaiming_uniform_(t, a=SQRT5)
+
+    def peer():
+        for t in ts:
+            torch.nn.init.kaiming_uniform_(t, a=SQRT5)
+
+    res = interleaved({"xinit": ours, "torch": peer}, repeats)
+    row = Row("single", f"kaiming_uniform_ x{count}", "x".join(map(str, shape)), "float32",
+              res["xinit"], "torch.nn.init", res["torch"], "per-call dispatch")
+    print(f"  many small: {_fmt_row(row)}", flush=True)
+    return [row]
+
+
+def flax_pairs():
+    """(label, xinit.flax initializer, jax.nn.initializers peer); None without xinit.flax."""
+    try:
+        import xinit.flax as xf
+    except ImportError:
+        return None
+    ji = jax.nn.initializers
+    return [
+        ("uniform [0,1)", xf.uniform(0.0, 1.0), ji.uniform(1.0)),
+        ("normal", xf.normal(0.0, 0.02), ji.normal(0.02)),
+        ("truncated_normal", xf.truncated_normal(0.02), ji.truncated_normal(0.02)),
+        ("xavier_uniform / glorot_uniform", xf.xavier_uniform(), ji.glorot_uniform()),
+        ("kaiming_uniform(relu) / he_uniform", xf.kaiming_uniform(nonlinearity="relu"),
+         ji.he_uniform()),
+        ("glorot_normal", xf.glorot_normal(), ji.glorot_normal()),
+        ("he_normal", xf.he_normal(), ji.he_normal()),
+        ("orthogonal", xf.orthogonal(), ji.orthogonal()),
+        ("constant", xf.constant(0.5), ji.constant(0.5)),
+    ]
+
+
+def bench_single_flax(shape, repeats: int, limit: int | None = None) -> list[Row]:
+    pairs = flax_pairs()
+    if pairs is None:
+        print("  xinit.flax is not importable: flax rows skipped", flush=True)
+        return [Row("flax", "(skipped)", "", "", None, "jax.nn.initializers", None,
+                    "xinit.flax not importable")]
+    rows = []
+    key = jax.random.key(0)
+    for label, ours, peer in pairs[:limit]:
+        oshape = (shape[0] // 2, shape[1] // 2) if label == "orthogonal" else shape
+        for mode in ("eager", "jit"):
+            if mode == "jit":
+                o = jax.jit(lambda k, f=ours, s=oshape: f(k, s, jax.numpy.float32))
+                p = jax.jit(lambda k, f=peer, s=oshape: f(k, s, jax.numpy.float32))
+            else:
+                o = lambda k, f=ours, s=oshape: f(k, s, jax.numpy.float32)  # noqa: E731
+                p = lambda k, f=peer, s=oshape: f(k, s, jax.numpy.float32)  # noqa: E731
+            res = interleaved({"xinit": lambda: o(key).block_until_ready(),
+                               "jax": lambda: p(key).block_until_ready()}, repeats)
+            rows.append(Row("flax", label, "x".join(map(str, oshape)), "float32", res["xinit"],
+                            f"jax.nn.initializers ({mode})", res["jax"], mode))
+            print(f"  flax {label} {mode}: {_fmt_row(rows[-1])}", flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------- models
+def model_api():
+    """``(initialize, materialize)`` from xinit.torch.model, or Nones until it exists."""
+    try:
+        from xinit.torch import model as m
+    except ImportError:
+        return None, None
+    return getattr(m, "initialize", None), getattr(m, "materialize", None)
+
+
+def _call_recipe(fn, model, recipe="torch_default"):
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    kwargs = {"key": 0} if "key" in params else {}
+    if "recipe" in params:
+        return fn(model, recipe=recipe, **kwargs)
+    return fn(model, recipe, **kwargs)
+
+
+def bench_models_warm(names, repeats: int) -> list[Row]:
+    initialize, _ = model_api()
+    rows = []
+    for name in names:
+        model = models.MODELS[name]()
+        fns = {}
+        if initialize is not None:
+            fns["xinit initialize"] = lambda: _call_recipe(initialize, model)
+        fns["xinit.torch per tensor"] = lambda: models.torch_default_by_hand(model, xt)
+        fns["torch reset_parameters"] = lambda: models.reset_parameters(model)
+        fns["torch.nn.init by hand"] = lambda: models.torch_default_by_hand(model, torch.nn.init)
+        before = xinit.core.compile_count()
+        res = interleaved(fns, repeats)
+        ours = "xinit initialize" if initialize is not None else "xinit.torch per tensor"
+        note = "" if initialize is not None else "xinit.torch.model.initialize not available yet"
+        shape = f"{models.parameter_count(model) / 1e6:.1f}M params"
+        for peer in ("torch reset_parameters", "torch.nn.init by hand", "xinit.torch per tensor"):
+            if peer == ours:
+                continue
+            rows.append(Row("models", f"{name} ({ours})", shape, "float32", res[ours], peer,
+                            res[peer], note,
+                            {"compiles_during": xinit.core.compile_count() - before}))
+            print(f"  {name} warm vs {peer}: {_fmt_row(rows[-1])}", flush=True)
+    return rows
+
+
+def _cold_once(model: str, who: str, cache: str = "") -> dict:
+    cmd = [sys.executable, str(HERE / "cold.py"), "--model", model, "--who", who]
+    if cache:
+        cmd += ["--cache", cache]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cold run {model}/{who} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _median_run(runs: list[dict]) -> dict:
+    runs = sorted(runs, key=lambda r: r["seconds"])
+    return runs[len(runs) // 2]
+
+
+def bench_models_cold(names, repeats: int) -> list[Row]:
+    rows = []
+    for name in names:
+        peer = _median_run([_cold_once(name, "torch") for _ in range(repeats)])
+        with tempfile.TemporaryDirectory(prefix="xinit-jax-cache-") as base:
+            empty_runs, filled_runs = [], []
+            for r in range(repeats):
+                d = os.path.join(base, f"run{r}")  # a fresh, empty cache every time
+                empty_runs.append(_cold_once(name, "xinit", d))
+                filled_runs.append(_cold_once(name, "xinit", d))  # the same cache, now filled
+        for label, res in (("empty cache", _median_run(empty_runs)),
+                           ("filled cache", _median_run(filled_runs))):
+            rows.append(Row("cold", f"{name} cold, {label}", res["path"], "float32",
+                            res["seconds"], "torch: construct on cpu", peer["seconds"], "",
+                            {"compiles": res.get("compiles"), "peak_rss": res["peak_rss"],
+                             "peer_peak_rss": peer["peak_rss"],
+                             "state_bytes": res["state_bytes"]}))
+            print(f"  {name} cold {label}: {_fmt_row(rows[-1])} compiles={res.get('compiles')}",
+                  flush=True)
+    return rows
+
+
+def bench_materialize_memory(name: str = "transformer_1b") -> list[Row]:
+    """Peak RSS of materializing a meta model vs torch building it on the CPU."""
+    ours = _cold_once(name, "xinit")
+    peer = _cold_once(name, "torch")
+    row = Row("memory", f"{name} materialize", ours["path"], "float32", ours["seconds"],
+              "torch: construct on cpu", peer["seconds"], "cold, no persistent cache",
+              {"state_bytes": ours["state_bytes"], "peak_rss": ours["peak_rss"],
+               "rss_before": ours["rss_before"], "peer_peak_rss": peer["peak_rss"],
+               "peer_rss_before": peer["rss_before"], "compiles": ours.get("compiles")})
+    print(f"  {name}: {_fmt_row(row)} peak_rss={ours['peak_rss'] / 2**30:.2f} GiB "
+          f"state={ours['state_bytes'] / 2**30:.2f} GiB", flush=True)
+    return [row]
+
+
+# ----------------------------------------------------------------------------- report
+TARGETS = [
+    # (label, section, case prefix, shape, dtype, peer, threshold)
+    ("uniform_ 4096x4096", "single", "uniform_", "4096x4096", "float32", None, 1.5),
+    ("kaiming_uniform_ 4096x4096", "single", "kaiming_uniform_", "4096x4096", "float32", None, 1.5),
+    ("xavier_uniform_ 4096x4096", "single", "xavier_uniform_", "4096x4096", "float32", None, 1.5),
+    ("normal_ 4096x4096", "single", "normal_", "4096x4096", "float32", None, 1.2),
+    ("kaiming_normal_ 4096x4096", "single", "kaiming_normal_", "4096x4096", "float32", None, 1.2),
+    ("xavier_normal_ 4096x4096", "single", "xavier_normal_", "4096x4096", "float32", None, 1.2),
+    ("trunc_normal_ 4096x4096", "single", "trunc_normal_", "4096x4096", "float32", None, 3.0),
+    ("sparse_ 1024x8192, 0.9", "single", "sparse_", "1024x8192", "float32", None, 10.0),
+    ("orthogonal_ 2048x2048", "single", "orthogonal_", "2048x2048", "float32", None, 1.0),
+    ("orthogonal_ 4096x1024", "single", "orthogonal_", "4096x1024", "float32", None, 1.0),
+    ("GPT-2 small initialize warm vs reset_parameters", "models", "gpt2 (xinit initialize)",
+     None, None, "torch reset_parameters", 2.0),
+    ("GPT-2 small cold, filled cache", "cold", "gpt2 cold, filled cache", None, None, None, 1.0),
+    ("ResNet-50 cold, filled cache", "cold", "resnet50 cold, filled cache", None, None, None, 0.7),
+    ("GPT-2 small cold, empty cache", "cold", "gpt2 cold, empty cache", None, None, None, 0.7),
+    ("ResNet-50 cold, empty cache", "cold", "resnet50 cold, empty cache", None, None, None, 0.4),
+]
+
+
+def _find(rows, section, case, shape, dtype, peer):
+    for r in rows:
+        if (r.section == section and r.case == case and (shape is None or r.shape == shape)
+                and (dtype is None or r.dtype == dtype) and (peer is None or r.peer == peer)):
+            return r
+    return None
+
+
+def target_lines(rows) -> list[str]:
+    out = ["| target | needed | measured | met |", "|---|---:|---:|:---:|"]
+    for label, section, case, shape, dtype, peer, need in TARGETS:
+        r = _find(rows, section, case, shape, dtype, peer)
+        if r is None or r.ratio is None:
+            out.append(f"| {label} | {need:g}x | not measured | - |")
+        else:
+            out.append(f"| {label} | {need:g}x | {r.ratio:.2f}x | "
+                       f"{'yes' if r.ratio >= need else '**no**'} |")
+    mem = [r for r in rows if r.section == "memory"]
+    for r in mem:
+        frac = r.extra["peak_rss"] / r.extra["state_bytes"]
+        out.append(f"| {r.case}: peak RSS / parameter bytes | <= 1.15 | {frac:.2f} | "
+                   f"{'yes' if frac <= 1.15 else '**no**'} |")
+    if not mem:
+        out.append("| materialize ~1B: peak RSS / parameter bytes | <= 1.15 | not measured "
+                   "(full run only) | - |")
+    out.append("| GPU targets | - | no GPU in this run | - |")
+    return out
+
+
+def _ms(s):
+    return "-" if s is None else (f"{s * 1e3:.1f}" if s < 10 else f"{s * 1e3:.0f}")
+
+
+def _fmt_row(r: Row) -> str:
+    ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
+    return f"xinit {_ms(r.xinit_s)} ms, {r.peer} {_ms(r.peer_s)} ms, ratio {ratio}"
+
+
+def _table(rows, cols) -> list[str]:
+    out = ["| " + " | ".join(c for c, _ in cols) + " |",
+           "|" + "|".join("---" if i < 2 else "---:" for i in range(len(cols))) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(str(f(r)) for _, f in cols) + " |")
+    return out
+
+
+def machine() -> list[str]:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import flax
+
+        flax_v = flax.__version__
+    except ImportError:
+        flax_v = "not installed"
+    import jaxlib
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return [
+        f"- CPU: {cpu}, {os.cpu_count()} logical cores; GPU: {gpu}",
+        f"- torch {torch.__version__} ({torch.get_num_threads()} threads), jax {jax.__version__}, "
+        f"jaxlib {jaxlib.__version__}, flax {flax_v}, numpy {np.__version__}, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
+        f"- JAX backend: {jax.default_backend()}; load average at start: "
+        + ", ".join(f"{x:.2f}" if isinstance(x, float) else x for x in load)
+        + " (the machine is shared; peers are interleaved with xinit so load hits both)",
+    ]
+
+
+def render(rows, meta, notes: str) -> str:
+    ratio = ("ratio", lambda r: "-" if r.ratio is None else f"{r.ratio:.2f}x")
+    lines = ["# Performance", "",
+             "Generated by `benchmarks/run.py`" + (" --quick" if meta["quick"] else "")
+             + f" on {meta['date']} in {meta['seconds']:.0f} s. Ratio = peer time / xinit "
+             "time: above 1, xinit is faster. Warm rows are medians of "
+             f"{meta['repeats']} interleaved repeats after a warm-up; cold rows are fresh "
+             "processes.", "", "## Machine", "", *machine(), "", "## Targets", "",
+             *target_lines(rows), ""]
+    single = [r for r in rows if r.section == "single"]
+    if single:
+        lines += ["## Single tensors: `xinit.torch.<fn>_` vs `torch.nn.init.<fn>_`", "",
+                  "The same tensor is written by both; warm medians.", ""]
+        lines += _table(single, [("initializer", lambda r: f"`{r.case}`"),
+                                 ("shape", lambda r: r.shape), ("dtype", lambda r: r.dtype),
+                                 ("torch ms", lambda r: _ms(r.peer_s)),
+                                 ("xinit ms", lambda r: _ms(r.xinit_s)), ratio,
+                                 ("note", lambda r: r.note)])
+        lines.append("")
+    flax_rows = [r for r in rows if r.section == "flax"]
+    if flax_rows:
+        lines += ["## Single tensors: `xinit.flax` vs `jax.nn.initializers`", "",
+                  "`init(key, shape, float32)`, both called eagerly or both inside `jax.jit` "
+                  "(as in `model.init`); kernel layout `(in, out)`.", ""]
+        lines += _table(flax_rows, [("initializer", lambda r: r.case),
+                                    ("shape", lambda r: r.shape), ("mode", lambda r: r.note),
+                                    ("jax ms", lambda r: _ms(r.peer_s)),
+                                    ("xinit ms", lambda r: _ms(r.xinit_s)), ratio])
+        lines.append("")
+    warm = [r for r in rows if r.section == "models"]
+    if warm:
+        lines += ["## Whole models, warm", "",
+                  "Recipe `torch_default` (what every layer's `reset_parameters` does).", ""]
+        lines += _table(warm, [("model (xinit path)", lambda r: r.case),
+                               ("size", lambda r: r.shape), ("peer", lambda r: r.peer),
+                               ("peer ms", lambda r: _ms(r.peer_s)),
+                               ("xinit ms", lambda r: _ms(r.xinit_s)), ratio,
+                               ("note", lambda r: r.note)])
+        lines.append("")
+    cold = [r for r in rows if r.section == "cold"]
+    if cold:
+        lines += ["## Whole models, cold (fresh process)", "",
+                  "xinit: from `import xinit.torch` (JAX import and all compilations included) "
+                  "to the model initialized; torch: constructing the model on the CPU (its "
+                  "layers initialize themselves). torch is imported before the clock on both "
+                  "sides. Cache = JAX's persistent compilation cache via "
+                  "`xinit.core.cache.enable_compilation_cache`.", ""]
+        lines += _table(cold, [("case", lambda r: r.case), ("xinit path", lambda r: r.shape),
+                               ("torch s", lambda r: f"{r.peer_s:.2f}"),
+                               ("xinit s", lambda r: f"{r.xinit_s:.2f}"), ratio,
+                               ("compilations", lambda r: r.extra.get("compiles")),
+                               ("xinit peak RSS MiB", lambda r: f"{r.extra['peak_rss'] / 2**20:.0f}"),
+                               ("torch peak RSS MiB",
+                                lambda r: f"{r.extra['peer_peak_rss'] / 2**20:.0f}")])
+        lines.append("")
+    mem = [r for r in rows if r.section == "memory"]
+    if mem:
+        lines += ["## Materializing a ~1B-parameter model built on `meta`", ""]
+        lines += _table(mem, [("case", lambda r: r.case), ("xinit path", lambda r: r.shape),
+                              ("parameter+buffer GiB", lambda r: f"{r.extra['state_bytes'] / 2**30:.2f}"),
+                              ("xinit peak RSS GiB", lambda r: f"{r.extra['peak_rss'] / 2**30:.2f}"),
+                              ("torch peak RSS GiB", lambda r: f"{r.extra['peer_peak_rss'] / 2**30:.2f}"),
+                              ("torch s", lambda r: f"{r.peer_s:.2f}"),
+                              ("xinit s", lambda r: f"{r.xinit_s:.2f}"), ratio])
+        lines.append("")
+    lines += ["## Chart", "", "![ratios](performance.png)", ""]
+    if notes:
+        lines += [notes.strip(), ""]
+    return "\n".join(lines)
+
+
+def chart(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.ratio is not None]
+    if not rows:
+        return
+    labels = [f"{r.case} {r.shape} {r.dtype}" + (f" vs {r.peer}" if r.section != "single" else "")
+              for r in rows]
+    ratios = [r.ratio for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 0.28 * len(rows) + 1.2))
+    colors = ["#2a9d8f" if x >= 1 else "#e76f51" for x in ratios]
+    ax.barh(range(len(rows)), ratios, color=colors)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("peer time / xinit time (log scale; > 1: xinit faster)")
+    ax.set_title("xinit vs torch.nn.init / jax.nn.initializers")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+SECTIONS = ("single", "flax", "models", "cold", "memory")
+
+
+def run(quick=False, out=HERE.parent / "docs", sections=SECTIONS, repeats=None,
+        sizes=None, dtypes=None, model_names=None, cold_models=None, cold_repeats=None,
+        memory_model="transformer_1b", notes_path=HERE / "notes.md",
+        flax_limit=None) -> list[Row]:
+    t0 = time.perf_counter()
+    repeats = repeats or (3 if quick else 5)
+    rows: list[Row] = []
+    if "single" in sections:
+        print("single tensors (xinit.torch vs torch.nn.init)", flush=True)
+        rows += bench_single_torch(single_cases(quick, sizes, dtypes), repeats)
+        small = (8, 8) if sizes and max(max(s) for s in sizes) < 256 else (256, 256)
+        rows += bench_many_small(repeats, 20 if small == (8, 8) else 200, small)
+    if "flax" in sections:
+        print("single tensors (xinit.flax vs jax.nn.initializers)", flush=True)
+        rows += bench_single_flax(sizes[0] if sizes else (4096, 4096), repeats, flax_limit)
+    if "models" in sections:
+        print("whole models, warm", flush=True)
+        rows += bench_models_warm(model_names or (["gpt2"] if quick else ["gpt2", "resnet50"]),
+                                  repeats)
+    if "cold" in sections:
+        print("whole models, cold", flush=True)
+        rows += bench_models_cold(cold_models or ["gpt2", "resnet50"],
+                                  cold_repeats or (1 if quick else 3))
+    if "memory" in sections and not quick:
+        print("materialize memory", flush=True)
+        rows += bench_materialize_memory(memory_model)
+    meta = {"quick": quick, "repeats": repeats, "seconds": time.perf_counter() - t0,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    notes = Path(notes_path).read_text() if notes_path and Path(notes_path).exists() else ""
+    (out / "performance.md").write_text(render(rows, meta, notes))
+    chart(rows, out / "performance.png")
+    (out / "performance.json").write_text(json.dumps(
+        {"meta": meta, "rows": [dict(asdict(r), ratio=r.ratio) for r in rows]}, indent=1))
+    print(f"wrote {out / 'performance.md'} and performance.png in {meta['seconds']:.0f} s; "
+          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a subset that runs in < 3 minutes")
+    ap.add_argument("--out", default=str(HERE.parent / "docs"),
+                    help="directory for performance.md/.png/.json (default: docs/)")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"comma-separated subset of {','.join(SECTIONS)}")
+    ap.add_argument("--repeats", type=int, default=None, help="warm repeats (default 3 quick, 5)")
+    args = ap.parse_args(argv)
+    sections = tuple(s for s in args.sections.split(",") if s)
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        ap.error(f"--sections: unknown {sorted(unknown)}; allowed: {', '.join(SECTIONS)}")
+    run(quick=args.quick, out=args.out, sections=sections, repeats=args.repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The benchmark code paths on tiny sizes, so benchmarks/ cannot rot. No timing asserts."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def run():
+    return _load("run")
+
+
+@pytest.fixture(scope="module")
+def models():
+    return _load("models")
+
+
+def test_model_sizes_are_the_published_ones(models):
+    assert models.parameter_count(models.MODELS["gpt2"](device="meta")) == 124_439_808
+    assert models.parameter_count(models.MODELS["resnet50"](device="meta")) == 25_557_032
+    big = models.MODELS["transformer_1b"]()
+    assert all(p.is_meta for p in big.parameters())
+    assert 0.95e9 < models.parameter_count(big) < 1.1e9
+    assert big.lm_head.weight is big.wte.weight
+
+
+def test_tiny_models_run_forward_and_by_hand_recipe_matches_torch_bounds(models):
+    gpt = models.MODELS["gpt_tiny"]()
+    assert gpt(torch.zeros(1, 5, dtype=torch.long)).shape == (1, 5, 97)
+    net = models.MODELS["resnet_tiny"]()
+    assert net.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(7.0)
+    models.torch_default_by_hand(net)
+    bound = 1 / math.sqrt(net.fc.weight.shape[1])  # kaiming_uniform(a=sqrt(5)) bound
+    assert net.fc.weight.abs().max() <= bound and net.fc.weight.std() > 0
+    assert torch.all(net.bn1.weight == 1) and torch.all(net.bn1.bias == 0)
+
+
+def test_interleaved_returns_a_median_per_callable(run):
+    calls = []
+    res = run.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3)
+    assert set(res) == {"a", "b"} and all(v >= 0 for v in res.values())
+    assert calls == ["a", "b"] * 4  # one warm-up round, then interleaved repeats
+
+
+def test_full_case_list_covers_every_initializer_and_dtype(run):
+    cases = run.single_cases(quick=False)
+    import xinit.torch as xt
+
+    fns = {c[0] for c in cases}
+    assert fns == {n for n in xt.__all__ if n.endswith("_") and n != "calculate_gain"} - {
+        n for n in xt.__all__ if not hasattr(torch.nn.init, n)}
+    assert {c[3] for c in cases} == {"float32", "bfloat16", "float64"}
+    assert ("trunc_normal_", {"std": 0.02, "a": -0.04, "b": 0.04}, (4096, 4096), "float32") in cases
+    assert any(c[0] == "sparse_" and c[2] == (1024, 8192) for c in cases)
+
+
+@pytest.mark.slow
+def test_single_flax_and_warm_models_on_tiny_sizes(run, tmp_path):
+    rows = run.run(quick=True, out=tmp_path, sections=("single", "flax", "models"), repeats=1,
+                   sizes=[(16, 16)], dtypes=["float32"], model_names=["gpt_tiny"],
+                   notes_path=None, flax_limit=2)
+    single = [r for r in rows if r.section == "single"]
+    assert {r.case for r in single} >= {"uniform_", "orthogonal_", "sparse_", "dirac_"}
+    assert all(r.xinit_s > 0 for r in single)
+    assert any(r.ratio is not None for r in single)
+    assert any(r.section == "models" and r.ratio is not None for r in rows)
+    md = (tmp_path / "performance.md").read_text()
+    assert "## Targets" in md and "| `uniform_` | 16x16 | float32 |" in md
+    assert (tmp_path / "performance.png").stat().st_size > 1000
+    data = json.loads((tmp_path / "performance.json").read_text())
+    assert len(data["rows"]) == len(rows)
+
+
+def test_cold_torch_path_in_process():
+    cold = _load("cold")
+    out = cold.main(["--model", "gpt_tiny", "--who", "torch"])
+    assert out["seconds"] > 0 and out["peak_rss"] > out["state_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_cold_xinit_subprocess_with_a_persistent_cache(run, tmp_path):
+    out = run._cold_once("gpt_tiny", "xinit", str(tmp_path / "cache"))
+    assert out["seconds"] > 0 and out["compiles"] >= 1 and out["cache"]
+    assert out["peak_rss"] > out["state_bytes"] > 0
+    assert any((tmp_path / "cache").iterdir())  # programs were written to the cache
+
+
+def test_targets_table_reports_missing_and_met(run):
+    row = run.Row("single", "uniform_", "4096x4096", "float32", 1.0, "torch.nn.init", 2.0)
+    lines = run.target_lines([row])
+    assert any(line.startswith("| uniform_ 4096x4096 | 1.5x | 2.00x | yes |") for line in lines)
+    assert any("sparse_" in line and "not measured" in line for line in lines)
