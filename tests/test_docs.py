@@ -261,6 +261,18 @@ def test_norm_layers_are_ones_and_zeros_with_running_stats():
     assert (ln.weight == 1).all() and (ln.bias == 0).all()
 
 
+def test_bilinear_bound_uses_in1_only():
+    torch.manual_seed(0)
+    layer = nn.Bilinear(4, 100, 2000)  # weight (2000, 4, 100): bound 1/sqrt(4), not 1/sqrt(400)
+    for p in (layer.weight, layer.bias):
+        assert amax(p) <= 1 / 2
+    assert amax(layer.weight) > 0.99 / 2
+
+
+def test_prelu_default_is_a_quarter():
+    assert (nn.PReLU(num_parameters=3).weight == 0.25).all()
+
+
 def test_kaiming_defaults_are_leaky_relu_slope_zero_which_is_relu():
     sig = inspect.signature(nn.init.kaiming_uniform_).parameters
     assert sig["a"].default == 0 and sig["nonlinearity"].default == "leaky_relu"
@@ -370,3 +382,14 @@ def test_flat_draw_is_shape_prefix_stable():
     assert np.array_equal(np.asarray(xc.uniform(key, (6,))), long[:6])
     assert np.array_equal(np.asarray(xc.uniform(key, (2, 3))).ravel(), long[:6])
     assert np.array_equal(long, np.asarray(jax.random.uniform(key, (10,))))
+
+
+@pytest.mark.parametrize("name", ["normal", "kaiming_uniform", "trunc_normal", "lecun_normal"])
+def test_initializer_traced_in_jit_matches_eager_within_ulps(name):
+    xf = pytest.importorskip("xinit.flax")
+    args = {"normal": {"std": 0.02}, "trunc_normal": {"std": 0.02, "a": -0.04, "b": 0.04}}
+    init = getattr(xf, name)(**args.get(name, {}))
+    key, shape = jax.random.key(0), (3, 3, 64, 64)
+    eager = np.asarray(init(key, shape))
+    traced = np.asarray(jax.jit(lambda k: init(k, shape) + 0.0)(key))
+    assert np.all(np.abs(eager - traced) <= 4 * np.spacing(np.abs(eager)))
