@@ -34,8 +34,12 @@ def test_float64_bit_identical_and_config_untouched():
     assert not jax.config.jax_enable_x64
     assert ours.dtype == np.float64
     with jax.enable_x64(True):
-        np.testing.assert_array_equal(np.asarray(ours), np.asarray(jax.random.uniform(KEY, (5000,), jnp.float64)))
-        np.testing.assert_array_equal(np.asarray(ours_n), np.asarray(jax.random.normal(KEY, (5000,), jnp.float64)))
+        np.testing.assert_array_equal(
+            np.asarray(ours), np.asarray(jax.random.uniform(KEY, (5000,), jnp.float64))
+        )
+        np.testing.assert_array_equal(
+            np.asarray(ours_n), np.asarray(jax.random.normal(KEY, (5000,), jnp.float64))
+        )
     # 53-bit precision: far more distinct values than float32 could hold in [0, 1)
     u = np.asarray(ours)
     assert np.any(u != u.astype(np.float32).astype(np.float64))
@@ -43,13 +47,18 @@ def test_float64_bit_identical_and_config_untouched():
 
 def test_threefry_matches_jax_primitive_across_the_hi_word_carry():
     # counters 2**32 - 3 .. 2**32 + 2 exercise the 64-bit counter split
-    out = _kernels.run_elementwise("uniform", np.float32, 6, np.array([7, 9], np.uint32), (0.0, 1.0),
-                                   offset=2**32 - 3)
+    out = _kernels.run_elementwise(
+        "uniform", np.float32, 6, np.array([7, 9], np.uint32), (0.0, 1.0), offset=2**32 - 3
+    )
     counters = np.arange(2**32 - 3, 2**32 + 3, dtype=np.uint64)
-    b1, b2 = threefry2x32_p.bind(np.uint32(7), np.uint32(9), (counters >> 32).astype(np.uint32),
-                                 (counters & 0xFFFFFFFF).astype(np.uint32))
+    b1, b2 = threefry2x32_p.bind(
+        np.uint32(7),
+        np.uint32(9),
+        (counters >> 32).astype(np.uint32),
+        (counters & 0xFFFFFFFF).astype(np.uint32),
+    )
     bits = np.asarray(b1 ^ b2)
-    expected = (((bits >> 9) | np.uint32(0x3F800000)).view(np.float32) - 1.0)
+    expected = ((bits >> 9) | np.uint32(0x3F800000)).view(np.float32) - 1.0
     np.testing.assert_array_equal(np.asarray(out[0].array[:6]), expected)
 
 
@@ -58,10 +67,14 @@ def test_self_check_passes():
 
 
 @pytest.mark.parametrize(
-    "key", [jax.random.key(42), jax.random.PRNGKey(42), 42, np.int64(42)], ids=["typed", "raw", "int", "np"]
+    "key",
+    [jax.random.key(42), jax.random.PRNGKey(42), 42, np.int64(42)],
+    ids=["typed", "raw", "int", "np"],
 )
 def test_key_kinds_agree(key):
-    np.testing.assert_array_equal(np.asarray(xc.uniform(key, (50,))), np.asarray(xc.uniform(42, (50,))))
+    np.testing.assert_array_equal(
+        np.asarray(xc.uniform(key, (50,))), np.asarray(xc.uniform(42, (50,)))
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2**31 - 1, 2**40 + 7, 2**63 - 1, -1, -(2**40)])
@@ -103,14 +116,24 @@ def test_compilations_do_not_grow_with_shapes():
 
 
 def test_list_and_tuple_shapes_agree():
-    np.testing.assert_array_equal(np.asarray(xc.uniform(0, [4, 5])), np.asarray(xc.uniform(0, (4, 5))))
+    np.testing.assert_array_equal(
+        np.asarray(xc.uniform(0, [4, 5])), np.asarray(xc.uniform(0, (4, 5)))
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
 @pytest.mark.parametrize(
-    "fn,args", [(xc.uniform, ()), (xc.normal, ()), (xc.trunc_normal, (0.0, 1.0, -1.0, 1.0)),
-                (xc.xavier_uniform, ()), (xc.kaiming_normal, ()), (xc.orthogonal, ()),
-                (xc.eye, ()), (xc.zeros, ())],
+    "fn,args",
+    [
+        (xc.uniform, ()),
+        (xc.normal, ()),
+        (xc.trunc_normal, (0.0, 1.0, -1.0, 1.0)),
+        (xc.xavier_uniform, ()),
+        (xc.kaiming_normal, ()),
+        (xc.orthogonal, ()),
+        (xc.eye, ()),
+        (xc.zeros, ()),
+    ],
     ids=lambda v: getattr(v, "__name__", ""),
 )
 def test_dtype_and_shape_contract(fn, args, dtype):

@@ -1,7 +1,5 @@
 """Fans and layouts: canonical fans equal torch's, and flax-layout fans equal the canonical ones."""
 
-import jax
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -11,7 +9,16 @@ from jax._src.nn.initializers import _compute_fans
 from xinit.core import FLAX, TORCH, Layout, canonical_shape, compute_fans
 from xinit.core.errors import ShapeError
 
-SHAPES = [(5, 3), (16, 8, 5), (16, 8, 3, 3), (16, 8, 3, 3, 3), (1, 1), (7, 2, 1, 4), (0, 3), (3, 0, 2)]
+SHAPES = [
+    (5, 3),
+    (16, 8, 5),
+    (16, 8, 3, 3),
+    (16, 8, 3, 3, 3),
+    (1, 1),
+    (7, 2, 1, 4),
+    (0, 3),
+    (3, 0, 2),
+]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)

@@ -14,7 +14,9 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 
 def test_import_xinit_loads_neither_torch_nor_flax():
-    r = _run("import sys, xinit, xinit.core; print(sorted(m for m in ('torch', 'flax') if m in sys.modules))")
+    r = _run(
+        "import sys, xinit, xinit.core; print(sorted(m for m in ('torch', 'flax') if m in sys.modules))"
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
 

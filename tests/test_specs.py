@@ -3,7 +3,13 @@
 import pytest
 
 from xinit.core import REGISTRY, from_config, specs
-from xinit.core.errors import BoundsError, ModeError, ModeTypeError, NonlinearityError, ZeroSizeError
+from xinit.core.errors import (
+    BoundsError,
+    ModeError,
+    ModeTypeError,
+    NonlinearityError,
+    ZeroSizeError,
+)
 
 EXAMPLES = [
     specs.Uniform(-1.0, 2.0),

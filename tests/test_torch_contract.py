@@ -12,8 +12,16 @@ import torch
 import xinit.torch as xt
 from xinit.core import FLAX, sample, specs
 
-RANDOM = ["uniform_", "normal_", "trunc_normal_", "xavier_uniform_", "xavier_normal_",
-          "kaiming_uniform_", "kaiming_normal_", "orthogonal_"]
+RANDOM = [
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "orthogonal_",
+]
 DETERMINISTIC = ["constant_", "ones_", "zeros_", "eye_", "dirac_"]
 PUBLIC = [n for n in torch.nn.init.__all__]
 
@@ -45,13 +53,28 @@ def test_signature_is_torchs_plus_keyword_only_key(name):
         assert ours[p].kind == theirs[p].kind, p
 
 
-@pytest.mark.parametrize("name", ["uniform", "normal", "constant", "eye", "dirac", "xavier_uniform",
-                                  "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal",
-                                  "sparse"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "uniform",
+        "normal",
+        "constant",
+        "eye",
+        "dirac",
+        "xavier_uniform",
+        "xavier_normal",
+        "kaiming_uniform",
+        "kaiming_normal",
+        "orthogonal",
+        "sparse",
+    ],
+)
 def test_deprecated_aliases_warn_like_torch(name):
     args = {"constant": (0.5,), "sparse": (0.5,)}.get(name, ())
     shape = (4, 4, 3) if name == "dirac" else (4, 6)
-    with pytest.warns(FutureWarning, match=rf"`nn.init.{name}` is now deprecated in favor of `nn.init.{name}_`"):
+    with pytest.warns(
+        FutureWarning, match=rf"`nn.init.{name}` is now deprecated in favor of `nn.init.{name}_`"
+    ):
         getattr(xt, name)(torch.empty(shape), *args)
 
 
@@ -190,13 +213,16 @@ def test_errors_have_torchs_type_and_change_nothing(name, shape, kw):
     assert len(str(ours.value)) > 20, "the message should say what was wrong"
 
 
-@pytest.mark.parametrize("name,kw,match", [
-    ("uniform_", dict(a=1.0, b=0.0), r"a=1.0 > b=0.0"),
-    ("kaiming_uniform_", dict(mode="fan_avg"), r"fan_avg.*\['fan_in', 'fan_out'\]"),
-    ("kaiming_uniform_", dict(nonlinearity="gelu"), r"gelu.*'leaky_relu'"),
-    ("dirac_", dict(groups=2), r"divisible by groups.*\(5, 3, 3\).*groups=2"),
-    ("xavier_uniform_", {}, r"fewer than 2 dimensions.*\(5,\)"),
-])
+@pytest.mark.parametrize(
+    "name,kw,match",
+    [
+        ("uniform_", dict(a=1.0, b=0.0), r"a=1.0 > b=0.0"),
+        ("kaiming_uniform_", dict(mode="fan_avg"), r"fan_avg.*\['fan_in', 'fan_out'\]"),
+        ("kaiming_uniform_", dict(nonlinearity="gelu"), r"gelu.*'leaky_relu'"),
+        ("dirac_", dict(groups=2), r"divisible by groups.*\(5, 3, 3\).*groups=2"),
+        ("xavier_uniform_", {}, r"fewer than 2 dimensions.*\(5,\)"),
+    ],
+)
 def test_error_messages_name_argument_value_and_allowed(name, kw, match):
     shape = (5,) if name == "xavier_uniform_" else ((5, 3, 3) if name == "dirac_" else (4, 4))
     with pytest.raises(Exception, match=match):
@@ -257,7 +283,9 @@ def test_key_and_generator_together_is_an_error():
         xt.normal_(torch.empty(3), generator=torch.Generator(), key=0)
 
 
-@pytest.mark.parametrize("key", [3, jax.random.key(3), jax.random.PRNGKey(3)], ids=["int", "typed", "raw"])
+@pytest.mark.parametrize(
+    "key", [3, jax.random.key(3), jax.random.PRNGKey(3)], ids=["int", "typed", "raw"]
+)
 def test_values_come_from_the_core_for_the_key(key):
     t = xt.xavier_uniform_(torch.empty(20, 10), key=key)
     expected = sample(specs.XavierUniform(), 3, (20, 10))
@@ -280,7 +308,9 @@ def test_works_with_model_apply():
             xt.zeros_(m.bias)
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10)
+    )
     model.apply(init_weights)
     conv, lin = model[0], model[2]
     assert (conv.bias == 0).all() and (lin.bias == 0).all()

@@ -1,4 +1,7 @@
-"""Fidelity of xinit.torch against torch.nn.init, run side by side in each test.
+"""Fidelity of xinit against torch.nn.init, run side by side in each test.
+
+The full matrix runs on the torch drop-in; the last section runs every
+initializer through the other backends (xinit.core, xinit.flax) too.
 
 Every random initializer is drawn by torch (seeded generator) and by xinit (fixed
 keys) on the same shapes, arguments and dtypes, and compared by a two-sample KS
@@ -12,12 +15,18 @@ from __future__ import annotations
 
 import math
 
+import jax
 import numpy as np
 import pytest
 import torch
 from scipy import stats
 
+import xinit.core
 import xinit.torch as xt
+from xinit.core import FLAX
+
+# far-tail trunc_normal cases warn (correctly, in both libraries)
+pytestmark = pytest.mark.filterwarnings("ignore:mean is more than 2 std from")
 
 MIN_SAMPLES = 20_000
 KS_CAP = 200_000  # KS on more values only detects float rounding noise
@@ -45,8 +54,13 @@ def draw_both(name, shape, kwargs, dtype=torch.float32, seed=0):
     reps = max(1, math.ceil(MIN_SAMPLES / math.prod(shape)))
     gen = torch.Generator().manual_seed(seed)
     torch_fn, xinit_fn = getattr(torch.nn.init, name), getattr(xt, name)
-    theirs = [torch_fn(torch.empty(shape, dtype=dtype), **kwargs, generator=gen) for _ in range(reps)]
-    ours = [xinit_fn(torch.empty(shape, dtype=dtype), **kwargs, key=seed * 100_003 + i) for i in range(reps)]
+    theirs = [
+        torch_fn(torch.empty(shape, dtype=dtype), **kwargs, generator=gen) for _ in range(reps)
+    ]
+    ours = [
+        xinit_fn(torch.empty(shape, dtype=dtype), **kwargs, key=seed * 100_003 + i)
+        for i in range(reps)
+    ]
     for t in ours:
         assert t.dtype == dtype and tuple(t.shape) == tuple(shape)
     flat = lambda ts: torch.cat([t.reshape(-1) for t in ts]).double().numpy()  # noqa: E731
@@ -64,7 +78,9 @@ def assert_std(values, expected, what):
     # for the distributions here; 8 of those is never reached by chance.
     tol = 8 / math.sqrt(2 * n)
     observed = values.std()
-    assert abs(observed / expected - 1) < tol, f"{what}: std {observed:.6g}, expected {expected:.6g}"
+    assert abs(observed / expected - 1) < tol, (
+        f"{what}: std {observed:.6g}, expected {expected:.6g}"
+    )
 
 
 def check(name, shape, kwargs, expected_std, bounds=None, dtype=torch.float32):
@@ -131,7 +147,9 @@ def _exact_trunc_normal(mean, std, a, b, n, dtype):
 @pytest.mark.parametrize("mean,std,a,b", TRUNC_CASES, ids=str)
 def test_trunc_normal(mean, std, a, b, dtype):
     expected = stats.truncnorm((a - mean) / std, (b - mean) / std, loc=mean, scale=std).std()
-    theirs, ours = draw_both("trunc_normal_", VECTOR, dict(mean=mean, std=std, a=a, b=b), DTYPES[dtype])
+    theirs, ours = draw_both(
+        "trunc_normal_", VECTOR, dict(mean=mean, std=std, a=a, b=b), DTYPES[dtype]
+    )
     if dtype in ("bf16", "f16") and _torch_rejects_from_uniform(mean, std, a, b):
         # torch's 16-bit rejection branch is skewed (see the test below): compare
         # with the exact distribution rounded to the dtype instead.
@@ -147,8 +165,9 @@ def test_trunc_normal_bf16_tail_is_exact_where_torch_is_skewed():
     # torch 2.13's rejection branch draws bf16 uniforms, which puts ~3x too much
     # mass on the lower bound; xinit rounds an exact float32 draw once.
     mean, std, a, b = 0.0, 1.0, 3.0, 5.0
-    theirs, ours = draw_both("trunc_normal_", (100_000,), dict(mean=mean, std=std, a=a, b=b),
-                             torch.bfloat16)
+    theirs, ours = draw_both(
+        "trunc_normal_", (100_000,), dict(mean=mean, std=std, a=a, b=b), torch.bfloat16
+    )
     exact = _exact_trunc_normal(mean, std, a, b, 100_000, torch.bfloat16)
     assert stats.ks_2samp(ours, exact).pvalue > P_MIN
     assert stats.ks_2samp(theirs, exact).pvalue < 1e-20
@@ -158,7 +177,9 @@ def test_trunc_normal_bf16_tail_is_exact_where_torch_is_skewed():
 def test_trunc_normal_against_scipy_in_the_far_tail():
     # a direct one-sample check against the exact truncated normal CDF
     mean, std, a, b = 0.0, 1.0, 4.0, 6.0
-    ours = xt.trunc_normal_(torch.empty(100_000, dtype=torch.float64), mean, std, a, b, key=7).numpy()
+    ours = xt.trunc_normal_(
+        torch.empty(100_000, dtype=torch.float64), mean, std, a, b, key=7
+    ).numpy()
     p = stats.kstest(ours, stats.truncnorm(a, b).cdf).pvalue
     assert p > P_MIN
 
@@ -245,8 +266,9 @@ def test_orthogonal(shape, gain):
     rows = shape[0]
     flat = w.reshape(rows, -1)
     gram = flat @ flat.T if rows <= flat.shape[1] else flat.T @ flat
-    torch.testing.assert_close(gram, gain**2 * torch.eye(gram.shape[0], dtype=torch.float64),
-                               atol=1e-10, rtol=0)
+    torch.testing.assert_close(
+        gram, gain**2 * torch.eye(gram.shape[0], dtype=torch.float64), atol=1e-10, rtol=0
+    )
     theirs, ours = draw_both("orthogonal_", shape, dict(gain=gain))
     assert_same_distribution(theirs, ours)
 
@@ -261,10 +283,16 @@ def test_orthogonal_is_haar_distributed():
     # Q[0, 0]**2 ~ Beta(1/2, (n-1)/2) and its sign is fair. A QR without the
     # sign(diag(R)) correction gives Q[0, 0] < 0 always (LAPACK's Householder).
     n, m = 16, 2000
-    q00 = np.array([xt.orthogonal_(torch.empty(n, n, dtype=torch.float64), key=i)[0, 0].item()
-                    for i in range(m)])
+    q00 = np.array(
+        [
+            xt.orthogonal_(torch.empty(n, n, dtype=torch.float64), key=i)[0, 0].item()
+            for i in range(m)
+        ]
+    )
+
     def cdf(q):
         return 0.5 + 0.5 * np.sign(q) * stats.beta(0.5, (n - 1) / 2).cdf(q**2)
+
     assert stats.kstest(q00, cdf).pvalue > P_MIN
 
 
@@ -277,7 +305,13 @@ def test_orthogonal_half_precision_is_supported(dtype):
 
 # ---------------------------------------------------------------- sparse
 
-SPARSE_CASES = [((100, 50), 0.1), ((100, 50), 0.5), ((1000, 30), 0.9), ((7, 500), 0.3), ((64, 64), 0.0)]
+SPARSE_CASES = [
+    ((100, 50), 0.1),
+    ((100, 50), 0.5),
+    ((1000, 30), 0.9),
+    ((7, 500), 0.3),
+    ((64, 64), 0.0),
+]
 
 
 @pytest.mark.parametrize("shape,sparsity", SPARSE_CASES, ids=str)
@@ -285,12 +319,22 @@ def test_sparse(shape, sparsity):
     rows = shape[0]
     zeros = math.ceil(sparsity * rows)
     w = xt.sparse_(torch.empty(shape), sparsity, std=0.02, key=11)
-    assert ((w == 0).sum(0) == zeros).all(), "every column must have exactly ceil(sparsity*rows) zeros"
+    assert ((w == 0).sum(0) == zeros).all(), (
+        "every column must have exactly ceil(sparsity*rows) zeros"
+    )
     gen = torch.Generator().manual_seed(0)
-    theirs = torch.cat([torch.nn.init.sparse_(torch.empty(shape), sparsity, 0.02, generator=gen).reshape(-1)
-                        for _ in range(max(1, MIN_SAMPLES // math.prod(shape)))])
-    ours = torch.cat([xt.sparse_(torch.empty(shape), sparsity, 0.02, key=i).reshape(-1)
-                      for i in range(max(1, MIN_SAMPLES // math.prod(shape)))])
+    theirs = torch.cat(
+        [
+            torch.nn.init.sparse_(torch.empty(shape), sparsity, 0.02, generator=gen).reshape(-1)
+            for _ in range(max(1, MIN_SAMPLES // math.prod(shape)))
+        ]
+    )
+    ours = torch.cat(
+        [
+            xt.sparse_(torch.empty(shape), sparsity, 0.02, key=i).reshape(-1)
+            for i in range(max(1, MIN_SAMPLES // math.prod(shape)))
+        ]
+    )
     nz = lambda t: t[t != 0].double().numpy()  # noqa: E731
     assert_same_distribution(nz(theirs), nz(ours))
     assert_std(nz(ours), 0.02, "xinit nonzeros")
@@ -317,10 +361,25 @@ def test_sparse_out_of_range_sparsity_follows_torch(sparsity):
 # ---------------------------------------------------------------- deterministic
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64,
-                                   torch.int32, torch.int64, torch.uint8, torch.bool], ids=str)
-@pytest.mark.parametrize("name,args", [("constant_", (0.3,)), ("constant_", (-2,)), ("ones_", ()),
-                                       ("zeros_", ())], ids=str)
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.float64,
+        torch.int32,
+        torch.int64,
+        torch.uint8,
+        torch.bool,
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize(
+    "name,args",
+    [("constant_", (0.3,)), ("constant_", (-2,)), ("ones_", ()), ("zeros_", ())],
+    ids=str,
+)
 def test_fills_equal_torch_exactly(name, args, dtype):
     shape = (5, 7)
     theirs = getattr(torch.nn.init, name)(torch.empty(shape, dtype=dtype), *args)
@@ -330,26 +389,39 @@ def test_fills_equal_torch_exactly(name, args, dtype):
 
 def test_constant_large_int64_is_exact():
     v = 2**53 + 1
-    assert torch.equal(xt.constant_(torch.empty(3, dtype=torch.int64), v),
-                       torch.full((3,), v, dtype=torch.int64))
+    assert torch.equal(
+        xt.constant_(torch.empty(3, dtype=torch.int64), v), torch.full((3,), v, dtype=torch.int64)
+    )
 
 
 @pytest.mark.parametrize("shape", [(3, 5), (5, 3), (4, 4), (1, 9), (0, 3)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64], ids=str)
 def test_eye_equals_torch_exactly(shape, dtype):
-    assert torch.equal(xt.eye_(torch.empty(shape, dtype=dtype)),
-                       torch.nn.init.eye_(torch.empty(shape, dtype=dtype)))
+    assert torch.equal(
+        xt.eye_(torch.empty(shape, dtype=dtype)),
+        torch.nn.init.eye_(torch.empty(shape, dtype=dtype)),
+    )
 
 
-DIRAC_CASES = [((4, 2, 3), 1), ((6, 3, 3, 3), 1), ((6, 3, 3, 3), 2), ((6, 2, 3, 3), 3),
-               ((8, 4, 3, 3, 3), 2), ((3, 5, 4), 1), ((4, 4, 2, 4), 2), ((2, 6, 5, 5), 1)]
+DIRAC_CASES = [
+    ((4, 2, 3), 1),
+    ((6, 3, 3, 3), 1),
+    ((6, 3, 3, 3), 2),
+    ((6, 2, 3, 3), 3),
+    ((8, 4, 3, 3, 3), 2),
+    ((3, 5, 4), 1),
+    ((4, 4, 2, 4), 2),
+    ((2, 6, 5, 5), 1),
+]
 
 
 @pytest.mark.parametrize("shape,groups", DIRAC_CASES, ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int32], ids=str)
 def test_dirac_equals_torch_exactly(shape, groups, dtype):
-    assert torch.equal(xt.dirac_(torch.empty(shape, dtype=dtype), groups),
-                       torch.nn.init.dirac_(torch.empty(shape, dtype=dtype), groups))
+    assert torch.equal(
+        xt.dirac_(torch.empty(shape, dtype=dtype), groups),
+        torch.nn.init.dirac_(torch.empty(shape, dtype=dtype), groups),
+    )
 
 
 # ---------------------------------------------------------------- complex
@@ -359,7 +431,62 @@ def test_complex_uniform_and_normal_follow_torch():
     shape = (20_000,)
     gen = torch.Generator().manual_seed(0)
     for name, kw in [("uniform_", dict(a=-1.0, b=2.0)), ("normal_", dict(mean=0.5, std=2.0))]:
-        theirs = getattr(torch.nn.init, name)(torch.empty(shape, dtype=torch.complex64), **kw, generator=gen)
+        theirs = getattr(torch.nn.init, name)(
+            torch.empty(shape, dtype=torch.complex64), **kw, generator=gen
+        )
         ours = getattr(xt, name)(torch.empty(shape, dtype=torch.complex64), **kw, key=1)
         for part in (torch.real, torch.imag):
             assert_same_distribution(part(theirs).double().numpy(), part(ours).double().numpy())
+
+
+# ---------------------------------------------------------------- every backend
+
+BACKEND_CASES = [
+    ("uniform_", LINEAR, dict(a=-1.0, b=2.0)),
+    ("normal_", CONV2D, dict(mean=0.1, std=0.02)),
+    ("trunc_normal_", LINEAR, dict(mean=0.0, std=0.02, a=-0.04, b=0.04)),
+    ("xavier_uniform_", CONV2D, {}),
+    ("xavier_normal_", CONV1D, dict(gain=2.0)),
+    ("kaiming_uniform_", CONV3D, dict(a=math.sqrt(5))),
+    ("kaiming_normal_", LINEAR, dict(mode="fan_out", nonlinearity="relu")),
+    ("orthogonal_", (64, 128), {}),
+    ("sparse_", (200, 100), dict(sparsity=0.3)),
+]
+
+
+def backend_draw(backend, name, shape, kw, key):
+    """xinit's draw through ``backend``, returned in torch layout as float64 numpy."""
+    base = name[:-1]
+    if backend == "core":
+        return np.asarray(getattr(xinit.core, base)(key, shape, **kw), dtype=np.float64)
+    xf = pytest.importorskip("xinit.flax")
+    flax_shape = tuple(shape[p] for p in FLAX.inverse_permutation(len(shape)))
+    arr = getattr(xf, base)(**kw)(jax.random.key(key), flax_shape, np.float32)
+    return np.asarray(arr, dtype=np.float64).transpose(FLAX.permutation(len(shape)))
+
+
+@pytest.mark.parametrize("backend", ["core", "flax"])
+@pytest.mark.parametrize("name,shape,kw", BACKEND_CASES, ids=lambda v: str(v))
+def test_every_backend_matches_torch_nn_init(backend, name, shape, kw):
+    reps = max(1, math.ceil(MIN_SAMPLES / math.prod(shape)))
+    gen = torch.Generator().manual_seed(1)
+    theirs = np.concatenate(
+        [
+            getattr(torch.nn.init, name)(torch.empty(shape), **kw, generator=gen)
+            .reshape(-1)
+            .double()
+            .numpy()
+            for _ in range(reps)
+        ]
+    )
+    draws = [backend_draw(backend, name, shape, kw, 1000 + i) for i in range(reps)]
+    assert draws[0].shape == shape
+    ours = np.concatenate([d.reshape(-1) for d in draws])
+    if name == "sparse_":
+        zeros = math.ceil(kw["sparsity"] * shape[0])
+        assert all(((d == 0).sum(0) == zeros).all() for d in draws)
+        theirs, ours = theirs[theirs != 0], ours[ours != 0]
+    assert_same_distribution(theirs, ours)
+    if name in ("uniform_", "trunc_normal_"):
+        lo, hi = kw["a"], kw["b"]
+        assert ours.min() >= lo and ours.max() <= hi

@@ -31,7 +31,9 @@ def key_data(key) -> jax.Array | np.ndarray:
         seed &= 0xFFFFFFFFFFFFFFFF
         return np.array([seed >> 32, seed & _MASK32], dtype=np.uint32)
     if isinstance(key, bool) or key is None:
-        raise TypeError(f"key must be a jax.random.key, a uint32[2] key or an int seed; got {key!r}")
+        raise TypeError(
+            f"key must be a jax.random.key, a uint32[2] key or an int seed; got {key!r}"
+        )
     dtype = getattr(key, "dtype", None)
     if dtype is None:
         raise TypeError(

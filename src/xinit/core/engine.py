@@ -20,7 +20,7 @@ from . import _kernels
 from ._keys import key_data
 from .errors import DtypeError
 from .layout import TORCH, Layout, canonical_shape
-from .specs import Elementwise, OrthogonalPlan, Spec, SparsePlan
+from .specs import Elementwise, OrthogonalPlan, SparsePlan, Spec
 
 __all__ = ["draw", "draw_plan", "sample", "canonical_dtype", "x64_scope", "FLOAT_DTYPES", "DTYPES"]
 
@@ -96,11 +96,11 @@ def draw_plan(plan, key, shape, dtype, *, device=None) -> list[_kernels.Piece]:
     raise AssertionError(plan)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _assembler(valids: tuple[int, ...], shape: tuple[int, ...], perm: tuple[int, ...]):
     def assemble(*chunks):
         flat = _kernels._concat_prefix(
-            [_kernels.Piece(c, v) for c, v in zip(chunks, valids)], math.prod(shape)
+            [_kernels.Piece(c, v) for c, v in zip(chunks, valids, strict=True)], math.prod(shape)
         )
         return flat.reshape(shape).transpose(perm)
 
@@ -129,8 +129,10 @@ def sample(spec: Spec, key, shape, dtype=None, *, layout: Layout = TORCH, device
         if any(isinstance(p.array, jax.core.Tracer) for p in pieces):
             flat = _kernels._concat_prefix(pieces, math.prod(shape))
             return flat.reshape(canon).transpose(inv)
-        if len(pieces) == 1 and pieces[0].valid == pieces[0].array.shape[0] and inv == tuple(
-            range(len(shape))
+        if (
+            len(pieces) == 1
+            and pieces[0].valid == pieces[0].array.shape[0]
+            and inv == tuple(range(len(shape)))
         ):
             return pieces[0].array.reshape(shape)
         return _assembler(tuple(p.valid for p in pieces), canon, inv)(*(p.array for p in pieces))

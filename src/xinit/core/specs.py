@@ -121,7 +121,9 @@ def from_config(config: dict[str, Any]) -> Spec:
     config = dict(config)
     name = config.pop("name", None)
     if name not in REGISTRY:
-        raise ValueError(f"from_config: unknown initializer name {name!r}; known: {sorted(REGISTRY)}")
+        raise ValueError(
+            f"from_config: unknown initializer name {name!r}; known: {sorted(REGISTRY)}"
+        )
     return REGISTRY[name](**config)
 
 

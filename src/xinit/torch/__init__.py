@@ -1,7 +1,7 @@
 """xinit.torch: a drop-in for ``torch.nn.init`` backed by xinit's JAX core.
 
-    import xinit.torch as init     # instead of: import torch.nn.init as init
-    init.kaiming_uniform_(layer.weight, a=5 ** 0.5)
+import xinit.torch as init     # instead of: import torch.nn.init as init
+init.kaiming_uniform_(layer.weight, a=5 ** 0.5)
 """
 
 try:

@@ -58,7 +58,7 @@ def resolve_key(key, generator):
     return seed_from_torch(generator)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _warn_no_jax_gpu(device: str) -> None:
     warnings.warn(
         f"JAX has no GPU backend here; xinit samples for {device} tensors on the CPU "
@@ -86,8 +86,10 @@ def check_dtype(tensor: torch.Tensor, spec: Spec, plan, fn: str) -> np.dtype:
     if dtype in _COMPLEX:
         if isinstance(plan, Elementwise) and plan.family in ("uniform", "normal", "constant"):
             return numpy_dtype(_COMPLEX[dtype], fn)
-        raise DtypeError(f"{fn}: complex tensors are not supported (torch does not support them "
-                         f"here either); got {dtype}")
+        raise DtypeError(
+            f"{fn}: complex tensors are not supported (torch does not support them "
+            f"here either); got {dtype}"
+        )
     np_dtype = numpy_dtype(dtype, fn)
     if random and np_dtype not in engine.FLOAT_DTYPES:
         raise DtypeError(
@@ -162,18 +164,20 @@ def fill_(tensor: torch.Tensor, spec: Spec, key, generator, fn: str) -> torch.Te
         target = torch.view_as_real(tensor)
         if plan.family == "constant":
             val = complex(plan.fparams[0])
-            re = engine.draw_plan(Elementwise("constant", (val.real,)), key, shape, np_dtype,
-                                  device=device)
-            im = engine.draw_plan(Elementwise("constant", (val.imag,)), key, shape, np_dtype,
-                                  device=device)
+            re = engine.draw_plan(
+                Elementwise("constant", (val.real,)), key, shape, np_dtype, device=device
+            )
+            im = engine.draw_plan(
+                Elementwise("constant", (val.imag,)), key, shape, np_dtype, device=device
+            )
             write_(target[..., 0], re)
             write_(target[..., 1], im)
             return tensor
-        pieces = engine.draw_plan(_complex_plan(plan), key, tuple(target.shape), np_dtype,
-                                  device=device)
+        pieces = engine.draw_plan(
+            _complex_plan(plan), key, tuple(target.shape), np_dtype, device=device
+        )
         write_(target, pieces)
         return tensor
     pieces = engine.draw_plan(plan, key, shape, np_dtype, device=device)
     write_(tensor, pieces)
     return tensor
-

@@ -62,8 +62,12 @@ Tensor = torch.Tensor
 
 
 def uniform_(
-    tensor: Tensor, a: float = 0.0, b: float = 1.0, generator: torch.Generator | None = None,
-    *, key=None,
+    tensor: Tensor,
+    a: float = 0.0,
+    b: float = 1.0,
+    generator: torch.Generator | None = None,
+    *,
+    key=None,
 ) -> Tensor:
     r"""Fill ``tensor`` with values from :math:`\mathcal{U}(a, b)`.
 
@@ -85,8 +89,12 @@ def uniform_(
 
 
 def normal_(
-    tensor: Tensor, mean: float = 0.0, std: float = 1.0, generator: torch.Generator | None = None,
-    *, key=None,
+    tensor: Tensor,
+    mean: float = 0.0,
+    std: float = 1.0,
+    generator: torch.Generator | None = None,
+    *,
+    key=None,
 ) -> Tensor:
     r"""Fill ``tensor`` with values from :math:`\mathcal{N}(\text{mean}, \text{std}^2)`.
 
@@ -100,8 +108,14 @@ def normal_(
 
 
 def trunc_normal_(
-    tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0, b: float = 2.0,
-    generator: torch.Generator | None = None, *, key=None,
+    tensor: Tensor,
+    mean: float = 0.0,
+    std: float = 1.0,
+    a: float = -2.0,
+    b: float = 2.0,
+    generator: torch.Generator | None = None,
+    *,
+    key=None,
 ) -> Tensor:
     r"""Fill ``tensor`` with :math:`\mathcal{N}(\text{mean}, \text{std}^2)` truncated to ``[a, b]``.
 
@@ -220,8 +234,13 @@ def _zero_element(tensor: Tensor, fn: str) -> bool:
 
 
 def kaiming_uniform_(
-    tensor: Tensor, a: float = 0, mode: str = "fan_in", nonlinearity: str = "leaky_relu",
-    generator: torch.Generator | None = None, *, key=None,
+    tensor: Tensor,
+    a: float = 0,
+    mode: str = "fan_in",
+    nonlinearity: str = "leaky_relu",
+    generator: torch.Generator | None = None,
+    *,
+    key=None,
 ) -> Tensor:
     r"""Kaiming/He uniform: :math:`\mathcal{U}(-b, b)`, :math:`b = \text{gain}\sqrt{3/\text{fan\_mode}}`.
 
@@ -245,8 +264,13 @@ def kaiming_uniform_(
 
 
 def kaiming_normal_(
-    tensor: Tensor, a: float = 0, mode: str = "fan_in", nonlinearity: str = "leaky_relu",
-    generator: torch.Generator | None = None, *, key=None,
+    tensor: Tensor,
+    a: float = 0,
+    mode: str = "fan_in",
+    nonlinearity: str = "leaky_relu",
+    generator: torch.Generator | None = None,
+    *,
+    key=None,
 ) -> Tensor:
     r"""Kaiming/He normal: :math:`\mathcal{N}(0, \text{gain}^2/\text{fan\_mode})`, **untruncated**.
 
@@ -279,8 +303,12 @@ def orthogonal_(
 
 
 def sparse_(
-    tensor: Tensor, sparsity: float, std: float = 0.01, generator: torch.Generator | None = None,
-    *, key=None,
+    tensor: Tensor,
+    sparsity: float,
+    std: float = 0.01,
+    generator: torch.Generator | None = None,
+    *,
+    key=None,
 ) -> Tensor:
     r"""Fill the 2-D ``tensor`` with :math:`\mathcal{N}(0, \text{std}^2)` and exactly
     ``ceil(sparsity * rows)`` zeros in every column (Martens 2010).
