@@ -168,7 +168,7 @@ def test_identity_storage_requires_grad_kept_and_float_dtypes():
     before = [(p, p.data_ptr(), p.requires_grad, p.dtype) for p in m.parameters()]
     initialize(m, key=0)
     after = list(m.parameters())
-    for (p, ptr, rg, dt), q in zip(before, after):
+    for (p, ptr, rg, dt), q in zip(before, after, strict=True):
         assert p is q and q.data_ptr() == ptr and q.requires_grad == rg and q.dtype == dt
         assert torch.isfinite(q.float()).all() and q.abs().max() > 0
 
@@ -320,7 +320,7 @@ def test_apply_fn_outside_apply_initializes_the_module_and_validates_first():
     a, b = Two(), Two()
     apply_fn(key=3)(a)
     initialize(b, key=3)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     m = Two()
     m.free = nn.Parameter(torch.zeros(3))
     w = m.fc1.weight.detach().clone()
@@ -336,7 +336,7 @@ def test_apply_fn_without_key_is_fixed_at_creation():
     a.apply(fn)
     torch.randn(3)
     b.apply(fn)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 # ---------------------------------------------------------------- materialize
@@ -380,10 +380,10 @@ def test_materialize_from_meta_equals_initialize(cls, recipe):
     out = materialize(meta, "cpu", recipe, key=8)
     assert out is meta
     assert len(list(meta.parameters())) == len(list(real.parameters()))
-    for (n, t), (n2, t2) in zip(meta.named_parameters(), real.named_parameters()):
+    for (n, t), (n2, t2) in zip(meta.named_parameters(), real.named_parameters(), strict=True):
         assert n == n2 and t.device.type == "cpu" and t.requires_grad == t2.requires_grad
         assert torch.equal(t, t2), n
-    for (n, t), (n2, t2) in zip(meta.named_buffers(), real.named_buffers()):
+    for (n, t), (n2, t2) in zip(meta.named_buffers(), real.named_buffers(), strict=True):
         assert n == n2 and not t.is_meta and torch.equal(t, t2), n
     if cls is GPTish:
         assert meta.lm_head.weight is meta.wte.weight

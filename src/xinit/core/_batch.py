@@ -25,7 +25,8 @@ import contextlib
 import functools
 import math
 from collections import defaultdict
-from typing import Any, Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -154,7 +155,7 @@ def draw_items(items: list[Item]) -> Iterator[list[Segment]]:
         yield segs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fold_program(n: int):
     def program(kd, hashes):
         _kernels._count_trace()

@@ -37,8 +37,9 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from .specs import (
     Constant,
@@ -371,7 +372,7 @@ class Plan:
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         lines = [f"plan for recipe {self.recipe!r}:"]
         for r in rows:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
         return "\n".join(lines)
 
 

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -129,6 +130,16 @@ def _layer_type(mod_path, types: Mapping) -> str:
     return m.group(1) if m else last
 
 
+def _kernel_kind(k: _Leaf, ltype: str) -> tuple[str, Layout]:
+    if len(k.shape) == 2:
+        return "linear", FLAX
+    if len(k.shape) >= 3:
+        if ltype.startswith("ConvTranspose"):
+            return "conv_transpose", CONV_TRANSPOSE
+        return "conv", FLAX
+    return "other", TORCH
+
+
 def _classify(leaves: list[_Leaf], types: Mapping, rename) -> list[tuple[Param, Layout]]:
     by_module: dict[tuple, dict[str, _Leaf]] = {}
     stats_modules = set()
@@ -147,21 +158,12 @@ def _classify(leaves: list[_Leaf], types: Mapping, rename) -> list[tuple[Param, 
         layout, attrs, role = TORCH, {}, leaf
         kernel = siblings.get("kernel")
 
-        def kernel_kind(k):
-            if len(k.shape) == 2:
-                return "linear", FLAX
-            if len(k.shape) >= 3:
-                if ltype.startswith("ConvTranspose"):
-                    return "conv_transpose", CONV_TRANSPOSE
-                return "conv", FLAX
-            return "other", TORCH
-
         if stats:
             kind, role = "norm", _STAT_LEAVES[leaf]
         elif not lf.is_param:
             kind = "other"
         elif leaf == "kernel":
-            kind, layout = kernel_kind(lf)
+            kind, layout = _kernel_kind(lf, ltype)
             role = "weight"
         elif leaf == "embedding":
             kind, role = "embedding", "weight"
@@ -170,13 +172,13 @@ def _classify(leaves: list[_Leaf], types: Mapping, rename) -> list[tuple[Param, 
         elif leaf == "negative_slope":
             kind, role = "prelu", "weight"
         elif leaf == "bias" and kernel is not None:
-            kind, _ = kernel_kind(kernel)
+            kind, _ = _kernel_kind(kernel, ltype)
         elif leaf == "bias" and ("scale" in siblings or mod in stats_modules or "Norm" in ltype):
             kind = "norm"
         else:
             kind = "other"
         if kernel is not None and kind in ("linear", "conv", "conv_transpose"):
-            _, klayout = kernel_kind(kernel)
+            _, klayout = _kernel_kind(kernel, ltype)
             attrs["weight_shape"] = canonical_shape(kernel.shape, klayout)
         name = canonical_name(lf.path, stats=stats)
         if rename is not None:
@@ -200,7 +202,7 @@ def _prepare(tree, rename):
     from flax import nnx
 
     if isinstance(tree, nnx.Module):
-        types = {tuple(p): type(m).__name__ for p, m in tree.iter_modules()}
+        types = {tuple(p): type(m).__name__ for p, m in nnx.iter_modules(tree)}
         leaves = _leaves_nnx(nnx.state(tree))
         return "nnx_module", leaves, _classify(leaves, types, rename), None
     if isinstance(tree, nnx.State):
@@ -232,7 +234,7 @@ def _draw(params: list[Param], layouts, resolved, root_key) -> list[jax.Array]:
     kd = key_data(root_key)
     keys = _batch.fold_in_many(kd, [stable_hash(p.name) for p in params])
     items = []
-    for p, res, k in zip(params, resolved, keys):
+    for p, res, k in zip(params, resolved, keys, strict=True):
         items.append(_batch.Item(p.name, k, tuple(p.shape), np.dtype(p.dtype),
                                  res.spec.plan(tuple(p.shape))))
     parts: list[list] = [[] for _ in params]
@@ -241,7 +243,7 @@ def _draw(params: list[Param], layouts, resolved, root_key) -> list[jax.Array]:
             with x64_scope(items[seg.index].dtype):
                 parts[seg.index].append((seg.offset, seg.array[seg.start : seg.start + seg.length]))
     out = []
-    for p, layout, res, segs in zip(params, layouts, resolved, parts):
+    for p, layout, res, segs in zip(params, layouts, resolved, parts, strict=True):
         dtype = np.dtype(p.dtype)
         with x64_scope(dtype):
             if not segs:
@@ -303,7 +305,7 @@ def initialize(tree, recipe, *, key, unmatched: str = "error",
     todo = [i for i, e in enumerate(pl.entries) if e.resolved is not None]
     arrays = _draw([params[i] for i in todo], [classified[i][1] for i in todo],
                    [pl.entries[i].resolved for i in todo], key)
-    new = {i: a for i, a in zip(todo, arrays)}
+    new = {i: a for i, a in zip(todo, arrays, strict=True)}
     return _rebuild(tree, kind, leaves, new, collections)
 
 

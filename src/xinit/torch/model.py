@@ -173,7 +173,7 @@ def _write_all(entries: list[Entry], resolved, root_key, targets: list[torch.Ten
     Everything is validated (dtype against spec) before anything is drawn.
     """
     items, jobs = [], []
-    for e, res, t in zip(entries, resolved, targets):
+    for e, res, t in zip(entries, resolved, targets, strict=True):
         if t.is_meta or t.numel() == 0:
             continue
         shape = tuple(t.shape)
@@ -184,7 +184,7 @@ def _write_all(entries: list[Entry], resolved, root_key, targets: list[torch.Ten
     if not items:
         return
     keys = _fold_keys(root_key, [it[0] for it in items])
-    batch = [_batch.Item(n, k, s, d, sp, dev) for (n, s, d, sp, dev), k in zip(items, keys)]
+    batch = [_batch.Item(n, k, s, d, sp, dev) for (n, s, d, sp, dev), k in zip(items, keys, strict=True)]
     flats: dict[int, torch.Tensor] = {}
     for i, (t, _) in enumerate(jobs):
         flats[i] = t.view(-1) if t.is_contiguous() else torch.empty(t.numel(), dtype=t.dtype,
@@ -242,7 +242,7 @@ def initialize(module: nn.Module, recipe="torch_default", *, key=None, unmatched
     entries = _collect(module)
     p = recipe.plan([e.param for e in entries])
     _check_unmatched(p, unmatched, ("error", "ignore"), buffers_too=False)
-    todo = [(e, pe.resolved) for e, pe in zip(entries, p.entries) if pe.resolved is not None]
+    todo = [(e, pe.resolved) for e, pe in zip(entries, p.entries, strict=True) if pe.resolved is not None]
     _write_all([e for e, _ in todo], [r for _, r in todo], _root_key(key), [e.tensor for e, _ in todo])
     return module
 
@@ -296,7 +296,7 @@ def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error"):
             p = recipe.plan([e.param for e in entries])
             _check_unmatched(p, unmatched, ("error", "ignore"), buffers_too=False)
             by_owner: dict[int, list] = {}
-            for e, pe in zip(entries, p.entries):
+            for e, pe in zip(entries, p.entries, strict=True):
                 if pe.resolved is not None:
                     by_owner.setdefault(id(e.owner), []).append((e, pe.resolved))
             state = passes[id(root)] = (root, by_owner)
@@ -368,10 +368,10 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
                 setattr(m, attr, new[id(t)])
         if isinstance(m, nn.RNNBase):
             m._init_flat_weights()
-    todo = [(e, pe.resolved) for e, pe in zip(entries, p.entries) if pe.resolved is not None]
+    todo = [(e, pe.resolved) for e, pe in zip(entries, p.entries, strict=True) if pe.resolved is not None]
     _write_all([e for e, _ in todo], [r for _, r in todo], root_key,
                [new[id(e.tensor)] for e, _ in todo])
-    zeros = [e for e, pe in zip(entries, p.entries) if pe.resolved is None]
+    zeros = [e for e, pe in zip(entries, p.entries, strict=True) if pe.resolved is None]
     if zeros:
         warnings.warn(
             f"materialize: recipe {recipe.name!r} has no rule for {', '.join(e.param.name for e in zeros)}; "
