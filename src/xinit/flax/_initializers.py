@@ -350,14 +350,14 @@ def kaiming_normal(
 def orthogonal(gain: float = 1.0, *, layout: Layout = FLAX, dtype=None):
     """Initializer of a (semi-)orthogonal matrix times ``gain`` (``torch.nn.init.orthogonal_``).
 
-    torch flattens its weight ``(out, in, *k)`` to ``(out, in * prod(k))``; the
-    same matrix here is the canonical view of the kernel. For a Dense kernel
-    ``(in, out)`` that is ``kernel.T``, and the values are torch's weight
-    transposed, bit for bit. For a conv kernel ``(*k, in, out)`` it is
-    ``kernel.transpose(-1, -2, 0, ...).reshape(out, -1)``: orthonormal rows (or
-    columns, when ``out > in * prod(k)``), again bit for bit torch's weight
-    permuted. jax's ``orthogonal(column_axis=-1)`` flattens the other way,
-    ``kernel.reshape(-1, out)``, which is not orthogonal here in general.
+    torch flattens its weight ``(out, in, *k)`` to ``(out, in * prod(k))``; here
+    the same matrix is drawn on the canonical view of the kernel and transposed
+    into its layout, so the values are torch's weight permuted, bit for bit, for
+    every rank (Dense ``(in, out)``: ``W.T``; Conv ``(*k, in, out)``:
+    ``W.permute(2, ..., 1, 0)``). jax's ``orthogonal(column_axis=-1)`` flattens a
+    conv kernel as ``kernel.reshape(-1, out)`` instead; the two flattenings differ
+    by a permutation of the ``in * prod(k)`` axis, which keeps orthogonality (and
+    the Haar distribution), so the kernel is orthogonal in both views.
     float16/bfloat16 are computed in float32.
 
     >>> q = orthogonal()(jax.random.key(0), (5, 3))

@@ -64,13 +64,16 @@ def _axes(arg: str, value) -> tuple[int, ...]:
 
 @dataclass(frozen=True, repr=False)
 class _GroupedVarianceScaling(specs.Spec):
-    """``VarianceScaling`` with jax's axis groups: several in/out axes and batch axes.
+    """``VarianceScaling`` with jax's general axes: axis groups, batch axes, overlaps.
 
-    Planned on the shape as given (identity layout): the fans are those of the
-    ``(prod(out_axes), prod(in_axes), *receptive)`` weight that jax's
-    ``_compute_fans`` describes (batch axes count for neither), and the core
-    ``VarianceScaling`` plans that shape; the draw covers the whole shape.
-    Not registered (``name`` is empty): it exists only for these arguments.
+    Planned on the shape as given (identity layout). The fans are jax's
+    ``_compute_fans``: ``fan_in = size / (out_size * batch_size)`` and
+    ``fan_out = size / (in_size * batch_size)``, where every axis outside the
+    groups is receptive field. They are handed to the core ``VarianceScaling``
+    as the weight ``(fan_out, fan_in)``, whose fans they are; the draw covers
+    the whole shape. jax allows ``in_axis`` and ``out_axis`` to name one axis
+    (Flax's ``Embed`` default, ``out_axis=0`` on ``(num, features)``, gives
+    ``fan_in = features``). Not registered (``name`` is empty).
     """
 
     name: ClassVar[str] = ""
@@ -81,22 +84,33 @@ class _GroupedVarianceScaling(specs.Spec):
 
     def plan(self, shape):
         ndim = len(shape)
-        groups = (self.in_axis, self.out_axis, self.batch_axis)
-        for arg, axes in zip(("in_axis", "out_axis", "batch_axis"), groups, strict=True):
+        if self.in_axis == (-2,) and ndim <= 1:
+            raise ShapeError(
+                f"variance_scaling can't compute input and output sizes of a {ndim}-D shape "
+                f"{tuple(shape)} with the default in_axis; the shape must be at least 2-D, "
+                "or pass in_axis explicitly"
+            )
+        sizes = []
+        for arg, axes in (("in_axis", self.in_axis), ("out_axis", self.out_axis),
+                          ("batch_axis", self.batch_axis)):
             for a in axes:
                 if not -ndim <= a < ndim:
                     raise ShapeError(
                         f"variance_scaling: {arg}={a} is out of range for shape {tuple(shape)}"
                     )
-        named = [a % ndim for axes in groups for a in axes]
-        if len(set(named)) != len(named):
+            sizes.append(math.prod(shape[a] for a in axes))
+        size_in, size_out, size_batch = sizes
+        total = math.prod(shape)
+        if total == 0:
+            return self.scaling.plan((0, 0))
+        fan_in, r_in = divmod(total, size_out * size_batch)
+        fan_out, r_out = divmod(total, size_in * size_batch)
+        if r_in or r_out:
             raise ShapeError(
                 f"variance_scaling: in_axis={self.in_axis}, out_axis={self.out_axis} and "
-                f"batch_axis={self.batch_axis} must name distinct axes of shape {tuple(shape)}"
+                f"batch_axis={self.batch_axis} give fractional fans for shape {tuple(shape)}"
             )
-        size_in, size_out = (math.prod(shape[a] for a in axes) for axes in groups[:2])
-        receptive = math.prod(shape[d] for d in range(ndim) if d not in named)
-        return self.scaling.plan((size_out, size_in, receptive))
+        return self.scaling.plan((fan_out, fan_in))
 
     def __repr__(self) -> str:
         return (f"variance_scaling({self.scaling!r}, in_axis={self.in_axis}, "
@@ -125,7 +139,10 @@ def variance_scaling(
 
     Fans: ``in_axis``/``out_axis`` (ints or sequences of ints) hold the input and
     output sizes, ``batch_axis`` counts for neither, every other axis is the
-    receptive field, as jax's ``_compute_fans``. Real dtypes only.
+    receptive field, as jax's ``_compute_fans`` (including its reading of an
+    ``in_axis`` and ``out_axis`` that name the same axis: Flax's ``Embed``
+    default ``variance_scaling(1.0, "fan_in", "normal", out_axis=0)`` gives
+    :math:`\mathcal{N}(0, 1/\text{features})`). Real dtypes only.
 
     Raises:
         BoundsError (``ValueError``): ``scale < 0``.
@@ -146,7 +163,11 @@ def _scaled(name, scale, mode, distribution, in_axis, out_axis, batch_axis, dtyp
     ins, outs = _axes("in_axis", in_axis), _axes("out_axis", out_axis)
     batch = _axes("batch_axis", batch_axis)
     dtype = _check_dtype(dtype)
-    if len(ins) == 1 and len(outs) == 1 and not batch:
+    # One in and one out axis counted from the same end never name the same axis:
+    # then the fans are a core Layout's, and the draw is in canonical order.
+    if len(ins) == 1 and len(outs) == 1 and not batch and ins != outs and (
+        (ins[0] < 0) == (outs[0] < 0)
+    ):
         return SpecInitializer(vs, Layout(ins[0], outs[0]), dtype, name)
     return SpecInitializer(_GroupedVarianceScaling(vs, ins, outs, batch), IDENTITY, dtype, name)
 
