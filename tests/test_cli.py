@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,16 +154,31 @@ def test_bench_without_suite_is_one_clear_line(capsys, monkeypatch):
     )
 
 
-def test_bench_runs_the_quick_set(capsys, monkeypatch, tmp_path):
+def test_bench_runs_the_quick_set_and_prints_ratios(capsys, monkeypatch, tmp_path):
+    import json
+
     script = tmp_path / "benchmarks" / "run.py"
     script.parent.mkdir()
     script.write_text("")
     calls = []
+
+    def fake_call(cmd, cwd):
+        calls.append((cmd, cwd))
+        out = Path(cmd[cmd.index("--out") + 1])
+        rows = [{"section": "single", "case": "uniform_", "shape": "4096x4096",
+                 "dtype": "float32", "peer": "torch.nn.init", "xinit_s": 0.05,
+                 "peer_s": 0.1, "ratio": 2.0}]
+        (out / "performance.json").write_text(json.dumps({"meta": {}, "rows": rows}))
+        return 0
+
     monkeypatch.setattr(cli, "find_benchmarks", lambda: script)
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd: calls.append((cmd, cwd)) or 0)
-    rc, _, _ = run_cli(capsys, "bench")
+    monkeypatch.setattr(cli.subprocess, "call", fake_call)
+    rc, out, _ = run_cli(capsys, "bench")
     assert rc == 0
-    assert calls == [([sys.executable, str(script), "--quick"], tmp_path)]
+    (cmd, cwd), = calls
+    assert cmd[:3] == [sys.executable, str(script), "--quick"] and cwd == tmp_path
+    assert cmd[3] == "--out" and "docs" not in cmd[4]  # never overwrites docs/performance.md
+    assert "uniform_" in out and "2.00x" in out and "50.0" in out
 
 
 def test_console_entry_point_usage_error():

@@ -260,8 +260,39 @@ def find_benchmarks() -> Path | None:
     return None
 
 
+def print_ratio_table(results: Path) -> None:
+    """Print the rows of a ``benchmarks/run.py`` ``performance.json`` as a ratio table."""
+    import json
+
+    from rich.table import Table
+
+    data = json.loads(results.read_text(encoding="utf-8"))
+    table = Table(title="xinit vs peers (ratio = peer time / xinit time; > 1: xinit is faster)")
+    for col in ("section", "case", "shape", "dtype", "peer", "xinit ms", "peer ms", "ratio"):
+        table.add_column(col, justify="right" if col.endswith(("ms", "ratio")) else "left")
+
+    def ms(seconds) -> str:
+        return "-" if seconds is None else f"{seconds * 1e3:.1f}"
+
+    for row in data.get("rows", []):
+        ratio = row.get("ratio")
+        cell = "-" if ratio is None else f"{ratio:.2f}x"
+        if ratio is not None:
+            cell = f"[{'green' if ratio >= 1 else 'red'}]{cell}[/]"
+        table.add_row(
+            str(row.get("section", "")), str(row.get("case", "")), str(row.get("shape", "")),
+            str(row.get("dtype", "")), str(row.get("peer", "")), ms(row.get("xinit_s")),
+            ms(row.get("peer_s")), cell,
+        )
+    _console().print(table)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Run the benchmark suite's quick set (``benchmarks/run.py --quick``)."""
+    """Run the benchmark suite's quick set and print its ratio table.
+
+    The results go to a temporary directory unless ``--out`` is passed on to
+    ``benchmarks/run.py``, so a quick run never overwrites ``docs/performance.md``.
+    """
     script = find_benchmarks()
     if script is None:
         print(
@@ -269,8 +300,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    cmd = [sys.executable, str(script), "--quick", *args.bench_args]
-    return subprocess.call(cmd, cwd=script.parent.parent)
+    extra = list(args.bench_args)
+    with tempfile.TemporaryDirectory(prefix="xinit-bench-") as tmp:
+        out = Path(tmp)
+        if not any(a == "--out" or a.startswith("--out=") for a in extra):
+            extra += ["--out", tmp]
+        else:
+            i = next(i for i, a in enumerate(extra) if a == "--out" or a.startswith("--out="))
+            out = Path(extra[i + 1] if extra[i] == "--out" else extra[i].split("=", 1)[1])
+        cmd = [sys.executable, str(script), "--quick", *extra]
+        rc = subprocess.call(cmd, cwd=script.parent.parent)
+        results = out / "performance.json"
+        if rc == 0 and results.is_file():
+            print_ratio_table(results)
+    return rc
 
 
 # ------------------------------------------------------------------ main
@@ -307,8 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.set_defaults(func=cmd_recipes)
 
     ben = sub.add_parser("bench", help="the benchmark suite's quick set (ratios vs torch)")
-    ben.add_argument("bench_args", nargs=argparse.REMAINDER,
-                     help="passed on to benchmarks/run.py")
+    ben.epilog = "Other arguments (e.g. --sections single --repeats 1) go to benchmarks/run.py."
     ben.set_defaults(func=cmd_bench)
     return parser
 
@@ -316,7 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``xinit`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.bench_args = extra
     try:
         return args.func(args)
     except UsageError as err:
