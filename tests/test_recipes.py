@@ -91,7 +91,7 @@ def test_recipes_are_frozen_comparable_hashable_printable():
     with pytest.raises(AttributeError):
         r.name = "x"
     text = str(r)
-    assert text.startswith("Recipe 'torch_default':") and "#0: Rule(kaiming_uniform" in text
+    assert text.startswith("Recipe 'torch_default':") and "#1: Rule(kaiming_uniform" in text
     assert repr(Rule(Normal(0.0, 0.02), kind="linear", role="weight")) == (
         "Rule(normal(mean=0.0, std=0.02), kind='linear', role='weight')"
     )
@@ -234,3 +234,17 @@ def test_transformer_gpt2_dcgan_vit_formulas():
     assert spec_of(vit(), LIN_B) == Zeros()
     assert spec_of(vit(), P("cls_token", "other", "cls_token", (1, 1, 8))) == Normal(0.0, 1e-6)
     assert spec_of(vit(), P("pos_embed", "other", "pos_embed", (1, 5, 8))) == TruncNormal(0.0, 0.02)
+
+
+def test_rule_within_and_min_ndim():
+    inside = Param("t.enc.fc.weight", "linear", "weight", (4, 4),
+                   layer=(("ancestors", ("Transformer", "ModuleList")),))
+    bias = Param("t.enc.fc.bias", "linear", "bias", (4,),
+                 layer=(("ancestors", ("Transformer",)), ("weight_shape", (4, 4))))
+    rule = Rule(XavierUniform(), within="Transformer", min_ndim=2)
+    assert rule.matches(inside) and not rule.matches(bias) and not rule.matches(LIN_W)
+    assert "within='Transformer', min_ndim=2" in repr(rule)
+    assert spec_of(torch_default(), inside) == XavierUniform()
+    assert spec_of(torch_default(), bias) == Uniform(-0.5, 0.5)
+    with pytest.raises(TypeError, match="min_ndim"):
+        Rule(Zeros(), min_ndim=-1)

@@ -531,3 +531,36 @@ def test_initialize_warns_nothing_for_plain_models():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         initialize(Two(), key=0)
+
+
+def test_torch_default_reproduces_nn_transformer_reset():
+    def make():
+        return nn.Transformer(64, 2, num_encoder_layers=1, num_decoder_layers=1,
+                              dim_feedforward=256)
+
+    def xavier_normalized(m):
+        out = []
+        for _, p in m.named_parameters():
+            if p.dim() > 1:
+                bound = math.sqrt(6 / (p.shape[0] + p.shape[1]))
+                out.append(p.detach().numpy().ravel() / bound)
+        return np.concatenate(out)
+
+    torch.manual_seed(0)
+    ref, mine = make(), make()
+    garbage_(mine)
+    initialize(mine, key=5)
+    a, b = xavier_normalized(mine), xavier_normalized(ref)
+    assert np.abs(a).max() <= 1.0 and np.abs(a).max() > 0.99
+    assert ks(a, b) > P_MIN
+    lin1 = mine.encoder.layers[0].linear1
+    assert lin1.bias.abs().max() <= 1 / math.sqrt(64)  # 1-D: Linear default
+    assert lin1.bias.abs().max() > 0.9 / math.sqrt(64)
+    attn = mine.decoder.layers[0].multihead_attn
+    assert torch.count_nonzero(attn.in_proj_bias) == 0
+    assert torch.equal(mine.encoder.norm.weight, torch.ones(64))
+    # a TransformerEncoderLayer on its own keeps the per-layer defaults
+    layer = nn.TransformerEncoderLayer(64, 2, 256)
+    initialize(layer, key=5)
+    assert layer.linear1.weight.abs().max() <= 1 / math.sqrt(64)
+    assert layer.linear1.weight.abs().max() > 0.99 / math.sqrt(64)  # not xavier: sqrt(6/320)

@@ -276,6 +276,9 @@ class Rule:
         name: glob pattern(s) on the canonical dotted name (``fnmatch``, case
             sensitive, ``*`` also crosses dots); None matches any.
         regex: a regular expression that must match the whole name; None matches any.
+        within: class name(s) of which one must enclose the layer (the layer
+            attribute ``ancestors``, e.g. ``"Transformer"``); None matches any.
+        min_ndim: the parameter must have at least this many dimensions.
 
     All given conditions must hold.
 
@@ -290,6 +293,8 @@ class Rule:
     role: Any = None
     name: Any = None
     regex: str | None = None
+    within: Any = None
+    min_ndim: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.init, (Spec, Derived)):
@@ -297,6 +302,9 @@ class Rule:
         object.__setattr__(self, "kind", _names(self.kind, "kind"))
         object.__setattr__(self, "role", _names(self.role, "role"))
         object.__setattr__(self, "name", _names(self.name, "name"))
+        object.__setattr__(self, "within", _names(self.within, "within"))
+        if self.min_ndim is not None and (not isinstance(self.min_ndim, int) or self.min_ndim < 0):
+            raise TypeError(f"Rule min_ndim must be a non-negative int or None; got {self.min_ndim!r}")
         if self.regex is not None:
             try:
                 re.compile(self.regex)
@@ -312,16 +320,22 @@ class Rule:
             return False
         if self.regex is not None and re.fullmatch(self.regex, param.name) is None:
             return False
+        if self.within is not None and not set(self.within) & set(param.attr("ancestors", ())):
+            return False
+        if self.min_ndim is not None and len(param.shape) < self.min_ndim:
+            return False
         return True
 
     def __repr__(self) -> str:
         parts = [repr(self.init)]
-        for arg in ("kind", "role", "name"):
+        for arg in ("kind", "role", "name", "within"):
             value = getattr(self, arg)
             if value is not None:
                 parts.append(f"{arg}={value[0]!r}" if len(value) == 1 else f"{arg}={value!r}")
         if self.regex is not None:
             parts.append(f"regex={self.regex!r}")
+        if self.min_ndim is not None:
+            parts.append(f"min_ndim={self.min_ndim}")
         return f"Rule({', '.join(parts)})"
 
 
@@ -463,10 +477,13 @@ def torch_default() -> Recipe:
       out_proj.weight the Linear default, bias_k/bias_v xavier_normal.
     - Norms: weight 1, bias 0, running_mean 0, running_var 1, num_batches_tracked 0.
     - PReLU: the layer's ``init`` (0.25 by default).
+    - Inside ``torch.nn.Transformer``: every parameter with 2 or more dimensions
+      ``xavier_uniform`` (its ``_reset_parameters``); 1-D ones as above.
     """
     return Recipe(
         "torch_default",
         (
+            Rule(XavierUniform(), within="Transformer", min_ndim=2),
             Rule(KaimingUniform(a=_SQRT5), kind=("linear", "conv", "conv_transpose"), role="weight"),
             Rule(FanInUniform(), kind=("linear", "conv", "conv_transpose"), role="bias"),
             Rule(InvSqrtUniform("in1_features"), kind="bilinear", role=("weight", "bias")),

@@ -93,13 +93,18 @@ def _np_dtype(t: torch.Tensor, name: str) -> np.dtype:
 def _collect(module: nn.Module, *, buffers: bool = True) -> list[Entry]:
     """Parameters (then, per module, buffers) in ``named_parameters`` order, deduplicated."""
     parents: dict[int, tuple[nn.Module, str]] = {}
+    ancestors: dict[int, tuple[str, ...]] = {}
     seen: set[int] = set()
     out: list[Entry] = []
     for prefix, m in module.named_modules():
+        above = ancestors.get(id(m), ())
         for cname, child in m.named_children():
             parents.setdefault(id(child), (m, cname))
+            ancestors.setdefault(id(child), (*above, type(m).__name__))
         parent = parents.get(id(m))
         kind, attrs = _layer(m, parent)
+        if above:
+            attrs = {**attrs, "ancestors": above}
         weight = m._parameters.get("weight")
         if (weight is not None and kind in ("linear", "conv", "conv_transpose", "attention")
                 and not isinstance(weight, nn.parameter.UninitializedTensorMixin)):
