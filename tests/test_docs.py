@@ -131,10 +131,39 @@ def test_cited_tests_exist():
         assert re.search(rf"^def {name}\(", source, re.M), f"docs cite missing test {module}::{name}"
 
 
-def test_docs_link_the_performance_page_when_it_exists():
-    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
-    if (DOCS / "performance.md").exists():
-        assert "performance.md" in nav
+def _load_ext(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_docs_ext_{name}", DOCS / "_ext" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_performance_page_joins_the_nav_once_it_exists(tmp_path):
+    hooks = _load_ext("hooks")
+    nav = [{"Home": "index.md"}, {"API reference": ["api/core.md"]}]
+    text = "See [the performance page](performance.md#targets) and [recipes](recipes.md)."
+    assert hooks.nav_with_performance(nav, tmp_path) == nav
+    assert hooks.unlink_missing_performance(text, tmp_path) == (
+        "See the performance page and [recipes](recipes.md)."
+    )
+    (tmp_path / "performance.md").write_text("# Performance\n")
+    assert hooks.nav_with_performance(nav, tmp_path) == [
+        {"Home": "index.md"}, {"Performance": "performance.md"}, {"API reference": ["api/core.md"]}
+    ]
+    assert hooks.unlink_missing_performance(text, tmp_path) == text
+    assert "docs/_ext/hooks.py" in (ROOT / "mkdocs.yml").read_text()
+
+
+def test_api_pages_render_bare_doctests_as_code():
+    fence = _load_ext("doctest_blocks").fence_doctests
+    doc = 'Summary.\n\nArgs:\n    x: y.\n\n>>> f(1)["a"]["b"]\n2\n\nMore text.\n'
+    assert fence(doc) == (
+        'Summary.\n\nArgs:\n    x: y.\n\n```pycon\n>>> f(1)["a"]["b"]\n2\n```\n\nMore text.\n'
+    )
+    already = "```python\n>>> x\n```\n"
+    assert fence(already) == already
 
 
 # ------------------------------------------------------- what PyTorch really does
