@@ -160,6 +160,19 @@ def test_import_never_imports_torch():
     assert r.stdout.strip() == "False"
 
 
+def test_the_first_call_in_a_process_may_be_inside_jit():
+    # The core's one-time self-check must not be traced into the user's program.
+    code = (
+        "import jax, flax.linen as nn, xinit.flax as xf\n"
+        "m = nn.Dense(8, kernel_init=xf.kaiming_uniform())\n"
+        "p = jax.jit(m.init)(jax.random.key(0), jax.numpy.ones((1, 4)))\n"
+        "print(p['params']['kernel'].shape)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "(4, 8)"
+
+
 # ------------------------------------------------------------ layouts and fans
 
 

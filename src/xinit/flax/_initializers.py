@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec, Sharding
 
-from xinit.core import specs
+from xinit.core import _kernels, specs
 from xinit.core.engine import sample, x64_scope
 from xinit.core.errors import XinitError
 from xinit.core.layout import FLAX, TORCH, Layout
@@ -108,6 +108,16 @@ def apply_sharding(x: jax.Array, out_sharding) -> jax.Array:
     )
 
 
+def ensure_checked() -> None:
+    """Run the core's one-time threefry self-check eagerly, even when called under a trace.
+
+    A Flax user's first xinit call is often inside ``jax.jit(model.init)``; the
+    check draws with a fixed key and must not be traced into the user's program.
+    """
+    with jax.ensure_compile_time_eval():
+        _kernels.ensure_checked()
+
+
 def with_context(err: XinitError, name: str, shape, dtype, layout) -> XinitError:
     """The same error class, its message extended with the call that raised it."""
     return type(err)(
@@ -147,6 +157,7 @@ class SpecInitializer:
 
     def __call__(self, key, shape, dtype=None, out_sharding=None) -> jax.Array:
         dtype = resolve_dtype(dtype, self.dtype)
+        ensure_checked()
         try:
             out = sample(self.spec, key, shape, dtype, layout=self.layout)
         except XinitError as err:

@@ -30,6 +30,7 @@ from ._initializers import (
     SpecInitializer,
     _check_dtype,
     apply_sharding,
+    ensure_checked,
     resolve_dtype,
     with_context,
 )
@@ -287,6 +288,7 @@ class DeltaOrthogonal:
             )
         # column_axis picks the matrix whose columns jax's orthogonal makes orthonormal.
         matrix = (n_in, n_out) if self.column_axis % 2 == 1 else (n_out, n_in)
+        ensure_checked()
         try:
             q = sample(self.ortho, key, matrix, dtype, layout=IDENTITY)
         except XinitError as err:
