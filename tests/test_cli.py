@@ -73,6 +73,14 @@ def test_report_flags_broken_bit_identity(monkeypatch):
     assert row.status == "FAIL" and row.bits == "!= torch"
 
 
+def test_report_skips_flax_rows_without_xinit_flax(capsys, monkeypatch):
+    monkeypatch.setattr(_report, "flax_module", lambda: None)
+    rc, out, err = run_cli(capsys, "report", "--only", "normal,he_uniform")
+    assert rc == 0
+    assert "xinit.flax is not available" in err
+    assert "2 skipped" in out and "0 failed" in out
+
+
 @pytest.mark.parametrize("case", _report.CASES, ids=lambda c: f"{c.name}-{c.family}")
 def test_every_case_has_a_formula(case):
     mean, std, bounds = _report.expected(case)

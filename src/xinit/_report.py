@@ -80,6 +80,7 @@ CASES: tuple[Case, ...] = (
     Case("kaiming_uniform", {"a": math.sqrt(5)}, (96, 64, 3, 3)),
     Case("kaiming_normal", {"mode": "fan_out", "nonlinearity": "relu"}, (96, 64, 3, 3)),
     Case("orthogonal", {"gain": 1.0}, check="orthogonal"),
+    Case("orthogonal", {"gain": 2.0}, (96, 32, 3, 3), check="orthogonal"),
     Case("sparse", {"sparsity": 0.5, "std": 0.01}, (1024, 32), check="sparse"),
     Case("variance_scaling", {"scale": 2.0, "mode": "fan_out", "distribution": "uniform"},
          (3, 3, 64, 96), family="jax"),
