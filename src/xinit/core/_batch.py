@@ -2,18 +2,19 @@
 
 Every parameter is an :class:`Item` (its own key, canonical shape, dtype and
 plan). Elementwise items are grouped by ``(family, dtype, device)``, sorted by
-name, and packed as segments into fixed-size chunks that
-:func:`xinit.core._kernels.run_packed` draws in one call each: segment ``s``
-uses its parameter's key and the counter of its position in that parameter's
-flat draw. Chunk sizes come from ``_kernels.CHUNK_SIZES`` and the segment count
-is padded to a power of two (at least 2), so a model of N identical blocks
-reuses the same few programs whatever N is.
+name, and packed into *rows* of :data:`ROW` elements: a parameter of ``n``
+elements takes ``ceil(n / ROW)`` consecutive rows, and row ``r`` of it holds the
+elements ``[r * ROW, (r + 1) * ROW)`` of its flat draw. One compiled program
+draws a chunk of rows; each row carries its own key, counter base and family
+parameters, which broadcast along the row (no per-element lookup). The number of
+rows is padded to a power of two, so a model of N identical blocks reuses the
+same few programs whatever N is.
 
-Values are a function of (key, canonical shape, dtype, plan) alone: the random
-bits of element ``j`` are those of counter ``j`` under the parameter's key, and
-every multi-segment program computes the same floats (tested). They can differ
-from the single-tensor path (:func:`xinit.core.draw`) by about 1 ulp for the
-normal family, whose single-segment program XLA fuses differently.
+Values are a function of (key, canonical shape, dtype, plan) alone: element
+``j`` of a parameter is computed from counter ``j`` under the parameter's key by
+the same arithmetic as :func:`xinit.core.draw` (``_kernels._family_values``), and
+equals it bit for bit (tested), so a model-level value is the per-tensor
+drop-in value for the per-name key.
 
 Non-elementwise plans (orthogonal, sparse) are drawn one by one with
 :func:`xinit.core.engine.draw_plan`.
@@ -30,14 +31,16 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jax import lax
 
 from . import _kernels
 from .engine import draw_plan, x64_scope
 from .specs import Elementwise
 
-__all__ = ["Item", "Segment", "draw_items", "fold_in_many", "MIN_SEGMENTS"]
+__all__ = ["Item", "Segment", "draw_items", "fold_in_many", "ROW", "MAX_ROWS"]
 
-MIN_SEGMENTS = 2  # the single-segment program rounds normals differently; never use it
+ROW = 256  # elements per row: the padding of every parameter is < ROW
+MAX_ROWS = _kernels.MAX_CHUNK // ROW  # rows per chunk (4 Mi elements)
 
 
 class Item(NamedTuple):
@@ -61,8 +64,8 @@ class Segment(NamedTuple):
     start: int
 
 
-def _seg_bucket(n: int) -> int:
-    b = MIN_SEGMENTS
+def _bucket(n: int, least: int = 1) -> int:
+    b = least
     while b < n:
         b *= 2
     return b
@@ -72,50 +75,81 @@ def _device_ctx(device):
     return jax.default_device(device) if device is not None else contextlib.nullcontext()
 
 
+@functools.cache
+def _rows_program(family: str, out_dtype: np.dtype, nrows: int):
+    cdt = _kernels.param_dtype(family, out_dtype)
+
+    def program(keys, base_lo, base_hi, fparams, iparams):
+        _kernels._count_trace()
+        local = lax.broadcasted_iota(np.uint32, (nrows, ROW), 1)
+        blo = base_lo[:, None]
+        lo = blo + local
+        hi = base_hi[:, None] + (lo < blo).astype(np.uint32)
+        out = _kernels._family_values(
+            family,
+            cdt,
+            out_dtype,
+            lo,
+            keys[:, 0:1],
+            keys[:, 1:2],
+            hi,
+            lo,
+            lambda j: fparams[:, j : j + 1].astype(cdt),
+            lambda j: iparams[:, j : j + 1],
+        )
+        return out.reshape(-1)
+
+    return jax.jit(program)
+
+
 def _pack(family, dtype, items, order, device) -> Iterator[list[Segment]]:
     """Chunks of the items ``order`` (indices into ``items``), each a list of segments."""
     fam = _kernels.FAMILIES[family]
     pdt = _kernels.param_dtype(family, dtype)
-    pending: list[tuple[int, int, int]] = []  # (item index, offset, length)
+    pending: list[tuple[int, int, int, int]] = []  # (item, offset, length, rows)
     used = 0
 
     def flush(pending, used):
-        size = next((c for c in _kernels.CHUNK_SIZES if c >= used), _kernels.MAX_CHUNK)
-        nseg = _seg_bucket(len(pending))
-        keys = np.zeros((nseg, 2), np.uint32)
-        starts = np.full(nseg, size, np.int32)
-        bases = np.zeros(nseg, np.uint64)
-        fparams = np.zeros((nseg, fam.n_float), pdt)
-        iparams = np.zeros((nseg, fam.n_int), np.int32)
-        pos = 0
-        for s, (i, off, length) in enumerate(pending):
+        nrows = _bucket(used)
+        keys = np.zeros((nrows, 2), np.uint32)
+        bases = np.zeros(nrows, np.uint64)
+        fparams = np.zeros((nrows, fam.n_float), pdt)
+        iparams = np.zeros((nrows, fam.n_int), np.int32)
+        row = 0
+        for i, off, _, rows in pending:
             it = items[i]
-            keys[s] = np.asarray(it.key, np.uint32)
-            starts[s] = pos
-            bases[s] = off
+            sl = slice(row, row + rows)
+            keys[sl] = np.asarray(it.key, np.uint32)
+            bases[sl] = off + ROW * np.arange(rows, dtype=np.uint64)
             if fam.n_float:
-                fparams[s] = np.asarray(it.plan.fparams, pdt)
+                fparams[sl] = np.asarray(it.plan.fparams, pdt)
             if fam.n_int:
-                iparams[s] = it.plan.iparams
-            pos += length
+                iparams[sl] = it.plan.iparams
+            row += rows
         with x64_scope(dtype), _device_ctx(device):
-            out = _kernels.run_packed(family, dtype, size, keys, starts, bases, fparams, iparams)
-        segs, pos = [], 0
-        for i, off, length in pending:
-            segs.append(Segment(i, off, length, out, pos))
-            pos += length
+            out = _rows_program(family, dtype, nrows)(
+                keys,
+                (bases & np.uint64(0xFFFFFFFF)).astype(np.uint32),
+                (bases >> np.uint64(32)).astype(np.uint32),
+                jax.numpy.asarray(fparams),
+                iparams,
+            )
+        segs, row = [], 0
+        for i, off, length, rows in pending:
+            segs.append(Segment(i, off, length, out, row * ROW))
+            row += rows
         return segs
 
     for i in order:
         n = math.prod(items[i].shape)
         off = 0
         while off < n:
-            room = _kernels.MAX_CHUNK - used
-            take = min(room, n - off)
-            pending.append((i, off, take))
-            used += take
-            off += take
-            if used == _kernels.MAX_CHUNK:
+            take_rows = min(MAX_ROWS - used, -(-(n - off) // ROW))
+            length = min(take_rows * ROW, n - off)
+            pending.append((i, off, length, take_rows))
+            used += take_rows
+            off += length
+            if used == MAX_ROWS:
                 yield flush(pending, used)
                 pending, used = [], 0
     if pending:
@@ -174,7 +208,7 @@ def fold_in_many(kd, hashes) -> np.ndarray:
     n = len(hashes)
     if n == 0:
         return np.zeros((0, 2), np.uint32)
-    size = _seg_bucket(n)
+    size = _bucket(n, 2)
     h = np.zeros(size, np.uint32)
     h[:n] = np.asarray(hashes, np.uint32)
     out = _fold_program(size)(np.asarray(kd, np.uint32), h)
