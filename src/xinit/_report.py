@@ -518,6 +518,14 @@ def write_markdown(rows: list[Row], path: Path, images: dict[Case, str], header:
         f"(KS p > {KS_MIN_P:g}; std within {STD_RTOL:.0%} of the formula; mean within "
         f"{MEAN_ZTOL:g} standard errors).",
         "",
+        "Each row compares one seeded sample of xinit on a backend (`core`: `xinit.core`, "
+        "`torch`: `xinit.torch`, `flax`: `xinit.flax` in flax layout) with one sample of the "
+        "reference on the same shape. *bounds*: uniform and truncated values inside their "
+        "bounds, `exact` equality for the deterministic initializers, orthonormality, or the "
+        "exact zeros per column of `sparse`. *bit identity*: `== torch` means the values equal "
+        "`xinit.torch`'s for the same key bit for bit (flax kernels compared in torch layout); "
+        "the JAX-native family has no torch counterpart. Regenerate with `xinit report --out DIR`.",
+        "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]
