@@ -164,6 +164,8 @@ def test_api_pages_render_bare_doctests_as_code():
     )
     already = "```python\n>>> x\n```\n"
     assert fence(already) == already
+    math = _load_ext("doctest_blocks").math_roles
+    assert math(r"Draw :math:`\mathcal{U}(a, b)` here.") == r"Draw \(\mathcal{U}(a, b)\) here."
 
 
 def _public_callables(module) -> list[str]:

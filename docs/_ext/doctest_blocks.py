@@ -1,15 +1,26 @@
-"""Griffe extension for the API pages: render bare ``>>>`` doctests as code.
+"""Griffe extension for the API pages: bare ``>>>`` doctests as code, ``:math:`` as math.
 
 xinit's docstrings put their doctest examples after the Args/Raises sections
 without an ``Examples:`` heading (so ``pytest --doctest-modules`` runs them).
 Markdown would read those lines as nested block quotes, and text such as
 ``x["params"]["kernel"]`` as reference links. This wraps each run of doctest
 lines (a ``>>>`` line up to the next blank line) in a ```` ```pycon ```` fence.
+The docstrings also write formulas as reST ``:math:`...``` roles, which
+Markdown would print literally; they become ``\\(...\\)`` for arithmatex/MathJax.
 """
 
 from __future__ import annotations
 
+import re
+
 import griffe
+
+_MATH_ROLE = re.compile(r":math:`([^`]+)`")
+
+
+def math_roles(text: str) -> str:
+    """``text`` with every reST ``:math:`x``` role written as inline math ``\\(x\\)``."""
+    return _MATH_ROLE.sub(lambda m: "\\(" + m.group(1) + "\\)", text)
 
 
 def fence_doctests(text: str) -> str:
@@ -39,4 +50,4 @@ class DoctestBlocks(griffe.Extension):
 
     def on_object(self, *, obj: griffe.Object, **kwargs) -> None:
         if obj.docstring is not None:
-            obj.docstring.value = fence_doctests(obj.docstring.value)
+            obj.docstring.value = math_roles(fence_doctests(obj.docstring.value))
