@@ -378,6 +378,15 @@ def test_jax_truncated_normal_bounds_are_in_std_units_without_correction():
     assert float(k.std()) == pytest.approx(0.02 * 0.8796, rel=0.02)
 
 
+def test_jax_validates_mode_lazily_xinit_at_construction():
+    lazy = jax.nn.initializers.variance_scaling(1.0, "fan_avgg", "normal")  # builds
+    with pytest.raises(ValueError):
+        lazy(jax.random.key(0), (4, 4))
+    xf = pytest.importorskip("xinit.flax")
+    with pytest.raises(ValueError, match="fan_avgg"):
+        xf.variance_scaling(1.0, "fan_avgg", "normal")
+
+
 def test_flax_and_torch_fans_for_the_same_layer():
     from xinit.core import FLAX, compute_fans
 
