@@ -29,6 +29,13 @@ class UsageError(Exception):
     """A mistake in the command line: reported as one line on stderr, exit status 2."""
 
 
+def _cells(*cells: str) -> list[str]:
+    """Cells as literal text: ``[a, b]`` in a formula is not rich markup."""
+    from rich.markup import escape
+
+    return [escape(str(c)) for c in cells]
+
+
 def _console(stderr: bool = False):
     from rich.console import Console
 
@@ -52,15 +59,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     for col in ("initializer", "formula", "xinit.torch", "xinit.flax", "reference"):
         table.add_column(col)
     for name in _report.TORCH_NAMES:
-        table.add_row(
+        table.add_row(*_cells(
             name, _report.FORMULAS[name], f"{name}_",
             _where(flax, name), f"torch.nn.init.{name}_",
-        )
+        ))
     for name in _report.JAX_NAMES:
-        table.add_row(
+        table.add_row(*_cells(
             name, _report.FORMULAS[name], "-", _where(flax, name),
             f"jax.nn.initializers.{name}",
-        )
+        ))
     _console().print(table)
     return 0
 
@@ -123,7 +130,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         for col in ("#", "kind", "role", "name", "initializer"):
             table.add_column(col, overflow="fold")
         for i, rule in enumerate(rules):
-            table.add_row(str(i), *_rule_cells(rule))
+            table.add_row(*_cells(i, *_rule_cells(rule)))
         console.print(table)
     return 0
 
@@ -226,14 +233,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         table.add_column(col, overflow="fold")
     style = {"ok": "green", "FAIL": "bold red", "skip": "yellow"}
     for row in rows:
-        cells = _report.row_cells(row, short=True)
+        cells = _cells(*_report.row_cells(row, short=True))
         cells[-1] = f"[{style[row.status]}]{cells[-1]}[/]"
         table.add_row(*cells)
     console.print(table)
     for row in rows:
         if row.notes:
             label = f"{row.case.label} [{row.backend}]"
-            console.print(f"[{style[row.status]}]{row.status}[/] {label}: {'; '.join(row.notes)}")
+            text = _cells(f"{label}: {'; '.join(row.notes)}")[0]
+            console.print(f"[{style[row.status]}]{row.status}[/] {text}")
 
     failed = [r for r in rows if r.status == "FAIL"]
     skipped = [r for r in rows if r.status == "skip"]
@@ -279,11 +287,11 @@ def print_ratio_table(results: Path) -> None:
         cell = "-" if ratio is None else f"{ratio:.2f}x"
         if ratio is not None:
             cell = f"[{'green' if ratio >= 1 else 'red'}]{cell}[/]"
-        table.add_row(
-            str(row.get("section", "")), str(row.get("case", "")), str(row.get("shape", "")),
-            str(row.get("dtype", "")), str(row.get("peer", "")), ms(row.get("xinit_s")),
-            ms(row.get("peer_s")), cell,
-        )
+        table.add_row(*_cells(
+            row.get("section", ""), row.get("case", ""), row.get("shape", ""),
+            row.get("dtype", ""), row.get("peer", ""), ms(row.get("xinit_s")),
+            ms(row.get("peer_s")),
+        ), cell)
     _console().print(table)
 
 
