@@ -147,6 +147,25 @@ def test_recipes_prints_a_users_rules(capsys, monkeypatch):
     assert r"re:blocks\.[0-9]+\..*" in out
 
 
+def test_recipes_shows_every_condition_of_a_rule(capsys, monkeypatch):
+    """Conditions beyond kind/role/name (e.g. ``within``) are printed, not hidden."""
+    recipes = pytest.importorskip("xinit.core.recipes")
+    import dataclasses
+
+    from xinit.core import Ones
+
+    extra = [f for f in dataclasses.fields(recipes.Rule)
+             if f.name not in ("init", "kind", "role", "name", "regex")]
+    if not extra:
+        pytest.skip("Rule has no further conditions")
+    field = extra[0]
+    value = 2 if "ndim" in field.name else "Block"
+    rule = recipes.Rule(Ones(), **{field.name: value})
+    monkeypatch.setattr(cli, "load_recipes", lambda: {"r": recipes.Recipe("r", (rule,))})
+    rc, out, _ = run_cli(capsys, "recipes")
+    assert rc == 0 and f"{field.name}={value}" in out
+
+
 def test_recipes_without_recipe_module_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(cli, "load_recipes", lambda: None)
     rc, out, err = run_cli(capsys, "recipes")

@@ -92,21 +92,31 @@ def load_recipes() -> dict[str, object] | None:
     return {name: mod.get_recipe(name) for name in mod.RECIPES}
 
 
-def _rule_cells(rule) -> tuple[str, str, str, str]:
-    """(kind, role, name pattern, initializer) of a rule; ``*`` where it matches anything."""
+def _rule_cells(rule) -> tuple[str, str, str, str, str]:
+    """(kind, role, name pattern, other conditions, initializer) of a rule; ``*``: anything."""
+    import dataclasses
 
     def any_of(value) -> str:
         if value is None:
             return "*"
-        return value if isinstance(value, str) else ", ".join(value)
+        if isinstance(value, (tuple, list, set, frozenset)):
+            return ", ".join(map(str, value))
+        return str(value)
 
     name = any_of(getattr(rule, "name", None))
     regex = getattr(rule, "regex", None)
     if regex is not None:
         name = f"re:{regex}" if name == "*" else f"{name} re:{regex}"
+    shown = {"init", "kind", "role", "name", "regex"}
+    other = []
+    if dataclasses.is_dataclass(rule):
+        for f in dataclasses.fields(rule):
+            value = getattr(rule, f.name)
+            if f.name not in shown and value is not None and value != f.default:
+                other.append(f"{f.name}={any_of(value)}")
     return (
         any_of(getattr(rule, "kind", None)), any_of(getattr(rule, "role", None)), name,
-        repr(getattr(rule, "init", rule)),
+        " ".join(other) or "-", repr(getattr(rule, "init", rule)),
     )
 
 
@@ -127,7 +137,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         rules = list(getattr(recipe, "rules", ()))
         table = Table(title=f"{name} ({len(rules)} rules, first match wins)",
                       title_justify="left")
-        for col in ("#", "kind", "role", "name", "initializer"):
+        for col in ("#", "kind", "role", "name", "also", "initializer"):
             table.add_column(col, overflow="fold")
         for i, rule in enumerate(rules):
             table.add_row(*_cells(i, *_rule_cells(rule)))
