@@ -49,6 +49,12 @@ def _lazy_linear():
     return m
 
 
+def _lazy_conv():
+    m = nn.LazyConv2d(20_000, 3)
+    m(torch.zeros(1, 2, 3, 3))
+    return m
+
+
 def _mha_kv_list():
     return nn.ModuleList(
         nn.MultiheadAttention(64, 1, kdim=4, vdim=4, add_bias_kv=True) for _ in range(160)
@@ -59,6 +65,7 @@ LAYERS = [
     ("Linear", lambda: nn.Linear(8, 20_000), [(["weight"], _u, 1 / math.sqrt(8)),
                                              (["bias"], _u, 1 / math.sqrt(8))]),
     ("LazyLinear", _lazy_linear, [(["weight", "bias"], _u, 1 / math.sqrt(8))]),
+    ("LazyConv2d", _lazy_conv, [(["weight", "bias"], _u, 1 / math.sqrt(18))]),
     ("Bilinear", lambda: nn.Bilinear(3, 2, 20_000), [(["weight", "bias"], _u, 1 / math.sqrt(3))]),
     ("Conv1d", lambda: nn.Conv1d(4, 20_000, 3), [(["weight", "bias"], _u, 1 / math.sqrt(12))]),
     ("Conv2d_groups", lambda: nn.Conv2d(8, 20_000, 3, groups=4),
