@@ -322,6 +322,16 @@ def test_transformer_encoder_layers_start_identical():
     assert torch.equal(enc.layers[0].linear1.weight, enc.layers[1].linear1.weight)
 
 
+def test_transformer_re_xaviers_every_matrix_but_keeps_vector_defaults():
+    torch.manual_seed(0)
+    model = nn.Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=1,
+                           dim_feedforward=64)
+    lin = model.encoder.layers[0].linear1  # weight (64, 32)
+    assert amax(lin.weight) <= math.sqrt(6 / (32 + 64))
+    assert amax(lin.weight) > 1 / math.sqrt(32)  # beyond the Linear default: re-initialized
+    assert 0 < amax(lin.bias) <= 1 / math.sqrt(32)  # 1-D: the Linear default stays
+
+
 def test_norm_layers_are_ones_and_zeros_with_running_stats():
     bn = nn.BatchNorm2d(8)
     assert (bn.weight == 1).all() and (bn.bias == 0).all()
