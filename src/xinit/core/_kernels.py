@@ -434,15 +434,58 @@ def _sparse_program(rows: int, cols: int, out_dtype: np.dtype, vvalids, svalids)
     return _Program(program)
 
 
+@functools.lru_cache(maxsize=None)
+def _sparse_fused_program(rows: int, cols: int, out_dtype: np.dtype):
+    """:func:`_sparse_program`'s values, with the draws done inside the row scan.
+
+    Row ``i`` hashes its own counters (values ``i*cols + c``, selection
+    ``n + i*cols + c``) in the scan step, so no ``(rows, cols)`` intermediate is
+    written or re-read; the arithmetic is that of :func:`run_elementwise`, so the
+    result is bit-identical. Needs ``2 * rows * cols <= 2**32`` (no counter carry).
+    """
+    cdt = compute_dtype(out_dtype)
+    n = rows * cols
+
+    def program(kd, zeros, fparams):
+        _count_trace()
+        k1, k2 = kd[0], kd[1]
+        lo = lax.iota(np.uint32, n).reshape(rows, cols)
+        hi = jnp.zeros((rows, cols), np.uint32)
+        sel = _unit_uniform(k1, k2, hi, lo + _U32(n), cdt)
+
+        # Selection sampling (Knuth's Algorithm S), row by row and vectorized over
+        # columns: row i is chosen with probability need/remaining. Exactly
+        # `zeros` rows per column, each subset equally likely, no sort.
+        def step(need, xs):
+            u, remaining = xs
+            chosen = (need >= remaining) | (u * remaining.astype(cdt) < need.astype(cdt))
+            chosen = chosen & (need > 0)
+            return need - chosen.astype(need.dtype), chosen
+
+        remaining = jnp.arange(rows, 0, -1, dtype=np.int32)
+        _, mask = lax.scan(step, jnp.full((cols,), zeros, dtype=np.int32), (sel, remaining))
+        z = _standard_normal(lambda: _unit_uniform(k1, k2, hi, lo, cdt), cdt)
+        vals = fparams[0] + fparams[1] * z
+        return jnp.where(mask, jnp.zeros((), cdt), vals).astype(out_dtype).reshape(-1)
+
+    return _Program(program)
+
+
 def run_sparse(kd, rows, cols, out_dtype, zeros, std):
     """Normal(0, std) values with exactly ``zeros`` zeros in every column.
 
     The values use counters ``[0, n)``; the zero pattern uses uniforms at
-    counters ``[n, 2n)`` of the same key.
+    counters ``[n, 2n)`` of the same key, consumed by selection sampling
+    (Knuth's Algorithm S) row by row.
     """
     out_dtype = np.dtype(out_dtype)
     cdt = compute_dtype(out_dtype)
     n = rows * cols
+    if 2 * n <= 2**32:
+        kd_arg = kd.reshape(2) if _is_tracer(kd) else np.asarray(kd, np.uint32).reshape(2)
+        fp = jnp.asarray(np.asarray((0.0, std), dtype=cdt))
+        out = _sparse_fused_program(rows, cols, out_dtype)(kd_arg, np.int32(zeros), fp)
+        return [Piece(out, n)]
     vals = run_elementwise("normal", cdt, n, kd, (0.0, std))
     sel = run_elementwise("uniform", cdt, n, kd, (0.0, 1.0), offset=n)
     args = (rows, cols, out_dtype, tuple(p.valid for p in vals), tuple(p.valid for p in sel))
