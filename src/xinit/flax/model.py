@@ -279,6 +279,11 @@ def initialize(tree, recipe, *, key, unmatched: str = "error",
         rename: maps each canonical name before keying and matching (e.g. to
             match a torch model's names).
 
+    A mapping whose top level has a ``"params"`` key and only mappings as values is
+    read as a variables dict (collections at the top); any other mapping as a
+    params dict. Arrays are made on JAX's default device. This runs xinit's own
+    compiled programs: call it outside ``jax.jit``.
+
     Returns:
         a new tree of the same structure with real arrays (the input is never
         changed); for an ``nnx.Module``, the module itself, updated in place
