@@ -406,13 +406,34 @@ def test_materialize_reports_uncovered_buffers_by_name():
         m = nn.Linear(4, 4)
         m.register_buffer("mask", torch.ones(4, 4))
         m.register_buffer("pos", torch.ones(4), persistent=False)
-    with pytest.raises(UnmatchedError, match="mask, pos"):
+        m.scale = nn.Parameter(torch.ones(2))
+    with pytest.raises(UnmatchedError, match="scale, mask, pos"):
         materialize(m, key=0)
+    del m.scale
     assert m.weight.is_meta  # nothing allocated
     with pytest.warns(UserWarning, match="mask, pos"):
         materialize(m, key=0, unmatched="zeros")
     assert torch.equal(m.mask, torch.zeros(4, 4)) and "pos" not in m.state_dict()
     assert not m.weight.is_meta
+
+
+def test_materialize_leaves_real_tensors_alone():
+    with torch.device("meta"):
+        m = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    m[1] = nn.Linear(3, 3)
+    real = m[1].weight.detach().clone()
+    materialize(m, key=1)
+    assert torch.equal(m[1].weight, real) and not m[0].weight.is_meta
+
+
+def test_apply_fn_with_a_module_registered_twice():
+    shared = nn.Linear(4, 4)
+    a = nn.Sequential(shared, nn.ReLU(), shared)
+    b = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    b.add_module("2", b[0])
+    a.apply(apply_fn(key=2))
+    initialize(b, key=2)
+    assert a[0] is a[2] and torch.equal(a[0].weight, b[0].weight)
 
 
 def test_materialize_without_key_uses_torch_seed():
