@@ -160,6 +160,19 @@ def test_works_inside_jit_and_eval_shape():
     assert abstract.shape == (7, 3, 3, 3) and abstract.dtype == np.float32
 
 
+def test_first_call_of_a_process_may_be_inside_jit():
+    import subprocess
+    import sys
+
+    code = (
+        "import jax, numpy as np, xinit.core as xc\n"
+        "out = jax.jit(lambda k: xc.kaiming_uniform(k, (64, 32)))(jax.random.key(0))\n"
+        "assert out.shape == (64, 32) and np.isfinite(np.asarray(out)).all()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def test_flax_layout_is_a_pure_transpose():
     k = jax.random.key(9)
     for spec in [specs.KaimingUniform(), specs.TruncNormal(0, 0.02, -0.04, 0.04), specs.Dirac(2)]:

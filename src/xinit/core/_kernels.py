@@ -526,5 +526,8 @@ def self_check() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def ensure_checked() -> bool:
-    return self_check()
+    """Run :func:`self_check` once per process, eagerly even when first reached
+    inside a user's ``jit`` (e.g. ``jax.jit(model.init)``)."""
+    with jax.ensure_compile_time_eval():
+        return self_check()
 
