@@ -22,6 +22,28 @@ from .layout import Fans as Fans
 from .layout import Layout as Layout
 from .layout import canonical_shape as canonical_shape
 from .layout import compute_fans as compute_fans
+from .recipes import Recipe as Recipe
+from .recipes import Rule as Rule
+from .recipes import Param as Param
+from .recipes import Plan as Plan
+from .recipes import PlanEntry as PlanEntry
+from .recipes import UnmatchedError as UnmatchedError
+from .recipes import Derived as Derived
+from .recipes import FanInUniform as FanInUniform
+from .recipes import InvSqrtUniform as InvSqrtUniform
+from .recipes import AttrConstant as AttrConstant
+from .recipes import PaddingZeroed as PaddingZeroed
+from .recipes import Resolved as Resolved
+from .recipes import resolve as resolve
+from .recipes import torch_default as torch_default
+from .recipes import resnet as resnet
+from .recipes import transformer as transformer
+from .recipes import gpt2 as gpt2
+from .recipes import dcgan as dcgan
+from .recipes import vit as vit
+from .recipes import RECIPES as RECIPES
+from .recipes import get_recipe as get_recipe
+from .recipes import KINDS as KINDS
 from .samplers import constant as constant
 from .samplers import dirac as dirac
 from .samplers import eye as eye
@@ -108,4 +130,27 @@ __all__ = [
     "Sparse",
     "VarianceScaling",
     "TruncatedNormal",
+    # recipes
+    "Recipe",
+    "Rule",
+    "Param",
+    "Plan",
+    "PlanEntry",
+    "UnmatchedError",
+    "Derived",
+    "FanInUniform",
+    "InvSqrtUniform",
+    "AttrConstant",
+    "PaddingZeroed",
+    "Resolved",
+    "resolve",
+    "torch_default",
+    "resnet",
+    "transformer",
+    "gpt2",
+    "dcgan",
+    "vit",
+    "RECIPES",
+    "get_recipe",
+    "KINDS",
 ]
