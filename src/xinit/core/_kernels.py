@@ -375,16 +375,54 @@ def _concat_prefix(pieces, n):
     return flat[:n]
 
 
+def _haar_householder(x):
+    """A Haar-random ``(m, n)`` matrix with orthonormal columns from a normal draw ``x`` (m >= n).
+
+    Householder QR of a Gaussian matrix reflects, at step ``k``, a vector that is
+    again standard normal in ``R^(m-k)`` and independent of the earlier steps
+    (rotation invariance). So the reflectors can be built straight from the
+    lower trapezoid of ``x`` (Stewart 1980) - column ``k``, rows ``k..m-1`` -
+    with LAPACK's conventions (``beta = -sign(alpha) * norm``, ``tau = (beta -
+    alpha) / beta``, ``v = [1, x[k+1:] / (alpha - beta)]``), and ``Q`` formed by
+    one ``householder_product`` (LAPACK ``orgqr``: half the work of ``geqrf`` +
+    ``orgqr``). Column ``k`` is multiplied by ``sign(R[k, k])`` (Mezzadri 2007),
+    as ``torch.nn.init.orthogonal_`` does, so the result is exactly Haar
+    distributed; orthonormal to rounding.
+    """
+    m, n = x.shape
+    below = lax.broadcasted_iota(np.int32, (m, n), 0) > lax.broadcasted_iota(np.int32, (m, n), 1)
+    alpha = jnp.diagonal(x)
+    tail = jnp.where(below, x, jnp.zeros((), x.dtype))
+    tail_norm2 = jnp.sum(tail * tail, axis=0)
+    one = jnp.ones((), x.dtype)
+    beta = -jnp.where(alpha >= 0, one, -one) * jnp.sqrt(alpha * alpha + tail_norm2)
+    trivial = tail_norm2 == 0  # a length-1 (or zero) tail: no reflection, R[k, k] = alpha
+    safe_beta = jnp.where(trivial, one, beta)
+    tau = jnp.where(trivial, jnp.zeros((), x.dtype), (beta - alpha) / safe_beta)
+    scale = jnp.where(trivial, jnp.zeros((), x.dtype), one / jnp.where(trivial, one, alpha - beta))
+    q = lax.linalg.householder_product(tail * scale[None, :], tau)
+    r_diag = jnp.where(trivial, alpha, beta)
+    return q * jnp.where(r_diag < 0, -one, one)[None, :]
+
+
+def _qr_haar(x):
+    """The same distribution by ``jnp.linalg.qr`` (the fallback): ``Q * sign(diag(R))``."""
+    q, r = jnp.linalg.qr(x)
+    return q * jnp.sign(jnp.diagonal(r))[None, :]
+
+
 @functools.lru_cache(maxsize=None)
-def _orthogonal_program(rows: int, cols: int, out_dtype: np.dtype, valids: tuple[int, ...]):
+def _orthogonal_program(rows: int, cols: int, out_dtype: np.dtype, valids: tuple[int, ...],
+                        method: str = "householder"):
+    haar = _haar_householder if method == "householder" else _qr_haar
+
     def program(gain, *chunks):
         _count_trace()
         flat = _concat_prefix([Piece(c, v) for c, v in zip(chunks, valids)], rows * cols)
         a = flat.reshape(rows, cols)
         if rows < cols:
             a = a.T
-        q, r = jnp.linalg.qr(a)
-        q = q * jnp.sign(jnp.diagonal(r))[None, :]
+        q = haar(a)
         if rows < cols:
             q = q.T
         return (q * gain.astype(q.dtype)).astype(out_dtype)
@@ -392,18 +430,31 @@ def _orthogonal_program(rows: int, cols: int, out_dtype: np.dtype, valids: tuple
     return _Program(program)
 
 
+_orthogonal_method = "householder"
+
+
 def run_orthogonal(kd, rows, cols, out_dtype, gain):
     """A Haar-random matrix with orthonormal rows or columns, times ``gain``.
 
-    A normal ``(rows, cols)`` draw, transposed when ``rows < cols``, is factored
-    by QR and its Q sign-corrected by ``sign(diag(R))`` (Mezzadri 2007), as
+    A normal ``(rows, cols)`` draw, transposed when ``rows < cols``, gives the
+    Householder reflectors of :func:`_haar_householder` (falling back to QR of
+    the draw where ``householder_product`` is unavailable); columns are
+    sign-corrected by ``sign(diag(R))`` (Mezzadri 2007), as
     ``torch.nn.init.orthogonal_``. 16-bit dtypes are computed in float32.
     """
+    global _orthogonal_method
     out_dtype = np.dtype(out_dtype)
     cdt = compute_dtype(out_dtype)
     normal = run_elementwise("normal", cdt, rows * cols, kd, (0.0, 1.0))
-    prog = _orthogonal_program(rows, cols, out_dtype, tuple(p.valid for p in normal))
-    out = prog(jnp.asarray(gain, cdt), *(p.array for p in normal))
+    valids = tuple(p.valid for p in normal)
+    args = (jnp.asarray(gain, cdt), *(p.array for p in normal))
+    if _orthogonal_method == "householder":
+        try:
+            out = _orthogonal_program(rows, cols, out_dtype, valids, "householder")(*args)
+        except Exception:  # noqa: BLE001 - e.g. a backend without orgqr: use QR from now on
+            _orthogonal_method = "qr"
+    if _orthogonal_method == "qr":
+        out = _orthogonal_program(rows, cols, out_dtype, valids, "qr")(*args)
     return [Piece(out.reshape(-1), rows * cols)]
 
 
