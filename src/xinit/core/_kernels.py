@@ -321,7 +321,7 @@ def run_elementwise(family, out_dtype, n, kd, fparams=(), iparams=(), *, offset=
     out_dtype = np.dtype(out_dtype)
     pdt = param_dtype(family, out_dtype)
     fam = FAMILIES[family]
-    fp = jnp.asarray(np.asarray(fparams).astype(pdt).reshape(1, fam.n_float))
+    fp = np.asarray(fparams).astype(pdt).reshape(1, fam.n_float)
     ip = np.asarray(iparams, dtype=np.int32).reshape(1, fam.n_int)
     keys = kd.reshape(1, 2) if _is_tracer(kd) else np.asarray(kd, np.uint32).reshape(1, 2)
     starts = np.zeros(1, np.int32)
@@ -364,7 +364,7 @@ def run_packed(family, out_dtype, size, keys, starts, bases, fparams, iparams):
         np.asarray(starts, np.int32),
         (bases & np.uint64(0xFFFFFFFF)).astype(np.uint32),
         (bases >> np.uint64(32)).astype(np.uint32),
-        jnp.asarray(np.asarray(fparams, param_dtype(family, out_dtype))),
+        np.asarray(fparams, param_dtype(family, out_dtype)),
         np.asarray(iparams, np.int32),
     )
 
@@ -447,7 +447,7 @@ def run_orthogonal(kd, rows, cols, out_dtype, gain):
     cdt = compute_dtype(out_dtype)
     normal = run_elementwise("normal", cdt, rows * cols, kd, (0.0, 1.0))
     valids = tuple(p.valid for p in normal)
-    args = (jnp.asarray(gain, cdt), *(p.array for p in normal))
+    args = (np.asarray(gain, cdt), *(p.array for p in normal))
     if _orthogonal_method == "householder":
         try:
             out = _orthogonal_program(rows, cols, out_dtype, valids, "householder")(*args)
@@ -534,7 +534,7 @@ def run_sparse(kd, rows, cols, out_dtype, zeros, std):
     n = rows * cols
     if 2 * n <= 2**32:
         kd_arg = kd.reshape(2) if _is_tracer(kd) else np.asarray(kd, np.uint32).reshape(2)
-        fp = jnp.asarray(np.asarray((0.0, std), dtype=cdt))
+        fp = np.asarray((0.0, std), dtype=cdt)
         out = _sparse_fused_program(rows, cols, out_dtype)(kd_arg, np.int32(zeros), fp)
         return [Piece(out, n)]
     vals = run_elementwise("normal", cdt, n, kd, (0.0, std))
