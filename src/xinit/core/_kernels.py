@@ -243,14 +243,17 @@ def _family_values(family, cdt, out_dtype, idx_u32, k1, k2, hi, lo, fp, ip):
     if family == "constant":
         return jnp.broadcast_to(fp(0), idx_u32.shape).astype(out_dtype)
     if family == "eye":
-        cols = ip(0).astype(np.uint32)
-        return (idx_u32 // cols == idx_u32 % cols).astype(out_dtype)
+        # (r, r) is flat r * (cols + 1): one vector division instead of two.
+        stride = ip(0).astype(np.uint32) + _U32(1)
+        r = idx_u32 // stride
+        return ((idx_u32 == r * stride) & (r < stride - _U32(1))).astype(out_dtype)
     if family == "dirac":
         # canonical (out, in, *k) flattened; ip = (in, K=prod(k), centre, out_per_group)
         n_in, k, centre, opg = (ip(j).astype(np.uint32) for j in range(4))
-        spatial = idx_u32 % k
-        i = (idx_u32 // k) % n_in
-        o = idx_u32 // (k * n_in)
+        q = idx_u32 // k  # divisions are scalar on CPU: reuse quotients
+        spatial = idx_u32 - q * k
+        o = q // n_in
+        i = q - o * n_in
         return ((spatial == centre) & (i == o % opg)).astype(out_dtype)
     raise AssertionError(family)
 
