@@ -558,14 +558,20 @@ def self_check() -> bool:
     kd = np.asarray(jax.random.key_data(key))
     lo = np.arange(2**32 - 500, 2**32 + 500, dtype=np.uint64)  # crosses the hi-word carry
     hi32, lo32 = (lo >> 32).astype(np.uint32), (lo & 0xFFFFFFFF).astype(np.uint32)
-    ours = jax.jit(lambda k, h, l: threefry2x32(k[0], k[1], h, l))(kd, hi32, lo32)
+    # xinit's hash in numpy (the same uint32 arithmetic, no compilation); JAX's
+    # primitive and jax.random.bits in one compiled program (a cold start pays
+    # for one compilation, not three).
+    with np.errstate(over="ignore"):
+        ours = threefry2x32(kd[0], kd[1], hi32, lo32)
+        mine = threefry2x32(kd[0], kd[1], np.zeros(n, np.uint32), np.arange(n, dtype=np.uint32))
     from jax.extend.random import threefry2x32_p
 
-    ref = jax.jit(lambda k, h, l: threefry2x32_p.bind(k[0], k[1], h, l))(kd, hi32, lo32)
-    ok = all(bool((a == b).all()) for a, b in zip(ours, ref))
-    bits = jax.random.bits(key, (n,), np.uint32)
-    mine = threefry2x32(kd[0], kd[1], np.zeros(n, np.uint32), np.arange(n, dtype=np.uint32))
-    ok = ok and bool((bits == (mine[0] ^ mine[1])).all())
+    def reference(key, k, h, l):
+        return tuple(threefry2x32_p.bind(k[0], k[1], h, l)), jax.random.bits(key, (n,), np.uint32)
+
+    ref, bits = jax.jit(reference)(key, kd, hi32, lo32)
+    ok = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(ours, ref))
+    ok = ok and bool((np.asarray(bits) == (mine[0] ^ mine[1])).all())
     if not ok:
         warnings.warn(
             "xinit's threefry does not match this JAX release's jax.random bits; "
