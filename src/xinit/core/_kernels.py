@@ -221,6 +221,24 @@ def _trunc_standard(u, alpha, beta):
     return jnp.where(flip, -z, z)
 
 
+# Families whose values are a costly transform of one unit uniform per element.
+SPLIT_FAMILIES = ("normal", "trunc_normal")
+
+
+def _values_from_unit(family, cdt, out_dtype, u, fp):
+    """``family``'s values from unit uniforms ``u`` (as :func:`_unit_uniform` makes them)."""
+    if family == "normal":
+        z = _standard_normal(lambda: u, cdt)
+        return (fp(0) + fp(1) * z).astype(out_dtype)
+    if family == "trunc_normal":
+        mean, std, a, b = fp(0), fp(1), fp(2), fp(3)
+        z = _trunc_standard(u, (a - mean) / std, (b - mean) / std)
+        x = (mean + std * z).astype(out_dtype)
+        # torch casts the bounds to the tensor dtype; so do we, after rounding.
+        return jnp.clip(x, a.astype(out_dtype), b.astype(out_dtype))
+    raise AssertionError(family)
+
+
 def _family_values(family, cdt, out_dtype, idx_u32, k1, k2, hi, lo, fp, ip):
     if family == "uniform":
         u = _unit_uniform(k1, k2, hi, lo, cdt)
@@ -230,16 +248,8 @@ def _family_values(family, cdt, out_dtype, idx_u32, k1, k2, hi, lo, fp, ip):
         b = fp(1).astype(out_dtype)
         below_b = jnp.nextafter(b, jnp.array(-jnp.inf, out_dtype))
         return jnp.where((x >= b) & (fp(0) < fp(1)), below_b, x)
-    if family == "normal":
-        z = _standard_normal(lambda: _unit_uniform(k1, k2, hi, lo, cdt), cdt)
-        return (fp(0) + fp(1) * z).astype(out_dtype)
-    if family == "trunc_normal":
-        mean, std, a, b = fp(0), fp(1), fp(2), fp(3)
-        u = _unit_uniform(k1, k2, hi, lo, cdt)
-        z = _trunc_standard(u, (a - mean) / std, (b - mean) / std)
-        x = (mean + std * z).astype(out_dtype)
-        # torch casts the bounds to the tensor dtype; so do we, after rounding.
-        return jnp.clip(x, a.astype(out_dtype), b.astype(out_dtype))
+    if family in SPLIT_FAMILIES:
+        return _values_from_unit(family, cdt, out_dtype, _unit_uniform(k1, k2, hi, lo, cdt), fp)
     if family == "constant":
         return jnp.broadcast_to(fp(0), idx_u32.shape).astype(out_dtype)
     if family == "eye":
@@ -293,6 +303,37 @@ def _elementwise_program(family: str, out_dtype: np.dtype, size: int, nseg: int)
     return _Program(program)
 
 
+# From this chunk size on, SPLIT_FAMILIES run as two programs: the hash into unit
+# uniforms, then the transform. XLA:CPU fuses the two into one loop that runs
+# ~1.4x slower than the two loops apart (register pressure); the extra pass over
+# memory is cheap next to that. Values are the same ops on the same numbers.
+SPLIT_MIN_SIZE = 4**9
+
+
+@functools.lru_cache(maxsize=None)
+def _unit_program(cdt: np.dtype, size: int):
+    def program(keys, base_lo, base_hi):
+        _count_trace()
+        local = lax.iota(np.uint32, size)
+        blo = base_lo[0]
+        lo = blo + local
+        hi = base_hi[0] + (lo < blo).astype(np.uint32)
+        return _unit_uniform(keys[0, 0], keys[0, 1], hi, lo, cdt)
+
+    return _Program(program)
+
+
+@functools.lru_cache(maxsize=None)
+def _transform_program(family: str, out_dtype: np.dtype, size: int):
+    cdt = param_dtype(family, out_dtype)
+
+    def program(u, fparams):
+        _count_trace()
+        return _values_from_unit(family, cdt, out_dtype, u, lambda j: fparams[0, j].astype(cdt))
+
+    return _Program(program)
+
+
 def param_dtype(family: str, out_dtype) -> np.dtype:
     out_dtype = np.dtype(out_dtype)
     if FAMILIES[family].random or out_dtype.kind == "f":
@@ -337,15 +378,12 @@ def run_elementwise(family, out_dtype, n, kd, fparams=(), iparams=(), *, offset=
     done = 0
     for size in chunk_sizes(n):
         pos = offset + done
-        prog = _elementwise_program(family, out_dtype, size, 1)
-        out = prog(
-            keys,
-            starts,
-            np.array([pos & 0xFFFFFFFF], np.uint32),
-            np.array([pos >> 32], np.uint32),
-            fp,
-            ip,
-        )
+        base = np.array([pos & 0xFFFFFFFF], np.uint32), np.array([pos >> 32], np.uint32)
+        if family in SPLIT_FAMILIES and size >= SPLIT_MIN_SIZE:
+            u = _unit_program(pdt, size)(keys, *base)
+            out = _transform_program(family, out_dtype, size)(u, fp)
+        else:
+            out = _elementwise_program(family, out_dtype, size, 1)(keys, starts, *base, fp, ip)
         valid = min(size, n - done)
         pieces.append(Piece(out, valid))
         done += valid
