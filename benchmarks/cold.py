@@ -5,10 +5,13 @@
 
 ``torch``: build the model on the CPU (its layers' reset_parameters run in their
 constructors). ``xinit``: from ``import xinit.torch`` (JAX import and every
-compilation included) through building the model on ``meta`` and materializing
-it with the ``torch_default`` recipe (``xinit.torch.model.materialize``; while
-that does not exist: ``to_empty`` + one ``xinit.torch`` call per tensor). torch
-itself and the model classes are imported before the clock starts, for both.
+compilation included) until the model is built and initialized with the
+``torch_default`` recipe, by one of two paths: ``--path no_init`` (default):
+build it on the CPU inside ``xinit.torch.model.no_init()`` (torch's init
+skipped), then ``initialize``; ``--path meta``: build it on ``meta``, then
+``materialize`` (without xinit.torch.model: ``to_empty`` + one ``xinit.torch``
+call per tensor). torch itself and the model classes are imported before the
+clock starts, for both.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", required=True)
     ap.add_argument("--who", choices=("xinit", "torch"), required=True)
     ap.add_argument("--cache", default="", help="persistent compilation cache dir ('' = none)")
+    ap.add_argument("--path", choices=("no_init", "meta"), default="no_init")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -67,14 +71,20 @@ def main(argv=None) -> dict:
 
             enable_compilation_cache(args.cache)
         try:
-            from xinit.torch.model import materialize
+            from xinit.torch.model import initialize, materialize, no_init
         except ImportError:
-            materialize = None
-        model = build(device="meta")
-        if materialize is not None:
+            initialize = materialize = no_init = None
+        if args.path == "no_init" and initialize is not None:
+            with no_init():
+                model = build(device="cpu")
+            _call(initialize, model, "torch_default")
+            out["path"] = "no_init() build + initialize"
+        elif materialize is not None:
+            model = build(device="meta")
             _call(materialize, model, "torch_default")
             out["path"] = "meta + materialize"
         else:
+            model = build(device="meta")
             model.to_empty(device="cpu")
             if hasattr(model, "lm_head") and hasattr(model, "wte"):
                 model.lm_head.weight = model.wte.weight  # to_empty breaks the tie

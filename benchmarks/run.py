@@ -183,7 +183,8 @@ def flax_pairs():
     ]
 
 
-def bench_single_flax(shape, repeats: int, limit: int | None = None) -> list[Row]:
+def bench_single_flax(shape, repeats: int, limit: int | None = None,
+                      modes=("eager", "jit")) -> list[Row]:
     pairs = flax_pairs()
     if pairs is None:
         print("  xinit.flax is not importable: flax rows skipped", flush=True)
@@ -193,7 +194,7 @@ def bench_single_flax(shape, repeats: int, limit: int | None = None) -> list[Row
     key = jax.random.key(0)
     for label, ours, peer in pairs[:limit]:
         oshape = (shape[0] // 2, shape[1] // 2) if label == "orthogonal" else shape
-        for mode in ("eager", "jit"):
+        for mode in modes:
             if mode == "jit":
                 o = jax.jit(lambda k, f=ours, s=oshape: f(k, s, jax.numpy.float32))
                 p = jax.jit(lambda k, f=peer, s=oshape: f(k, s, jax.numpy.float32))
@@ -254,8 +255,8 @@ def bench_models_warm(names, repeats: int) -> list[Row]:
     return rows
 
 
-def _cold_once(model: str, who: str, cache: str = "") -> dict:
-    cmd = [sys.executable, str(HERE / "cold.py"), "--model", model, "--who", who]
+def _cold_once(model: str, who: str, cache: str = "", path: str = "no_init") -> dict:
+    cmd = [sys.executable, str(HERE / "cold.py"), "--model", model, "--who", who, "--path", path]
     if cache:
         cmd += ["--cache", cache]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -269,18 +270,24 @@ def _median_run(runs: list[dict]) -> dict:
     return runs[len(runs) // 2]
 
 
-def bench_models_cold(names, repeats: int) -> list[Row]:
+def bench_models_cold(names, repeats: int, meta_path: bool = False) -> list[Row]:
+    """Fresh processes: torch building the model vs xinit with an empty / a filled cache."""
     rows = []
     for name in names:
         peer = _median_run([_cold_once(name, "torch") for _ in range(repeats)])
+        runs: dict[str, list[dict]] = {"empty cache": [], "filled cache": []}
+        if meta_path:
+            runs["filled cache, meta + materialize"] = []
         with tempfile.TemporaryDirectory(prefix="xinit-jax-cache-") as base:
-            empty_runs, filled_runs = [], []
             for r in range(repeats):
                 d = os.path.join(base, f"run{r}")  # a fresh, empty cache every time
-                empty_runs.append(_cold_once(name, "xinit", d))
-                filled_runs.append(_cold_once(name, "xinit", d))  # the same cache, now filled
-        for label, res in (("empty cache", _median_run(empty_runs)),
-                           ("filled cache", _median_run(filled_runs))):
+                runs["empty cache"].append(_cold_once(name, "xinit", d))
+                runs["filled cache"].append(_cold_once(name, "xinit", d))  # now filled
+                if meta_path:
+                    runs["filled cache, meta + materialize"].append(
+                        _cold_once(name, "xinit", d, path="meta"))
+        for label, rs in runs.items():
+            res = _median_run(rs)
             rows.append(Row("cold", f"{name} cold, {label}", res["path"], "float32",
                             res["seconds"], "torch: construct on cpu", peer["seconds"], "",
                             {"compiles": res.get("compiles"), "peak_rss": res["peak_rss"],
@@ -293,7 +300,7 @@ def bench_models_cold(names, repeats: int) -> list[Row]:
 
 def bench_materialize_memory(name: str = "transformer_1b") -> list[Row]:
     """Peak RSS of materializing a meta model vs torch building it on the CPU."""
-    ours = _cold_once(name, "xinit")
+    ours = _cold_once(name, "xinit", path="meta")
     peer = _cold_once(name, "torch")
     row = Row("memory", f"{name} materialize", ours["path"], "float32", ours["seconds"],
               "torch: construct on cpu", peer["seconds"], "cold, no persistent cache",
@@ -447,10 +454,14 @@ def render(rows, meta, notes: str) -> str:
     if cold:
         lines += ["## Whole models, cold (fresh process)", "",
                   "xinit: from `import xinit.torch` (JAX import and all compilations included) "
-                  "to the model initialized; torch: constructing the model on the CPU (its "
-                  "layers initialize themselves). torch is imported before the clock on both "
-                  "sides. Cache = JAX's persistent compilation cache via "
-                  "`xinit.core.cache.enable_compilation_cache`.", ""]
+                  "until the model is built and initialized - built inside "
+                  "`xinit.torch.model.no_init()` then `initialize`d, or (marked) built on "
+                  "`meta` then `materialize`d; torch: constructing the model on the CPU (its "
+                  "layers initialize themselves). torch and the model code are imported before "
+                  "the clock on both sides. Cache = JAX's persistent compilation cache via "
+                  "`xinit.core.cache.enable_compilation_cache`; empty = a new directory, filled "
+                  "= the same directory in the next process. Medians of "
+                  f"{meta['cold_repeats']} process(es).", ""]
         lines += _table(cold, [("case", lambda r: r.case), ("xinit path", lambda r: r.shape),
                                ("torch s", lambda r: f"{r.peer_s:.2f}"),
                                ("xinit s", lambda r: f"{r.xinit_s:.2f}"), ratio,
@@ -519,7 +530,8 @@ def run(quick=False, out=HERE.parent / "docs", sections=SECTIONS, repeats=None,
         rows += bench_many_small(repeats, 20 if small == (8, 8) else 200, small)
     if "flax" in sections:
         print("single tensors (xinit.flax vs jax.nn.initializers)", flush=True)
-        rows += bench_single_flax(sizes[0] if sizes else (4096, 4096), repeats, flax_limit)
+        rows += bench_single_flax(sizes[0] if sizes else (4096, 4096), repeats, flax_limit,
+                                  ("jit",) if quick else ("eager", "jit"))
     if "models" in sections:
         print("whole models, warm", flush=True)
         rows += bench_models_warm(model_names or (["gpt2"] if quick else ["gpt2", "resnet50"]),
@@ -527,11 +539,12 @@ def run(quick=False, out=HERE.parent / "docs", sections=SECTIONS, repeats=None,
     if "cold" in sections:
         print("whole models, cold", flush=True)
         rows += bench_models_cold(cold_models or ["gpt2", "resnet50"],
-                                  cold_repeats or (1 if quick else 3))
+                                  cold_repeats or (1 if quick else 3), meta_path=not quick)
     if "memory" in sections and not quick:
         print("materialize memory", flush=True)
         rows += bench_materialize_memory(memory_model)
     meta = {"quick": quick, "repeats": repeats, "seconds": time.perf_counter() - t0,
+            "cold_repeats": cold_repeats or (1 if quick else 3),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -545,6 +558,15 @@ def run(quick=False, out=HERE.parent / "docs", sections=SECTIONS, repeats=None,
     return rows
 
 
+def rerender(out: Path, notes_path=HERE / "notes.md") -> None:
+    """Write performance.md and .png again from ``out/performance.json``."""
+    data = json.loads((out / "performance.json").read_text())
+    rows = [Row(**{k: v for k, v in r.items() if k != "ratio"}) for r in data["rows"]]
+    notes = Path(notes_path).read_text() if notes_path and Path(notes_path).exists() else ""
+    (out / "performance.md").write_text(render(rows, data["meta"], notes))
+    chart(rows, out / "performance.png")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -554,7 +576,13 @@ def main(argv=None) -> None:
     ap.add_argument("--sections", default=",".join(SECTIONS),
                     help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--repeats", type=int, default=None, help="warm repeats (default 3 quick, 5)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="re-render performance.md/.png from --out's performance.json "
+                         "(e.g. after editing benchmarks/notes.md); measures nothing")
     args = ap.parse_args(argv)
+    if args.render_only:
+        rerender(Path(args.out))
+        return
     sections = tuple(s for s in args.sections.split(",") if s)
     unknown = set(sections) - set(SECTIONS)
     if unknown:
