@@ -63,7 +63,7 @@ class Row:
 
 
 # ----------------------------------------------------------------------------- timing
-def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
+def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
     """Median seconds of each callable, the callables run in turn within each repeat."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -418,7 +418,8 @@ def render(rows, meta, notes: str) -> str:
              + f" on {meta['date']} in {meta['seconds']:.0f} s. Ratio = peer time / xinit "
              "time: above 1, xinit is faster. Warm rows are medians of "
              f"{meta['repeats']} interleaved repeats after a warm-up; cold rows are fresh "
-             "processes.", "", "## Machine", "", *machine(), "", "## Targets", "",
+             "processes.", "", "## Machine", "", *(meta.get("machine") or machine()), "",
+             "## Targets", "",
              *target_lines(rows), ""]
     single = [r for r in rows if r.section == "single"]
     if single:
@@ -495,8 +496,16 @@ def chart(rows, path: Path) -> None:
     rows = [r for r in rows if r.ratio is not None]
     if not rows:
         return
-    labels = [f"{r.case} {r.shape} {r.dtype}" + (f" vs {r.peer}" if r.section != "single" else "")
-              for r in rows]
+    def label(r):
+        if r.section == "single":
+            return f"{r.case} {r.shape} {r.dtype}"
+        if r.section == "flax":
+            return f"flax {r.case.split(' / ')[0]} ({r.note})"
+        if r.section == "models":
+            return f"{r.case.split(' (')[0]} init vs {r.peer}"
+        return r.case
+
+    labels = [label(r) for r in rows]
     ratios = [r.ratio for r in rows]
     fig, ax = plt.subplots(figsize=(10, 0.28 * len(rows) + 1.2))
     colors = ["#2a9d8f" if x >= 1 else "#e76f51" for x in ratios]
@@ -521,6 +530,7 @@ def run(quick=False, out=HERE.parent / "docs", sections=SECTIONS, repeats=None,
         memory_model="transformer_1b", notes_path=HERE / "notes.md",
         flax_limit=None) -> list[Row]:
     t0 = time.perf_counter()
+    machine_lines = machine()  # the load average at the start
     repeats = repeats or (3 if quick else 5)
     rows: list[Row] = []
     if "single" in sections:
@@ -544,7 +554,7 @@ def run(quick=False, out=HERE.parent / "docs", sections=SECTIONS, repeats=None,
         print("materialize memory", flush=True)
         rows += bench_materialize_memory(memory_model)
     meta = {"quick": quick, "repeats": repeats, "seconds": time.perf_counter() - t0,
-            "cold_repeats": cold_repeats or (1 if quick else 3),
+            "cold_repeats": cold_repeats or (1 if quick else 3), "machine": machine_lines,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

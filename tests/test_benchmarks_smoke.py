@@ -59,7 +59,7 @@ def test_interleaved_returns_a_median_per_callable(run):
     calls = []
     res = run.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3)
     assert set(res) == {"a", "b"} and all(v >= 0 for v in res.values())
-    assert calls == ["a", "b"] * 4  # one warm-up round, then interleaved repeats
+    assert calls == ["a", "b"] * 5  # two warm-up rounds, then interleaved repeats
 
 
 def test_full_case_list_covers_every_initializer_and_dtype(run):
