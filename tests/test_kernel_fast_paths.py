@@ -1,0 +1,157 @@
+"""The speed paths of xinit.core._kernels keep the values: split normal programs, the
+512-bit CPU compile, the fused sparse program, eye/dirac, Householder orthogonal, the cache
+helper's validation. No timing asserts (timings live in benchmarks/)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import xinit.core as xc
+import xinit.torch as xt
+from xinit.core import _kernels, engine
+from xinit.core.cache import default_cache_dir, enable_compilation_cache
+
+KEY = jax.random.key(31337)
+SPLIT_N = 2 * _kernels.SPLIT_MIN_SIZE + 123  # two split chunks and a fused tail
+
+
+def _flat(pieces):
+    return np.concatenate([np.asarray(p.array[: p.valid]) for p in pieces])
+
+
+def test_split_normal_is_bit_identical_to_jax_random_f32_and_f64():
+    np.testing.assert_array_equal(
+        np.asarray(xc.normal(KEY, (SPLIT_N,))), np.asarray(jax.random.normal(KEY, (SPLIT_N,)))
+    )
+    ours = np.asarray(xc.normal(KEY, (SPLIT_N,), dtype=jnp.float64))
+    with jax.enable_x64(True):
+        ref = np.asarray(jax.random.normal(KEY, (SPLIT_N,), jnp.float64))
+    np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, jnp.bfloat16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize(
+    "family,fparams",
+    [("normal", (0.5, 0.02)), ("trunc_normal", (0.0, 0.02, -0.04, 0.04)),
+     ("trunc_normal", (1.0, 2.0, -3.0, 0.5))],
+    ids=["normal", "trunc-narrow", "trunc-asym"],
+)
+def test_split_programs_equal_the_fused_program(family, fparams, dtype, monkeypatch):
+    kd = np.array([5, 2**31 + 9], np.uint32)
+    offset = 2**32 - 1000  # the counter's hi word carries inside the draw
+    with engine.x64_scope(dtype):
+        split = _flat(_kernels.run_elementwise(family, dtype, SPLIT_N, kd, fparams, offset=offset))
+        monkeypatch.setattr(_kernels, "SPLIT_MIN_SIZE", 10**12)
+        fused = _flat(_kernels.run_elementwise(family, dtype, SPLIT_N, kd, fparams, offset=offset))
+    np.testing.assert_array_equal(split.view(np.uint8), fused.view(np.uint8))
+
+
+@pytest.mark.parametrize("family,fparams", [("uniform", (-1.0, 2.0)), ("normal", (0.0, 1.0)),
+                                            ("trunc_normal", (0.0, 1.0, -2.0, 2.0))])
+def test_cpu_compiler_options_do_not_change_bits(family, fparams):
+    size = 4**8
+    prog = _kernels._elementwise_program(family, np.dtype(np.float32), size, 1)
+    args = (np.array([[3, 4]], np.uint32), np.zeros(1, np.int32), np.zeros(1, np.uint32),
+            np.zeros(1, np.uint32), np.array([fparams], np.float32), np.zeros((1, 0), np.int32))
+    np.testing.assert_array_equal(np.asarray(prog(*args)), np.asarray(prog.jit(*args)))
+
+
+def _sparse_reference(kd, rows, cols, dtype, zeros, std):
+    # the chunked implementation the fused program replaced (kept as the large-size path)
+    cdt = _kernels.compute_dtype(dtype)
+    n = rows * cols
+    vals = _kernels.run_elementwise("normal", cdt, n, kd, (0.0, std))
+    sel = _kernels.run_elementwise("uniform", cdt, n, kd, (0.0, 1.0), offset=n)
+    prog = _kernels._sparse_program(rows, cols, np.dtype(dtype), tuple(p.valid for p in vals),
+                                    tuple(p.valid for p in sel))
+    out = prog(np.int32(zeros), *(p.array for p in vals), *(p.array for p in sel))
+    return np.asarray(out).reshape(-1)
+
+
+@pytest.mark.parametrize(
+    "rows,cols,dtype,zeros",
+    [(7, 5, np.float32, 3), (300, 10, jnp.bfloat16, 90), (64, 33, np.float64, 20),
+     (513, 1031, np.float32, 462)],
+    ids=str,
+)
+def test_fused_sparse_equals_the_chunked_reference(rows, cols, dtype, zeros):
+    kd = np.array([11, 2**31 + 5], np.uint32)
+    with engine.x64_scope(dtype):
+        ref = _sparse_reference(kd, rows, cols, dtype, zeros, 0.05)
+        ours = np.asarray(_kernels.run_sparse(kd, rows, cols, np.dtype(dtype), zeros, 0.05)[0].array)
+    np.testing.assert_array_equal(ours.view(np.uint8), ref.view(np.uint8))
+    assert np.all((ours.reshape(rows, cols) == 0).sum(axis=0) == zeros)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (5, 3), (64, 64), (100, 7), (7, 100)], ids=str)
+def test_eye_is_exact(shape):
+    np.testing.assert_array_equal(np.asarray(xc.eye(0, shape)), np.eye(*shape, dtype=np.float32))
+
+
+@pytest.mark.parametrize("shape,groups", [((4, 2, 3, 3), 1), ((6, 4, 3, 3), 2), ((8, 3, 5), 1),
+                                          ((4, 4, 2, 3, 3), 2), ((9, 2, 1, 1), 3)], ids=str)
+def test_dirac_equals_torch(shape, groups):
+    ref = torch.nn.init.dirac_(torch.empty(shape), groups)
+    assert torch.equal(xt.dirac_(torch.empty(shape), groups), ref)
+
+
+@pytest.mark.parametrize(
+    "shape,dtype,tol",
+    [((5, 5), np.float32, 2e-6), ((3, 7), np.float32, 2e-6), ((300, 200), np.float64, 1e-13),
+     ((64, 32, 3, 3), np.float32, 2e-6), ((1, 1), np.float32, 0), ((1, 5), np.float32, 1e-6)],
+    ids=str,
+)
+@pytest.mark.parametrize("method", ["householder", "qr"])
+def test_orthogonal_is_orthonormal_times_gain(shape, dtype, tol, method, monkeypatch):
+    monkeypatch.setattr(_kernels, "_orthogonal_method", method)
+    _kernels._orthogonal_program.cache_clear()
+    q = np.asarray(xc.orthogonal(7, shape, 2.0, dtype=dtype)).astype(np.float64)
+    q = q.reshape(shape[0], -1)
+    g = q @ q.T if q.shape[0] <= q.shape[1] else q.T @ q
+    assert np.abs(g / 4.0 - np.eye(g.shape[0])).max() <= tol
+
+
+def test_householder_orthogonal_is_haar_like_torch():
+    # 20k 4x4 draws: every entry of a Haar matrix has the law of torch's orthogonal_
+    # (Q[0,0] and Q[3,1]); the determinant is +-1 with equal probability.
+    keys = jax.random.split(jax.random.key(2024), 20000)
+    ours = np.asarray(jax.vmap(lambda k: xc.orthogonal(k, (4, 4)))(keys))
+    gen = torch.Generator().manual_seed(2024)
+    theirs = np.stack([torch.nn.init.orthogonal_(torch.empty(4, 4), generator=gen).numpy()
+                       for _ in range(20000)])
+    for i, j in [(0, 0), (3, 1)]:
+        assert stats.ks_2samp(ours[:, i, j], theirs[:, i, j]).pvalue > 1e-4
+    assert abs((np.linalg.det(ours) > 0).mean() - 0.5) < 0.02
+    tr = np.trace(ours, axis1=1, axis2=2)
+    assert abs(tr.mean()) < 0.05 and abs((tr**2).mean() - 1.0) < 0.08  # Haar: E tr = 0, E tr^2 = 1
+
+
+def test_self_check_falls_back_when_the_hash_disagrees(monkeypatch):
+    real = _kernels.threefry2x32
+    monkeypatch.setattr(_kernels, "threefry2x32",
+                        lambda k1, k2, a, b: (real(k1, k2, a, b)[0] ^ np.uint32(1), real(k1, k2, a, b)[1]))
+    monkeypatch.setattr(_kernels, "_use_own_threefry", True)
+    with pytest.warns(RuntimeWarning, match="falls? back|falling back"):
+        assert _kernels.self_check() is False
+    assert _kernels._use_own_threefry is False
+    monkeypatch.setattr(_kernels, "threefry2x32", real)
+    monkeypatch.setattr(_kernels, "_use_own_threefry", True)
+    _kernels._elementwise_program.cache_clear()
+    assert _kernels.self_check() is True
+
+
+def test_cache_helper_validates_before_touching_the_config(tmp_path):
+    before = jax.config.jax_compilation_cache_dir
+    for bad in (-1.0, "soon", float("nan")):
+        with pytest.raises(ValueError, match="min_compile_time_secs"):
+            enable_compilation_cache(tmp_path, min_compile_time_secs=bad)
+    assert jax.config.jax_compilation_cache_dir == before
+    assert not any(tmp_path.iterdir())
+
+
+def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "xinit" / "jax"
