@@ -51,8 +51,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import torch  # noqa: F401 - imported before the clock for both sides
     import models
+    import torch  # noqa: F401 - imported before the clock for both sides
 
     build = models.MODELS[args.model]
     rss_before = _rss_bytes()

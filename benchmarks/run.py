@@ -33,10 +33,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import jax  # noqa: E402
+import models  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import models  # noqa: E402
 import xinit.core  # noqa: E402
 import xinit.torch as xt  # noqa: E402
 
@@ -130,7 +130,8 @@ def bench_single_torch(cases, repeats: int) -> list[Row]:
         ours = getattr(xt, fn)
         peer = getattr(torch.nn.init, fn)
         note = ""
-        fns = {"xinit": lambda: ours(t, **kw), "torch": lambda: peer(t, **kw)}
+        fns = {"xinit": lambda f=ours, t=t, kw=kw: f(t, **kw),
+               "torch": lambda f=peer, t=t, kw=kw: f(t, **kw)}
         try:
             peer(t, **kw)
         except Exception as err:  # torch lacks some dtypes (e.g. bf16 QR)
@@ -201,8 +202,8 @@ def bench_single_flax(shape, repeats: int, limit: int | None = None,
             else:
                 o = lambda k, f=ours, s=oshape: f(k, s, jax.numpy.float32)  # noqa: E731
                 p = lambda k, f=peer, s=oshape: f(k, s, jax.numpy.float32)  # noqa: E731
-            res = interleaved({"xinit": lambda: o(key).block_until_ready(),
-                               "jax": lambda: p(key).block_until_ready()}, repeats)
+            res = interleaved({"xinit": lambda o=o: o(key).block_until_ready(),
+                               "jax": lambda p=p: p(key).block_until_ready()}, repeats)
             rows.append(Row("flax", label, "x".join(map(str, oshape)), "float32", res["xinit"],
                             f"jax.nn.initializers ({mode})", res["jax"], mode))
             print(f"  flax {label} {mode}: {_fmt_row(rows[-1])}", flush=True)
@@ -236,10 +237,10 @@ def bench_models_warm(names, repeats: int) -> list[Row]:
         model = models.MODELS[name]()
         fns = {}
         if initialize is not None:
-            fns["xinit initialize"] = lambda: _call_recipe(initialize, model)
-        fns["xinit.torch per tensor"] = lambda: models.torch_default_by_hand(model, xt)
-        fns["torch reset_parameters"] = lambda: models.reset_parameters(model)
-        fns["torch.nn.init by hand"] = lambda: models.torch_default_by_hand(model, torch.nn.init)
+            fns["xinit initialize"] = lambda m=model: _call_recipe(initialize, m)
+        fns["xinit.torch per tensor"] = lambda m=model: models.torch_default_by_hand(m, xt)
+        fns["torch reset_parameters"] = lambda m=model: models.reset_parameters(m)
+        fns["torch.nn.init by hand"] = lambda m=model: models.torch_default_by_hand(m, torch.nn.init)
         before = xinit.core.compile_count()
         res = interleaved(fns, repeats)
         ours = "xinit initialize" if initialize is not None else "xinit.torch per tensor"

@@ -268,7 +268,7 @@ def _family_values(family, cdt, out_dtype, idx_u32, k1, k2, hi, lo, fp, ip):
     raise AssertionError(family)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _elementwise_program(family: str, out_dtype: np.dtype, size: int, nseg: int):
     cdt = param_dtype(family, out_dtype)
 
@@ -310,7 +310,7 @@ def _elementwise_program(family: str, out_dtype: np.dtype, size: int, nseg: int)
 SPLIT_MIN_SIZE = 4**9
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _unit_program(cdt: np.dtype, size: int):
     def program(keys, base_lo, base_hi):
         _count_trace()
@@ -323,7 +323,7 @@ def _unit_program(cdt: np.dtype, size: int):
     return _Program(program)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _transform_program(family: str, out_dtype: np.dtype, size: int):
     cdt = param_dtype(family, out_dtype)
 
@@ -452,14 +452,14 @@ def _qr_haar(x):
     return q * jnp.sign(jnp.diagonal(r))[None, :]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _orthogonal_program(rows: int, cols: int, out_dtype: np.dtype, valids: tuple[int, ...],
                         method: str = "householder"):
     haar = _haar_householder if method == "householder" else _qr_haar
 
     def program(gain, *chunks):
         _count_trace()
-        flat = _concat_prefix([Piece(c, v) for c, v in zip(chunks, valids)], rows * cols)
+        flat = _concat_prefix([Piece(c, v) for c, v in zip(chunks, valids, strict=True)], rows * cols)
         a = flat.reshape(rows, cols)
         if rows < cols:
             a = a.T
@@ -499,13 +499,13 @@ def run_orthogonal(kd, rows, cols, out_dtype, gain):
     return [Piece(out.reshape(-1), rows * cols)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sparse_program(rows: int, cols: int, out_dtype: np.dtype, vvalids, svalids):
     def program(zeros, *chunks):
         _count_trace()
         nv = len(vvalids)
-        vals = _concat_prefix([Piece(c, v) for c, v in zip(chunks[:nv], vvalids)], rows * cols)
-        sel = _concat_prefix([Piece(c, v) for c, v in zip(chunks[nv:], svalids)], rows * cols)
+        vals = _concat_prefix([Piece(c, v) for c, v in zip(chunks[:nv], vvalids, strict=True)], rows * cols)
+        sel = _concat_prefix([Piece(c, v) for c, v in zip(chunks[nv:], svalids, strict=True)], rows * cols)
         vals = vals.reshape(rows, cols)
         sel = sel.reshape(rows, cols)
 
@@ -526,7 +526,7 @@ def _sparse_program(rows: int, cols: int, out_dtype: np.dtype, vvalids, svalids)
     return _Program(program)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sparse_fused_program(rows: int, cols: int, out_dtype: np.dtype):
     """:func:`_sparse_program`'s values, with the draws done inside the row scan.
 
@@ -604,11 +604,11 @@ def self_check() -> bool:
         mine = threefry2x32(kd[0], kd[1], np.zeros(n, np.uint32), np.arange(n, dtype=np.uint32))
     from jax.extend.random import threefry2x32_p
 
-    def reference(key, k, h, l):
-        return tuple(threefry2x32_p.bind(k[0], k[1], h, l)), jax.random.bits(key, (n,), np.uint32)
+    def reference(key, k, hi, lo):
+        return tuple(threefry2x32_p.bind(k[0], k[1], hi, lo)), jax.random.bits(key, (n,), np.uint32)
 
     ref, bits = jax.jit(reference)(key, kd, hi32, lo32)
-    ok = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(ours, ref))
+    ok = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(ours, ref, strict=True))
     ok = ok and bool((np.asarray(bits) == (mine[0] ^ mine[1])).all())
     if not ok:
         warnings.warn(
@@ -622,7 +622,7 @@ def self_check() -> bool:
     return ok
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ensure_checked() -> bool:
     """Run :func:`self_check` once per process, eagerly even when first reached
     inside a user's ``jit`` (e.g. ``jax.jit(model.init)``)."""
