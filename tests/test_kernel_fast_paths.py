@@ -155,3 +155,22 @@ def test_cache_helper_validates_before_touching_the_config(tmp_path):
 def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_cache_dir() == tmp_path / "xinit" / "jax"
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 7, 1025, 4097, 65537, 2**20 + 3, 2**24 - 1])
+def test_small_quotient_is_exact_in_its_range(d):
+    max_n = min(_kernels.SMALL_QUOTIENT_MAX_INDEX, d * _kernels.SMALL_QUOTIENT_MAX_Q)
+    rng = np.random.default_rng(d)
+    multiples = np.arange(1, 3000, dtype=np.int64) * d
+    n = np.concatenate([rng.integers(0, max_n, 200_000), np.arange(max(0, max_n - 3000), max_n),
+                        np.arange(3000), multiples % max_n, (multiples - 1) % max_n]).astype(np.uint32)
+    q = np.asarray(jax.jit(_kernels._small_quotient)(n, np.full(n.shape, d, np.uint32)))
+    np.testing.assert_array_equal(q, n // np.uint32(d))
+
+
+def test_eye_uses_the_fast_division_only_where_it_is_exact():
+    assert _kernels._small_quotient_ok(4096 * 4096, 4097)
+    assert not _kernels._small_quotient_ok(2**31 + 1, 2**20)  # index beyond int32
+    assert not _kernels._small_quotient_ok(2**24, 2)  # quotient beyond 2**21
+    np.testing.assert_array_equal(np.asarray(xc.eye(0, (2**22 + 3, 1))),
+                                  np.eye(2**22 + 3, 1, dtype=np.float32))  # slow path

@@ -239,7 +239,35 @@ def _values_from_unit(family, cdt, out_dtype, u, fp):
     raise AssertionError(family)
 
 
-def _family_values(family, cdt, out_dtype, idx_u32, k1, k2, hi, lo, fp, ip):
+# Bounds under which :func:`_small_quotient` is exact (checked on the host).
+SMALL_QUOTIENT_MAX_INDEX = 2**31
+SMALL_QUOTIENT_MAX_Q = 2**21
+SMALL_QUOTIENT_MAX_DIVISOR = 2**24
+
+
+def _small_quotient(n_u32, d_u32):
+    """``n // d`` for ``n < 2**31``, ``d < 2**24`` and ``n // d < 2**21``, exactly.
+
+    XLA:CPU runs integer division one lane at a time; this is a float32 estimate
+    (relative error < 2**-22, so within 2 of the quotient in that range) fixed up
+    by three integer corrections each way, all vectorized.
+    """
+    n = n_u32.astype(np.int32)
+    d = d_u32.astype(np.int32)
+    q = jnp.floor(n.astype(np.float32) * (np.float32(1) / d.astype(np.float32))).astype(np.int32)
+    rem = n - q * d
+    for _ in range(3):
+        low = rem < 0
+        q = jnp.where(low, q - 1, q)
+        rem = jnp.where(low, rem + d, rem)
+    for _ in range(3):
+        high = rem >= d
+        q = jnp.where(high, q + 1, q)
+        rem = jnp.where(high, rem - d, rem)
+    return q.astype(np.uint32)
+
+
+def _family_values(family, cdt, out_dtype, idx_u32, k1, k2, hi, lo, fp, ip, fast_div=False):
     if family == "uniform":
         u = _unit_uniform(k1, k2, hi, lo, cdt)
         x = _uniform_between(u, fp(0), fp(1)).astype(out_dtype)
@@ -253,9 +281,9 @@ def _family_values(family, cdt, out_dtype, idx_u32, k1, k2, hi, lo, fp, ip):
     if family == "constant":
         return jnp.broadcast_to(fp(0), idx_u32.shape).astype(out_dtype)
     if family == "eye":
-        # (r, r) is flat r * (cols + 1): one vector division instead of two.
+        # (r, r) is flat r * (cols + 1): one division instead of two.
         stride = ip(0).astype(np.uint32) + _U32(1)
-        r = idx_u32 // stride
+        r = _small_quotient(idx_u32, stride) if fast_div else idx_u32 // stride
         return ((idx_u32 == r * stride) & (r < stride - _U32(1))).astype(out_dtype)
     if family == "dirac":
         # canonical (out, in, *k) flattened; ip = (in, K=prod(k), centre, out_per_group)
@@ -269,7 +297,8 @@ def _family_values(family, cdt, out_dtype, idx_u32, k1, k2, hi, lo, fp, ip):
 
 
 @functools.cache
-def _elementwise_program(family: str, out_dtype: np.dtype, size: int, nseg: int):
+def _elementwise_program(family: str, out_dtype: np.dtype, size: int, nseg: int,
+                         fast_div: bool = False):
     cdt = param_dtype(family, out_dtype)
 
     def program(keys, starts, base_lo, base_hi, fparams, iparams):
@@ -298,6 +327,7 @@ def _elementwise_program(family: str, out_dtype: np.dtype, size: int, nseg: int)
             lo,
             lambda j: seg(fparams[:, j]).astype(cdt),
             lambda j: seg(iparams[:, j]),
+            fast_div,
         )
 
     return _Program(program)
@@ -339,6 +369,11 @@ def param_dtype(family: str, out_dtype) -> np.dtype:
     if FAMILIES[family].random or out_dtype.kind == "f":
         return compute_dtype(out_dtype)
     return out_dtype
+
+
+def _small_quotient_ok(max_index: int, divisor: int) -> bool:
+    return (max_index <= SMALL_QUOTIENT_MAX_INDEX and 0 < divisor < SMALL_QUOTIENT_MAX_DIVISOR
+            and max_index // divisor < SMALL_QUOTIENT_MAX_Q)
 
 
 def chunk_sizes(n: int) -> list[int]:
@@ -383,7 +418,9 @@ def run_elementwise(family, out_dtype, n, kd, fparams=(), iparams=(), *, offset=
             u = _unit_program(pdt, size)(keys, *base)
             out = _transform_program(family, out_dtype, size)(u, fp)
         else:
-            out = _elementwise_program(family, out_dtype, size, 1)(keys, starts, *base, fp, ip)
+            fast = family == "eye" and _small_quotient_ok(pos + size, int(ip[0, 0]) + 1)
+            prog = _elementwise_program(family, out_dtype, size, 1, fast)
+            out = prog(keys, starts, *base, fp, ip)
         valid = min(size, n - done)
         pieces.append(Piece(out, valid))
         done += valid
