@@ -158,21 +158,16 @@ def fill_(tensor: torch.Tensor, spec: Spec, key, generator, fn: str) -> torch.Te
     np_dtype = check_dtype(tensor, spec, plan, fn)
     if tensor.is_meta or tensor.numel() == 0:
         return tensor
+    if isinstance(plan, Elementwise) and plan.family == "constant":
+        # A constant has no draw: torch's own fill_ writes exactly the value the
+        # kernel would (the same scalar cast), once, at memory speed.
+        with torch.no_grad():
+            tensor.fill_(plan.fparams[0])
+        return tensor
     key = resolve_key(key, generator)
     device = jax_device(tensor.device)
     if tensor.is_complex():
         target = torch.view_as_real(tensor)
-        if plan.family == "constant":
-            val = complex(plan.fparams[0])
-            re = engine.draw_plan(
-                Elementwise("constant", (val.real,)), key, shape, np_dtype, device=device
-            )
-            im = engine.draw_plan(
-                Elementwise("constant", (val.imag,)), key, shape, np_dtype, device=device
-            )
-            write_(target[..., 0], re)
-            write_(target[..., 1], im)
-            return tensor
         pieces = engine.draw_plan(
             _complex_plan(plan), key, tuple(target.shape), np_dtype, device=device
         )

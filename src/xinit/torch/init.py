@@ -9,6 +9,8 @@ core and are written into the tensor in place via DLPack; the same object is
 returned. Values equal ``torch.nn.init``'s *in distribution*, not bit for bit
 (torch's generator is a different algorithm); for the same ``key`` they equal
 ``xinit.flax`` and ``xinit.core`` bit for bit.
+``constant_``, ``ones_`` and ``zeros_`` have nothing to draw: they are written
+with torch's own ``fill_`` (the same values, at memory speed).
 
 Deliberate differences, each a strict widening: ``orthogonal_`` works on
 float16/bfloat16 tensors (computed in float32; torch's CPU QR rejects them), and
