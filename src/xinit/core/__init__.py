@@ -9,6 +9,8 @@ from ._kernels import compile_count as compile_count
 from ._keys import fold_in_name as fold_in_name
 from ._keys import key_data as key_data
 from ._keys import stable_hash as stable_hash
+from .cache import default_cache_dir as default_cache_dir
+from .cache import enable_compilation_cache as enable_compilation_cache
 from .engine import DTYPES as DTYPES
 from .engine import FLOAT_DTYPES as FLOAT_DTYPES
 from .engine import draw as draw
@@ -22,28 +24,28 @@ from .layout import Fans as Fans
 from .layout import Layout as Layout
 from .layout import canonical_shape as canonical_shape
 from .layout import compute_fans as compute_fans
-from .recipes import Recipe as Recipe
-from .recipes import Rule as Rule
-from .recipes import Param as Param
-from .recipes import Plan as Plan
-from .recipes import PlanEntry as PlanEntry
-from .recipes import UnmatchedError as UnmatchedError
+from .recipes import KINDS as KINDS
+from .recipes import RECIPES as RECIPES
+from .recipes import AttrConstant as AttrConstant
 from .recipes import Derived as Derived
 from .recipes import FanInUniform as FanInUniform
 from .recipes import InvSqrtUniform as InvSqrtUniform
-from .recipes import AttrConstant as AttrConstant
 from .recipes import PaddingZeroed as PaddingZeroed
+from .recipes import Param as Param
+from .recipes import Plan as Plan
+from .recipes import PlanEntry as PlanEntry
+from .recipes import Recipe as Recipe
 from .recipes import Resolved as Resolved
+from .recipes import Rule as Rule
+from .recipes import UnmatchedError as UnmatchedError
+from .recipes import dcgan as dcgan
+from .recipes import get_recipe as get_recipe
+from .recipes import gpt2 as gpt2
+from .recipes import resnet as resnet
 from .recipes import resolve as resolve
 from .recipes import torch_default as torch_default
-from .recipes import resnet as resnet
 from .recipes import transformer as transformer
-from .recipes import gpt2 as gpt2
-from .recipes import dcgan as dcgan
 from .recipes import vit as vit
-from .recipes import RECIPES as RECIPES
-from .recipes import get_recipe as get_recipe
-from .recipes import KINDS as KINDS
 from .samplers import constant as constant
 from .samplers import dirac as dirac
 from .samplers import eye as eye
@@ -82,6 +84,8 @@ __all__ = [
     "errors",
     "XinitError",
     "compile_count",
+    "enable_compilation_cache",
+    "default_cache_dir",
     "key_data",
     "fold_in_name",
     "stable_hash",

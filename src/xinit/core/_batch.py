@@ -99,7 +99,7 @@ def _rows_program(family: str, out_dtype: np.dtype, nrows: int):
         )
         return out.reshape(-1)
 
-    return jax.jit(program)
+    return _kernels._Program(program)
 
 
 def _pack(family, dtype, items, order, device) -> Iterator[list[Segment]]:

@@ -297,21 +297,16 @@ def _family_values(family, cdt, out_dtype, idx_u32, k1, k2, hi, lo, fp, ip, fast
 
 
 @functools.cache
-def _elementwise_program(family: str, out_dtype: np.dtype, size: int, nseg: int,
-                         fast_div: bool = False):
+def _elementwise_program(family: str, out_dtype: np.dtype, size: int, fast_div: bool = False):
     cdt = param_dtype(family, out_dtype)
 
     def program(keys, starts, base_lo, base_hi, fparams, iparams):
         _count_trace()
         idx = lax.iota(np.int32, size)
-        if nseg == 1:
-            def seg(a):
-                return a[0]
-        else:
-            s = jnp.searchsorted(starts, idx, side="right") - 1
 
-            def seg(a):
-                return a[s]
+        def seg(a):
+            return a[0]
+
         local = (idx - seg(starts)).astype(np.uint32)
         blo = seg(base_lo)
         lo = blo + local
@@ -406,7 +401,7 @@ def run_elementwise(family, out_dtype, n, kd, fparams=(), iparams=(), *, offset=
     starts = np.zeros(1, np.int32)
     if _is_tracer(kd):
         # Inside a user's jit: one exact-size program, inlined into theirs.
-        prog = _elementwise_program(family, out_dtype, n, 1)
+        prog = _elementwise_program(family, out_dtype, n)
         base = np.array([offset & 0xFFFFFFFF], np.uint32), np.array([offset >> 32], np.uint32)
         return [Piece(prog(keys, starts, *base, fp, ip), n)]
     pieces = []
@@ -419,32 +414,12 @@ def run_elementwise(family, out_dtype, n, kd, fparams=(), iparams=(), *, offset=
             out = _transform_program(family, out_dtype, size)(u, fp)
         else:
             fast = family == "eye" and _small_quotient_ok(pos + size, int(ip[0, 0]) + 1)
-            prog = _elementwise_program(family, out_dtype, size, 1, fast)
+            prog = _elementwise_program(family, out_dtype, size, fast)
             out = prog(keys, starts, *base, fp, ip)
         valid = min(size, n - done)
         pieces.append(Piece(out, valid))
         done += valid
     return pieces
-
-
-def run_packed(family, out_dtype, size, keys, starts, bases, fparams, iparams):
-    """One chunk of ``size`` holding several segments (model-level batching).
-
-    ``starts[s]`` is where segment ``s`` begins in the chunk (ascending, first 0);
-    its element ``j`` uses key ``keys[s]`` and counter ``bases[s] + j``.
-    """
-    out_dtype = np.dtype(out_dtype)
-    nseg = len(starts)
-    prog = _elementwise_program(family, out_dtype, size, nseg)
-    bases = np.asarray(bases, np.uint64)
-    return prog(
-        np.asarray(keys, np.uint32).reshape(nseg, 2),
-        np.asarray(starts, np.int32),
-        (bases & np.uint64(0xFFFFFFFF)).astype(np.uint32),
-        (bases >> np.uint64(32)).astype(np.uint32),
-        np.asarray(fparams, param_dtype(family, out_dtype)),
-        np.asarray(iparams, np.int32),
-    )
 
 
 def _concat_prefix(pieces, n):
