@@ -427,6 +427,16 @@ def test_dirac_equals_torch_exactly(shape, groups, dtype):
 # ---------------------------------------------------------------- complex
 
 
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=str)
+@pytest.mark.parametrize("name,shape,args", [("eye_", (3, 5), ()), ("dirac_", (6, 3, 3, 3), (2,)),
+                                             ("constant_", (4, 4), (1 + 2j,)), ("zeros_", (4, 4), ())],
+                         ids=lambda v: str(v))
+def test_complex_fills_equal_torch_exactly(name, shape, args, dtype):
+    theirs = getattr(torch.nn.init, name)(torch.full(shape, 7 + 7j, dtype=dtype), *args)
+    ours = getattr(xt, name)(torch.full(shape, 7 + 7j, dtype=dtype), *args)
+    assert torch.equal(ours, theirs)
+
+
 def test_complex_uniform_and_normal_follow_torch():
     shape = (20_000,)
     gen = torch.Generator().manual_seed(0)

@@ -29,6 +29,9 @@ _DTYPES = {
     torch.int64: np.dtype(np.int64),
 }
 _COMPLEX = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+# Plans that complex tensors take, as torch fills them: random draws on the real
+# view (see _complex_plan), fills and patterns on the real part with imag = 0.
+_COMPLEX_FAMILIES = ("uniform", "normal", "constant", "eye", "dirac")
 
 
 def numpy_dtype(dtype: torch.dtype, fn: str) -> np.dtype:
@@ -84,7 +87,7 @@ def check_dtype(tensor: torch.Tensor, spec: Spec, plan, fn: str) -> np.dtype:
     random = not isinstance(plan, Elementwise) or FAMILIES[plan.family].random
     dtype = tensor.dtype
     if dtype in _COMPLEX:
-        if isinstance(plan, Elementwise) and plan.family in ("uniform", "normal", "constant"):
+        if isinstance(plan, Elementwise) and plan.family in _COMPLEX_FAMILIES:
             return numpy_dtype(_COMPLEX[dtype], fn)
         raise DtypeError(
             f"{fn}: complex tensors are not supported (torch does not support them "
@@ -168,6 +171,12 @@ def fill_(tensor: torch.Tensor, spec: Spec, key, generator, fn: str) -> torch.Te
     device = jax_device(tensor.device)
     if tensor.is_complex():
         target = torch.view_as_real(tensor)
+        if plan.family in ("eye", "dirac"):
+            pieces = engine.draw_plan(plan, key, shape, np_dtype, device=device)
+            write_(target[..., 0], pieces)
+            with torch.no_grad():
+                target[..., 1].zero_()
+            return tensor
         pieces = engine.draw_plan(
             _complex_plan(plan), key, tuple(target.shape), np_dtype, device=device
         )
