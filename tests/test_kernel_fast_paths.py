@@ -54,8 +54,8 @@ def test_split_programs_equal_the_fused_program(family, fparams, dtype, monkeypa
 def test_cpu_compiler_options_do_not_change_bits(family, fparams):
     size = 4**8
     prog = _kernels._elementwise_program(family, np.dtype(np.float32), size)
-    args = (np.array([[3, 4]], np.uint32), np.zeros(1, np.int32), np.zeros(1, np.uint32),
-            np.zeros(1, np.uint32), np.array([fparams], np.float32), np.zeros((1, 0), np.int32))
+    args = (np.array([[3, 4]], np.uint32), np.zeros(1, np.uint32), np.zeros(1, np.uint32),
+            np.array([fparams], np.float32), np.zeros((1, 0), np.int32))
     np.testing.assert_array_equal(np.asarray(prog(*args)), np.asarray(prog.jit(*args)))
 
 

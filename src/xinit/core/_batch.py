@@ -82,9 +82,7 @@ def _rows_program(family: str, out_dtype: np.dtype, nrows: int):
     def program(keys, base_lo, base_hi, fparams, iparams):
         _kernels._count_trace()
         local = lax.broadcasted_iota(np.uint32, (nrows, ROW), 1)
-        blo = base_lo[:, None]
-        lo = blo + local
-        hi = base_hi[:, None] + (lo < blo).astype(np.uint32)
+        hi, lo = _kernels.counter_words(base_lo[:, None], base_hi[:, None], local)
         out = _kernels._family_values(
             family,
             cdt,

@@ -296,32 +296,30 @@ def _family_values(family, cdt, out_dtype, idx_u32, k1, k2, hi, lo, fp, ip, fast
     raise AssertionError(family)
 
 
+def counter_words(base_lo, base_hi, local):
+    """The 64-bit counters ``base + local`` as ``(hi, lo)`` uint32 words (carry included)."""
+    lo = base_lo + local
+    return base_hi + (lo < base_lo).astype(np.uint32), lo
+
+
 @functools.cache
 def _elementwise_program(family: str, out_dtype: np.dtype, size: int, fast_div: bool = False):
     cdt = param_dtype(family, out_dtype)
 
-    def program(keys, starts, base_lo, base_hi, fparams, iparams):
+    def program(keys, base_lo, base_hi, fparams, iparams):
         _count_trace()
-        idx = lax.iota(np.int32, size)
-
-        def seg(a):
-            return a[0]
-
-        local = (idx - seg(starts)).astype(np.uint32)
-        blo = seg(base_lo)
-        lo = blo + local
-        hi = seg(base_hi) + (lo < blo).astype(np.uint32)
+        hi, lo = counter_words(base_lo[0], base_hi[0], lax.iota(np.uint32, size))
         return _family_values(
             family,
             cdt,
             out_dtype,
             lo,  # the flat position (low word) for the index families
-            seg(keys[:, 0]),
-            seg(keys[:, 1]),
+            keys[0, 0],
+            keys[0, 1],
             hi,
             lo,
-            lambda j: seg(fparams[:, j]).astype(cdt),
-            lambda j: seg(iparams[:, j]),
+            lambda j: fparams[0, j].astype(cdt),
+            lambda j: iparams[0, j],
             fast_div,
         )
 
@@ -339,10 +337,7 @@ SPLIT_MIN_SIZE = 4**9
 def _unit_program(cdt: np.dtype, size: int):
     def program(keys, base_lo, base_hi):
         _count_trace()
-        local = lax.iota(np.uint32, size)
-        blo = base_lo[0]
-        lo = blo + local
-        hi = base_hi[0] + (lo < blo).astype(np.uint32)
+        hi, lo = counter_words(base_lo[0], base_hi[0], lax.iota(np.uint32, size))
         return _unit_uniform(keys[0, 0], keys[0, 1], hi, lo, cdt)
 
     return _Program(program)
@@ -398,12 +393,11 @@ def run_elementwise(family, out_dtype, n, kd, fparams=(), iparams=(), *, offset=
     fp = np.asarray(fparams).astype(pdt).reshape(1, fam.n_float)
     ip = np.asarray(iparams, dtype=np.int32).reshape(1, fam.n_int)
     keys = kd.reshape(1, 2) if _is_tracer(kd) else np.asarray(kd, np.uint32).reshape(1, 2)
-    starts = np.zeros(1, np.int32)
     if _is_tracer(kd):
         # Inside a user's jit: one exact-size program, inlined into theirs.
         prog = _elementwise_program(family, out_dtype, n)
         base = np.array([offset & 0xFFFFFFFF], np.uint32), np.array([offset >> 32], np.uint32)
-        return [Piece(prog(keys, starts, *base, fp, ip), n)]
+        return [Piece(prog(keys, *base, fp, ip), n)]
     pieces = []
     done = 0
     for size in chunk_sizes(n):
@@ -415,7 +409,7 @@ def run_elementwise(family, out_dtype, n, kd, fparams=(), iparams=(), *, offset=
         else:
             fast = family == "eye" and _small_quotient_ok(pos + size, int(ip[0, 0]) + 1)
             prog = _elementwise_program(family, out_dtype, size, fast)
-            out = prog(keys, starts, *base, fp, ip)
+            out = prog(keys, *base, fp, ip)
         valid = min(size, n - done)
         pieces.append(Piece(out, valid))
         done += valid

@@ -7,9 +7,7 @@ import operator
 import jax
 import numpy as np
 
-__all__ = ["KeyLike", "key_data", "fold_in_name", "stable_hash"]
-
-KeyLike = "jax.Array | int | np.integer"
+__all__ = ["key_data", "fold_in_name", "stable_hash"]
 
 _MASK32 = 0xFFFFFFFF
 

@@ -56,9 +56,13 @@ def x64_scope(dtype):
         yield
 
 
+def draws_random(plan) -> bool:
+    """Whether ``plan`` draws random floats (and so needs a floating dtype)."""
+    return not isinstance(plan, Elementwise) or _kernels.FAMILIES[plan.family].random
+
+
 def _check_dtype(spec: Spec, plan, dtype: np.dtype) -> None:
-    random = not isinstance(plan, Elementwise) or _kernels.FAMILIES[plan.family].random
-    if random and dtype not in FLOAT_DTYPES:
+    if draws_random(plan) and dtype not in FLOAT_DTYPES:
         raise DtypeError(
             f"{spec.name} draws random floats and does not support dtype {dtype}; "
             f"use one of {[str(d) for d in FLOAT_DTYPES]} (constant, ones, zeros, eye and "
@@ -126,7 +130,7 @@ def sample(spec: Spec, key, shape, dtype=None, *, layout: Layout = TORCH, device
     with x64_scope(dtype):
         if not pieces:
             return jnp.zeros(shape, dtype)
-        if any(isinstance(p.array, jax.core.Tracer) for p in pieces):
+        if any(_kernels._is_tracer(p.array) for p in pieces):
             flat = _kernels._concat_prefix(pieces, math.prod(shape))
             return flat.reshape(canon).transpose(inv)
         if (

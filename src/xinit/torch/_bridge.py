@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from xinit.core import engine
-from xinit.core._kernels import FAMILIES, Piece
+from xinit.core._kernels import Piece
 from xinit.core.errors import DtypeError
 from xinit.core.specs import Elementwise, Spec
 
@@ -84,7 +84,6 @@ def jax_device(device: torch.device):
 
 def check_dtype(tensor: torch.Tensor, spec: Spec, plan, fn: str) -> np.dtype:
     """The numpy dtype to draw in, or the same error class torch raises."""
-    random = not isinstance(plan, Elementwise) or FAMILIES[plan.family].random
     dtype = tensor.dtype
     if dtype in _COMPLEX:
         if isinstance(plan, Elementwise) and plan.family in _COMPLEX_FAMILIES:
@@ -94,7 +93,7 @@ def check_dtype(tensor: torch.Tensor, spec: Spec, plan, fn: str) -> np.dtype:
             f"here either); got {dtype}"
         )
     np_dtype = numpy_dtype(dtype, fn)
-    if random and np_dtype not in engine.FLOAT_DTYPES:
+    if engine.draws_random(plan) and np_dtype not in engine.FLOAT_DTYPES:
         raise DtypeError(
             f"{fn}: draws random floats and does not support {dtype} tensors; use a floating "
             "tensor (constant_, ones_, zeros_, eye_ and dirac_ fill integer and bool tensors)"
