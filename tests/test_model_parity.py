@@ -215,6 +215,11 @@ def test_batched_draw_equals_per_tensor_draw(dtype, monkeypatch):
     cases = [
         (specs.Normal(0.0, 0.02), (300, 77)),
         (specs.Uniform(-0.1, 0.1), (5000,)),
+        # draws that round up to b (the [a, b) fix-up, precomputed per row), b = 0, a == b
+        (specs.Uniform(0.999, 1.0), (3000,)),
+        (specs.Uniform(1.0, 1.0 + 2**-20), (3000,)),
+        (specs.Uniform(-1e-3, 0.0), (3000,)),
+        (specs.Uniform(0.5, 0.5), (300,)),
         (specs.TruncNormal(0.0, 0.02, -0.04, 0.04), (33, 65)),
         (specs.Normal(1.0, 0.02), (1000,)),
         (specs.Constant(0.25), (7,)),

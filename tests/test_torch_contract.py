@@ -325,3 +325,11 @@ def test_cuda_tensor_is_written_on_its_device():
     xt.normal_(t, key=0)
     assert t.device.type == "cuda"
     assert torch.equal(t.cpu(), xt.normal_(torch.empty(64, 64), key=0))
+
+
+def test_drop_in_write_is_seen_by_autograd():
+    p = torch.nn.Parameter(torch.ones(64, 64))
+    loss = (p**2).sum()
+    xt.uniform_(p, key=0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

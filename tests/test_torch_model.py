@@ -490,6 +490,8 @@ def _cold_compiles(n_blocks, recipe):
     model = nn.Sequential(nn.Embedding(64, 32), *[Block() for _ in range(n_blocks)])
     _kernels._elementwise_program.cache_clear()
     _batch._rows_program.cache_clear()
+    _batch._rows_unit_program.cache_clear()
+    _batch._rows_transform_program.cache_clear()
     _batch._fold_program.cache_clear()
     before = compile_count()
     initialize(model, recipe, key=0)
@@ -593,3 +595,14 @@ def test_torch_default_reproduces_nn_transformer_reset():
     initialize(layer, key=5)
     assert layer.linear1.weight.abs().max() <= 1 / math.sqrt(64)
     assert layer.linear1.weight.abs().max() > 0.99 / math.sqrt(64)  # not xavier: sqrt(6/320)
+
+
+def test_initialize_marks_parameters_modified_for_autograd():
+    """The write bumps each tensor's version, so a stale graph cannot silently use new values."""
+    lin = nn.Linear(4, 3)
+    w_version, b_version = lin.weight._version, lin.bias._version
+    loss = (lin.weight**2).sum() + (lin.bias**2).sum()  # saves both for backward
+    initialize(lin, key=0)
+    assert lin.weight._version > w_version and lin.bias._version > b_version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

@@ -6,9 +6,11 @@ name, and packed into *rows* of :data:`ROW` elements: a parameter of ``n``
 elements takes ``ceil(n / ROW)`` consecutive rows, and row ``r`` of it holds the
 elements ``[r * ROW, (r + 1) * ROW)`` of its flat draw. One compiled program
 draws a chunk of rows; each row carries its own key, counter base and family
-parameters, which broadcast along the row (no per-element lookup). The number of
-rows is padded to a power of two, so a model of N identical blocks reuses the
-same few programs whatever N is.
+parameters, which broadcast along the row (no per-element lookup). A group of
+more than one chunk is drawn in full chunks (the last one padded), a smaller
+group in a power-of-two number of rows, so a model of N identical blocks reuses
+the same few programs whatever N is. Full chunks of the normal families run as
+two programs (hash, then transform), as the per-tensor kernels do.
 
 Values are a function of (key, canonical shape, dtype, plan) alone: element
 ``j`` of a parameter is computed from counter ``j`` under the parameter's key by
@@ -30,6 +32,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
@@ -75,29 +78,79 @@ def _device_ctx(device):
     return jax.default_device(device) if device is not None else contextlib.nullcontext()
 
 
+def _row_counters(base_lo, base_hi, nrows):
+    local = lax.broadcasted_iota(np.uint32, (nrows, ROW), 1)
+    return _kernels.counter_words(base_lo[:, None], base_hi[:, None], local)
+
+
 @functools.cache
 def _rows_program(family: str, out_dtype: np.dtype, nrows: int):
     cdt = _kernels.param_dtype(family, out_dtype)
 
     def program(keys, base_lo, base_hi, fparams, iparams):
         _kernels._count_trace()
-        local = lax.broadcasted_iota(np.uint32, (nrows, ROW), 1)
-        hi, lo = _kernels.counter_words(base_lo[:, None], base_hi[:, None], local)
-        out = _kernels._family_values(
-            family,
-            cdt,
-            out_dtype,
-            lo,
-            keys[:, 0:1],
-            keys[:, 1:2],
-            hi,
-            lo,
-            lambda j: fparams[:, j : j + 1].astype(cdt),
-            lambda j: iparams[:, j : j + 1],
+        hi, lo = _row_counters(base_lo, base_hi, nrows)
+        k1, k2 = keys[:, 0:1], keys[:, 1:2]
+
+        def fp(j):
+            return fparams[:, j : j + 1].astype(cdt)
+
+        if family == "uniform":
+            # _family_values' uniform with its [a, b) fix-up precomputed per row
+            # (fparams[:, 2] = the value a draw that rounded up to b becomes, see
+            # _uniform_caps): the same values, without per-element nextafter.
+            u = _kernels._unit_uniform(k1, k2, hi, lo, cdt)
+            x = _kernels._uniform_between(u, fp(0), fp(1)).astype(out_dtype)
+            b = fp(1).astype(out_dtype)
+            out = jnp.where(x >= b, fp(2).astype(out_dtype), x)
+        else:
+            out = _kernels._family_values(
+                family, cdt, out_dtype, lo, k1, k2, hi, lo, fp, lambda j: iparams[:, j : j + 1]
+            )
+        return out.reshape(-1)
+
+    return _kernels._Program(program)
+
+
+@functools.cache
+def _rows_unit_program(cdt: np.dtype, nrows: int):
+    def program(keys, base_lo, base_hi):
+        _kernels._count_trace()
+        hi, lo = _row_counters(base_lo, base_hi, nrows)
+        return _kernels._unit_uniform(keys[:, 0:1], keys[:, 1:2], hi, lo, cdt)
+
+    return _kernels._Program(program)
+
+
+@functools.cache
+def _rows_transform_program(family: str, out_dtype: np.dtype, nrows: int):
+    cdt = _kernels.param_dtype(family, out_dtype)
+
+    def program(u, fparams):
+        _kernels._count_trace()
+        out = _kernels._values_from_unit(
+            family, cdt, out_dtype, u, lambda j: fparams[:, j : j + 1].astype(cdt)
         )
         return out.reshape(-1)
 
     return _kernels._Program(program)
+
+
+def _uniform_caps(fparams: np.ndarray, out_dtype: np.dtype) -> np.ndarray:
+    """Per row: the largest ``out_dtype`` value below ``b`` (``b`` itself when ``a == b``)."""
+    b = fparams[:, 1].astype(out_dtype)
+    below = np.nextafter(b, np.array(-np.inf, out_dtype))
+    return np.where(fparams[:, 0] < fparams[:, 1], below, b).astype(fparams.dtype)
+
+
+def _run_rows(family, dtype, nrows, keys, base_lo, base_hi, fparams, iparams):
+    """One chunk of rows; full chunks of the costly transforms run as hash + transform."""
+    if family in _kernels.SPLIT_FAMILIES and nrows == MAX_ROWS:
+        u = _rows_unit_program(_kernels.param_dtype(family, dtype), nrows)(keys, base_lo, base_hi)
+        return _rows_transform_program(family, dtype, nrows)(u, fparams)
+    if family == "uniform":
+        fparams = np.concatenate([fparams, _uniform_caps(fparams, dtype)[:, None]], axis=1)
+    return _rows_program(family, dtype, nrows)(keys, base_lo, base_hi, fparams, iparams)
 
 
 def _pack(family, dtype, items, order, device) -> Iterator[list[Segment]]:
@@ -106,9 +159,13 @@ def _pack(family, dtype, items, order, device) -> Iterator[list[Segment]]:
     pdt = _kernels.param_dtype(family, dtype)
     pending: list[tuple[int, int, int, int]] = []  # (item, offset, length, rows)
     used = 0
+    # A group that needs more than one chunk draws every chunk at full size (the
+    # last one padded): one program per family however the rows fall, at the cost
+    # of < 1 chunk of wasted draws. A smaller group is padded to a power of two.
+    total = sum(-(-math.prod(items[i].shape) // ROW) for i in order)
 
     def flush(pending, used):
-        nrows = _bucket(used)
+        nrows = MAX_ROWS if total > MAX_ROWS else _bucket(used)
         keys = np.zeros((nrows, 2), np.uint32)
         bases = np.zeros(nrows, np.uint64)
         fparams = np.zeros((nrows, fam.n_float), pdt)
@@ -125,11 +182,14 @@ def _pack(family, dtype, items, order, device) -> Iterator[list[Segment]]:
                 iparams[sl] = it.plan.iparams
             row += rows
         with x64_scope(dtype), _device_ctx(device):
-            out = _rows_program(family, dtype, nrows)(
+            out = _run_rows(
+                family,
+                dtype,
+                nrows,
                 keys,
                 (bases & np.uint64(0xFFFFFFFF)).astype(np.uint32),
                 (bases >> np.uint64(32)).astype(np.uint32),
-                jax.numpy.asarray(fparams),
+                fparams,
                 iparams,
             )
         segs, row = [], 0

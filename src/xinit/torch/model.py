@@ -201,11 +201,14 @@ def _write_all(entries: list[Entry], resolved, root_key, targets: list[torch.Ten
                 src = srcs.get(id(seg.array))
                 if src is None:
                     src = srcs[id(seg.array)] = torch.from_dlpack(seg.array)
-                flats[seg.index][seg.offset : seg.offset + seg.length].copy_(
-                    src[seg.start : seg.start + seg.length]
+                _bridge.copy_flat(
+                    flats[seg.index][seg.offset : seg.offset + seg.length],
+                    src[seg.start : seg.start + seg.length],
                 )
         for i, (t, rows) in enumerate(jobs):
-            if not t.is_contiguous():
+            if t.is_contiguous():
+                _bridge.bump_version(t)
+            else:
                 t.copy_(flats[i].view(t.shape))
             for r in rows:
                 t[r].zero_()
