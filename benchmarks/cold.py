@@ -12,6 +12,16 @@ skipped), then ``initialize``; ``--path meta``: build it on ``meta``, then
 ``materialize`` (without xinit.torch.model: ``to_empty`` + one ``xinit.torch``
 call per tensor). torch itself and the model classes are imported before the
 clock starts, for both.
+
+    python benchmarks/cold.py --framework flax --model gpt2 --who xinit
+    python benchmarks/cold.py --framework flax --model gpt2 --who flax
+
+``--framework flax`` times the Flax linen models of ``flax_models.py`` (torch is
+not imported): ``flax``: ``jax.jit(model.init)(key, x)`` (tracing and XLA
+compilation included), the way flax models are initialized; ``xinit``: from
+``import xinit.flax`` until ``xinit.flax.initialize(jax.eval_shape(model.init,
+key, x), "torch_default", key=...)`` returns. Both block until the arrays are
+ready; flax, jax and the model classes are imported before the clock.
 """
 
 from __future__ import annotations
@@ -54,10 +64,15 @@ def _call(fn, model, recipe):
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
-    ap.add_argument("--who", choices=("xinit", "torch"), required=True)
+    ap.add_argument("--framework", choices=("torch", "flax"), default="torch")
+    ap.add_argument("--who", choices=("xinit", "torch", "flax"), required=True)
     ap.add_argument("--cache", default="", help="persistent compilation cache dir ('' = none)")
     ap.add_argument("--path", choices=("no_init", "meta"), default="no_init")
     args = ap.parse_args(argv)
+    if args.who not in ("xinit", args.framework):
+        ap.error(f"--who {args.who} does not go with --framework {args.framework}")
+    if args.framework == "flax":
+        return _flax(args)
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import models
@@ -106,6 +121,40 @@ def main(argv=None) -> dict:
     out["rss_before"] = rss_before
     out["peak_rss"] = _peak_rss_bytes()
     out["state_bytes"] = models.state_bytes(model)
+    print(json.dumps(out))
+    return out
+
+
+def _flax(args) -> dict:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import flax_models  # imports flax and jax: before the clock for both
+    import jax
+
+    fm = flax_models.MODELS[args.model]()
+    rss_before = _rss_bytes()
+    out = {"model": args.model, "who": args.who, "framework": "flax", "cache": bool(args.cache)}
+    t0 = time.perf_counter()
+    if args.who == "flax":
+        variables = jax.block_until_ready(jax.jit(fm.module.init)(jax.random.key(0), *fm.inputs))
+        out["path"] = "jax.jit(model.init)"
+    else:
+        import xinit.flax as xf
+
+        if args.cache:
+            from xinit.core.cache import enable_compilation_cache
+
+            enable_compilation_cache(args.cache)
+        abstract = jax.eval_shape(fm.module.init, jax.random.key(0), *fm.inputs)
+        variables = jax.block_until_ready(
+            xf.initialize(abstract, "torch_default", key=0, rename=fm.rename))
+        out["path"] = "eval_shape + xinit.flax.initialize"
+        import xinit.core
+
+        out["compiles"] = xinit.core.compile_count()
+    out["seconds"] = time.perf_counter() - t0
+    out["rss_before"] = rss_before
+    out["peak_rss"] = _peak_rss_bytes()
+    out["state_bytes"] = flax_models.state_bytes(variables)
     print(json.dumps(out))
     return out
 

@@ -266,8 +266,91 @@ def bench_models_warm(names, repeats: int) -> list[Row]:
     return rows
 
 
-def _cold_once(model: str, who: str, cache: str = "", path: str = "no_init") -> dict:
-    cmd = [sys.executable, str(HERE / "cold.py"), "--model", model, "--who", who, "--path", path]
+_JAX_COMPILES = [0, False]  # XLA backend compilations seen in this process, listener registered
+
+
+def jax_compile_count() -> int:
+    """Every XLA compilation JAX has run in this process (xinit's, eager ops', users' jits).
+
+    Counted from JAX's ``/jax/core/compile/backend_compile_duration`` monitoring
+    event, from the first call of this function on; persistent-cache hits are not
+    compilations and are not counted.
+    """
+    if not _JAX_COMPILES[1]:
+        def listener(event, duration, **kwargs):
+            if event == "/jax/core/compile/backend_compile_duration":
+                _JAX_COMPILES[0] += 1
+
+        jax.monitoring.register_event_duration_secs_listener(listener)
+        _JAX_COMPILES[1] = True
+    return _JAX_COMPILES[0]
+
+
+def bench_flax_models_warm(names, repeats: int, eager: bool = True) -> list[Row]:
+    """Flax linen versions of the models: ``xinit.flax.initialize`` vs flax's own ``init``.
+
+    xinit: ``initialize(abstract, "torch_default", key=...)`` on the
+    ``jax.eval_shape(model.init, ...)`` tree (traced once, outside the clock).
+    Peers: ``jax.jit(model.init)`` (compiled in the warm-up) with flax's layer
+    defaults, and with torch's defaults written with ``jax.nn.initializers`` (the
+    distributions xinit draws); optionally flax's eager ``model.init``. Every
+    callable blocks until its arrays are ready.
+    """
+    try:
+        import flax_models
+
+        import xinit.flax as xf
+    except ImportError as err:
+        print(f"  flax models skipped: {err}", flush=True)
+        return [Row("flax_models", "(skipped)", "", "", None, "flax", None, str(err))]
+    rows = []
+    key = jax.random.key(0)
+    for name in names:
+        fm = flax_models.MODELS[name]()
+        fm_torch = flax_models.MODELS[name]("torch")
+        t0 = time.perf_counter()
+        abstract = fm.abstract(key)
+        eval_shape_s = time.perf_counter() - t0
+
+        def ours(a=abstract, fm=fm):
+            return jax.block_until_ready(xf.initialize(a, "torch_default", key=0,
+                                                       rename=fm.rename))
+
+        def jitted(m):
+            fn = jax.jit(m.module.init)
+            return lambda: jax.block_until_ready(fn(key, *m.inputs))
+
+        fns = {"xinit": ours,
+               "flax jax.jit(model.init)": jitted(fm),
+               "flax jax.jit(model.init), torch's defaults": jitted(fm_torch)}
+        if eager:
+            fns["flax model.init (eager)"] = lambda m=fm: jax.block_until_ready(
+                m.module.init(key, *m.inputs))
+        # the first call compiles what this process has not compiled yet; the second none
+        counts = []
+        for _ in range(2):
+            before = (xinit.core.compile_count(), jax_compile_count())
+            ours()
+            counts.append((xinit.core.compile_count() - before[0], jax_compile_count() - before[1]))
+        res = interleaved(fns, repeats)
+        shape = f"{flax_models.parameter_count(abstract) / 1e6:.1f}M params"
+        for peer in fns:
+            if peer == "xinit":
+                continue
+            note = "flax's layer defaults" if "torch" not in peer else "same distributions"
+            rows.append(Row("flax_models", f"{name} (xinit.flax initialize)", shape, "float32",
+                            res["xinit"], peer, res[peer], note,
+                            {"compiles_first_call": counts[0][0],
+                             "jax_compiles_first_call": counts[0][1],
+                             "jax_compiles_warm": counts[1][1], "eval_shape_s": eval_shape_s}))
+            print(f"  {name} warm vs {peer}: {_fmt_row(rows[-1])}", flush=True)
+    return rows
+
+
+def _cold_once(model: str, who: str, cache: str = "", path: str = "no_init",
+               framework: str = "torch") -> dict:
+    cmd = [sys.executable, str(HERE / "cold.py"), "--model", model, "--who", who, "--path", path,
+           "--framework", framework]
     if cache:
         cmd += ["--cache", cache]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -306,6 +389,24 @@ def bench_models_cold(names, repeats: int, meta_path: bool = False) -> list[Row]
                              "state_bytes": res["state_bytes"]}))
             print(f"  {name} cold {label}: {_fmt_row(rows[-1])} compiles={res.get('compiles')}",
                   flush=True)
+    return rows
+
+
+def bench_flax_models_cold(names, repeats: int) -> list[Row]:
+    """Fresh processes: flax's ``jax.jit(model.init)`` vs eval_shape + ``xinit.flax.initialize``.
+
+    No persistent compilation cache on either side.
+    """
+    rows = []
+    for name in names:
+        peer = _median_run([_cold_once(name, "flax", framework="flax") for _ in range(repeats)])
+        res = _median_run([_cold_once(name, "xinit", framework="flax") for _ in range(repeats)])
+        rows.append(Row("flax_cold", f"{name} (Flax) cold", res["path"], "float32",
+                        res["seconds"], "flax: jax.jit(model.init)", peer["seconds"], "",
+                        {"compiles": res.get("compiles"), "peak_rss": res["peak_rss"],
+                         "peer_peak_rss": peer["peak_rss"], "state_bytes": res["state_bytes"]}))
+        print(f"  {name} flax cold: {_fmt_row(rows[-1])} compiles={res.get('compiles')}",
+              flush=True)
     return rows
 
 
@@ -462,6 +563,31 @@ def render(rows, meta, notes: str) -> str:
                                ("xinit ms", lambda r: _ms(r.xinit_s)), ratio,
                                ("note", lambda r: r.note)])
         lines.append("")
+    fwarm = [r for r in rows if r.section == "flax_models"]
+    if fwarm:
+        lines += ["## Whole models (Flax), warm", "",
+                  "Flax linen versions of the same models (`benchmarks/flax_models.py`; "
+                  "GPT-2's head tied to `wte`, ResNet-50's BatchNorm statistics in "
+                  "`batch_stats`). xinit: `xinit.flax.initialize(abstract, \"torch_default\", "
+                  "key=...)` on the `jax.eval_shape(model.init, ...)` tree, traced once "
+                  "outside the clock; peers: flax's `jax.jit(model.init)` (compiled in the "
+                  "warm-up) with flax's own layer defaults (`lecun_normal` kernels) or with "
+                  "torch's defaults written with `jax.nn.initializers` (the distributions "
+                  "xinit draws), and flax's eager `model.init`. All wait for the arrays "
+                  "(`jax.block_until_ready`). Compilations during xinit's first call in this "
+                  "process: xinit's own programs (`xinit.core.compile_count()`) / every XLA "
+                  "compilation JAX ran (eager slices, concatenations and transposes "
+                  "included); warm: XLA compilations in a later call.", ""]
+        lines += _table(fwarm, [("model (xinit path)", lambda r: r.case),
+                                ("size", lambda r: r.shape), ("peer", lambda r: r.peer),
+                                ("peer ms", lambda r: _ms(r.peer_s)),
+                                ("xinit ms", lambda r: _ms(r.xinit_s)), ratio,
+                                ("compilations first call", lambda r: (
+                                    f"{r.extra.get('compiles_first_call', '-')} / "
+                                    f"{r.extra.get('jax_compiles_first_call', '-')}")),
+                                ("warm", lambda r: r.extra.get("jax_compiles_warm", "-")),
+                                ("note", lambda r: r.note)])
+        lines.append("")
     cold = [r for r in rows if r.section == "cold"]
     if cold:
         lines += ["## Whole models, cold (fresh process)", "",
@@ -481,6 +607,24 @@ def render(rows, meta, notes: str) -> str:
                                ("xinit peak RSS MiB", lambda r: f"{r.extra['peak_rss'] / 2**20:.0f}"),
                                ("torch peak RSS MiB",
                                 lambda r: f"{r.extra['peer_peak_rss'] / 2**20:.0f}")])
+        lines.append("")
+    fcold = [r for r in rows if r.section == "flax_cold"]
+    if fcold:
+        lines += ["## Whole models (Flax), cold (fresh process)", "",
+                  "flax: `jax.jit(model.init)(key, x)` (tracing and compiling the whole init "
+                  "included); xinit: from `import xinit.flax` until `initialize(jax.eval_shape("
+                  "model.init, key, x), \"torch_default\", key=...)` returns. flax, JAX and "
+                  "the model code are imported before the clock on both sides; no persistent "
+                  "compilation cache. Medians of "
+                  f"{meta['cold_repeats']} process(es).", ""]
+        lines += _table(fcold, [("case", lambda r: r.case),
+                                ("flax s", lambda r: f"{r.peer_s:.2f}"),
+                                ("xinit s", lambda r: f"{r.xinit_s:.2f}"), ratio,
+                                ("xinit programs", lambda r: r.extra.get("compiles")),
+                                ("xinit peak RSS MiB",
+                                 lambda r: f"{r.extra['peak_rss'] / 2**20:.0f}"),
+                                ("flax peak RSS MiB",
+                                 lambda r: f"{r.extra['peer_peak_rss'] / 2**20:.0f}")])
         lines.append("")
     mem = [r for r in rows if r.section == "memory"]
     if mem:
@@ -514,6 +658,8 @@ def chart(rows, path: Path) -> None:
             return f"flax {r.case.split(' / ')[0]} ({r.note})"
         if r.section == "models":
             return f"{r.case.split(' (')[0]} init vs {r.peer}"
+        if r.section == "flax_models":
+            return f"flax {r.case.split(' (')[0]} init vs {r.peer.removeprefix('flax ')}"
         return r.case
 
     labels = [label(r) for r in rows]
@@ -533,7 +679,7 @@ def chart(rows, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- main
-SECTIONS = ("single", "flax", "models", "cold", "memory")
+SECTIONS = ("single", "flax", "models", "flax_models", "cold", "flax_cold", "memory")
 
 
 def run(quick=False, out=HERE.parent / "docs", sections=SECTIONS, repeats=None,
@@ -557,10 +703,18 @@ def run(quick=False, out=HERE.parent / "docs", sections=SECTIONS, repeats=None,
         print("whole models, warm", flush=True)
         rows += bench_models_warm(model_names or (["gpt2"] if quick else ["gpt2", "resnet50"]),
                                   repeats)
+    if "flax_models" in sections:
+        print("whole models in Flax, warm", flush=True)
+        rows += bench_flax_models_warm(
+            model_names or (["gpt2"] if quick else ["gpt2", "resnet50"]), repeats,
+            eager=not quick)
     if "cold" in sections:
         print("whole models, cold", flush=True)
         rows += bench_models_cold(cold_models or ["gpt2", "resnet50"],
                                   cold_repeats or (1 if quick else 3), meta_path=not quick)
+    if "flax_cold" in sections and not quick:
+        print("whole models in Flax, cold", flush=True)
+        rows += bench_flax_models_cold(cold_models or ["gpt2", "resnet50"], cold_repeats or 3)
     if "memory" in sections and not quick:
         print("materialize memory", flush=True)
         rows += bench_materialize_memory(memory_model)

@@ -55,6 +55,63 @@ def test_tiny_models_run_forward_and_by_hand_recipe_matches_torch_bounds(models)
     assert torch.all(net.bn1.weight == 1) and torch.all(net.bn1.bias == 0)
 
 
+@pytest.fixture(scope="module")
+def flax_models():
+    pytest.importorskip("flax")
+    return _load("flax_models")
+
+
+def test_flax_model_sizes_are_the_published_ones(flax_models):
+    import jax
+
+    key = jax.random.key(0)
+    gpt = flax_models.MODELS["gpt2"]().abstract(key)  # eval_shape: nothing allocated
+    assert isinstance(gpt["params"]["wte"]["embedding"], jax.ShapeDtypeStruct)
+    assert flax_models.parameter_count(gpt) == 124_439_808  # head tied to wte
+    resnet = flax_models.MODELS["resnet50"]().abstract(key)
+    assert flax_models.parameter_count(resnet) == 25_557_032
+    assert set(resnet) == {"params", "batch_stats"}
+
+
+@pytest.mark.parametrize("name", ["gpt_tiny", "resnet_tiny"])
+def test_flax_tiny_models_mirror_the_torch_ones(flax_models, models, name):
+    """Same names and shapes as the torch model; xinit.flax draws its values bit for bit."""
+    import jax
+    import numpy as np
+    from flax import traverse_util
+
+    import xinit.flax as xf
+    from xinit.flax.model import canonical_name
+    from xinit.torch.model import initialize
+
+    fm = flax_models.MODELS[name]()
+    abstract = fm.abstract(jax.random.key(0))
+    tm = models.MODELS[name]()
+    assert flax_models.parameter_count(abstract) == models.parameter_count(tm)
+    # canonical names (after rename) and torch-layout shapes are the torch model's
+    ours = {p.name: p.shape for p in xf.describe(abstract, rename=fm.rename)}
+    theirs = {n: tuple(t.shape) for n, t in (*tm.named_parameters(), *tm.named_buffers())
+              if not n.endswith("num_batches_tracked")}
+    assert ours == theirs
+    # flax's own init with torch's defaults builds the same tree
+    peer = flax_models.MODELS[name]("torch")
+    assert jax.tree.structure(jax.eval_shape(peer.module.init, jax.random.key(0), *peer.inputs)
+                              ) == jax.tree.structure(abstract)
+
+    variables = xf.initialize(abstract, "torch_default", key=3, rename=fm.rename)
+    initialize(tm, "torch_default", key=3)
+    state = tm.state_dict()
+    for (coll, *path), value in traverse_util.flatten_dict(variables).items():
+        ref = state[fm.rename(canonical_name(path, stats=coll == "batch_stats"))].numpy()
+        if path[-1] == "kernel":  # torch (out, in, *k) -> flax (*k, in, out)
+            ref = ref.transpose(*range(2, ref.ndim), 1, 0)
+        np.testing.assert_array_equal(np.asarray(value), ref, err_msg="/".join(path))
+
+    out = jax.jit(fm.module.apply)(variables, *fm.inputs)  # eager apply: ~4x slower
+    assert out.shape == ((1, 8, 97) if name == "gpt_tiny" else (1, 10))
+    assert np.isfinite(np.asarray(out)).all()
+
+
 def test_interleaved_returns_a_median_per_callable(run):
     calls = []
     res = run.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3)
@@ -89,6 +146,49 @@ def test_single_flax_and_warm_models_on_tiny_sizes(run, tmp_path):
     assert (tmp_path / "performance.png").stat().st_size > 1000
     data = json.loads((tmp_path / "performance.json").read_text())
     assert len(data["rows"]) == len(rows)
+
+
+@pytest.mark.slow
+def test_flax_models_section_on_tiny_models(run, tmp_path):
+    pytest.importorskip("flax")
+    # not quick: the eager peer too (ResNet's batch_stats path: the test above)
+    rows = run.run(quick=False, out=tmp_path, sections=("flax_models",), repeats=1,
+                   model_names=["gpt_tiny"], notes_path=None)
+    assert {r.section for r in rows} == {"flax_models"}
+    assert {r.case for r in rows} == {"gpt_tiny (xinit.flax initialize)"}
+    assert {r.peer for r in rows} == {"flax jax.jit(model.init)", "flax model.init (eager)",
+                                      "flax jax.jit(model.init), torch's defaults"}
+    assert all(r.xinit_s > 0 and r.ratio is not None for r in rows)
+    assert all(r.extra["jax_compiles_warm"] == 0 for r in rows)  # warm: nothing compiles
+    md = (tmp_path / "performance.md").read_text()
+    assert "## Whole models (Flax), warm" in md
+    assert "| gpt_tiny (xinit.flax initialize) | 0.0M params | flax jax.jit(model.init) |" in md
+    assert (tmp_path / "performance.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("who", ["flax", "xinit"])
+def test_cold_flax_paths_in_process(flax_models, who):
+    import jax
+
+    cold = _load("cold")
+    out = cold.main(["--framework", "flax", "--model", "gpt_tiny", "--who", who])
+    assert out["seconds"] > 0 and out["peak_rss"] > out["state_bytes"] > 0
+    abstract = flax_models.MODELS["gpt_tiny"]().abstract(jax.random.key(0))
+    assert out["state_bytes"] == 4 * flax_models.parameter_count(abstract)  # float32, no stats
+    with pytest.raises(SystemExit):
+        cold.main(["--framework", "flax", "--model", "gpt_tiny", "--who", "torch"])
+
+
+@pytest.mark.slow
+def test_flax_cold_section_in_fresh_processes(run, tmp_path):
+    pytest.importorskip("flax")
+    rows = run.run(out=tmp_path, sections=("flax_cold",), cold_models=["gpt_tiny"],
+                   cold_repeats=1, notes_path=None)
+    assert [r.case for r in rows] == ["gpt_tiny (Flax) cold"]
+    assert rows[0].ratio is not None and rows[0].extra["compiles"] >= 1
+    md = (tmp_path / "performance.md").read_text()
+    assert "## Whole models (Flax), cold (fresh process)" in md
+    assert "| gpt_tiny (Flax) cold |" in md
 
 
 def test_cold_torch_path_in_process():
