@@ -242,3 +242,15 @@ def test_batched_draw_equals_per_tensor_draw(dtype, monkeypatch):
         for i, it in enumerate(items):
             ref = np.asarray(engine.sample(cases[i][0], it.key, it.shape, dt)).ravel()
             assert np.array_equal(got[i].view(np.uint8), ref.view(np.uint8)), cases[i][0]
+
+
+@pytest.mark.parametrize("own_threefry", [True, False])
+def test_fold_in_many_is_jax_fold_in(own_threefry, monkeypatch):
+    from xinit.core import _batch
+
+    key = jax.random.key(1234)
+    kd = jax.random.key_data(key)
+    hashes = [0, 1, 2**31, 2**32 - 1, 0xDEADBEEF, 77]
+    ref = np.stack([np.asarray(jax.random.key_data(jax.random.fold_in(key, h))) for h in hashes])
+    monkeypatch.setattr(_batch._kernels, "ensure_checked", lambda: own_threefry)
+    np.testing.assert_array_equal(_batch.fold_in_many(np.asarray(kd), hashes), ref)

@@ -274,14 +274,24 @@ def _fold_program(n: int):
 
 
 def fold_in_many(kd, hashes) -> np.ndarray:
-    """``fold_in(key, h)`` key data for every hash ``h``, in one compiled call.
+    """``fold_in(key, h)`` key data for every hash ``h``.
 
     Equals :func:`xinit.core.fold_in_name` per name (``h = stable_hash(name)``).
-    The batch is padded to a power of two so the program count stays small.
+    Computed on the host with the self-checked threefry (no program to trace or
+    compile); should the self-check fail, by one compiled call to
+    ``jax.random.fold_in``, padded to a power of two so the program count stays small.
     """
     n = len(hashes)
     if n == 0:
         return np.zeros((0, 2), np.uint32)
+    if _kernels.ensure_checked():
+        # fold_in(key, h) is the hash of the counter (0, h) under the key: computed
+        # on the host with the verified threefry, no program to trace or compile.
+        k = np.asarray(kd, np.uint32)
+        h = np.asarray(hashes, np.uint32)
+        with np.errstate(over="ignore"):
+            a, b = _kernels.threefry2x32(k[0], k[1], np.zeros_like(h), h)
+        return np.stack([a, b], axis=1)
     size = _bucket(n, 2)
     h = np.zeros(size, np.uint32)
     h[:n] = np.asarray(hashes, np.uint32)
