@@ -237,6 +237,78 @@ def _draw(params: list[Param], layouts, resolved, root_key) -> list[jax.Array]:
     for p, res, k in zip(params, resolved, keys, strict=True):
         items.append(_batch.Item(p.name, k, tuple(p.shape), np.dtype(p.dtype),
                                  res.spec.plan(tuple(p.shape))))
+    if _default_platform() == "cpu":
+        return _assemble_on_host(params, layouts, resolved, items)
+    return _assemble_on_device(params, layouts, resolved, items)
+
+
+def _default_platform() -> str:
+    dev = jax.config.jax_default_device
+    if dev is None:
+        return jax.default_backend()
+    return dev if isinstance(dev, str) else dev.platform
+
+
+_ALIGN = 64  # bytes: JAX's CPU client adopts (does not copy) DLPack buffers aligned like this
+_DLPACK_DTYPES = frozenset(np.dtype(t) for t in ("float16", "float32", "float64"))
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def _assemble_on_host(params, layouts, resolved, items) -> list[jax.Array]:
+    """Each parameter written once, in its flax layout, into a host buffer JAX adopts.
+
+    On the CPU the drawn chunks are host memory: numpy views of them are copied
+    (transposed on the fly) straight into each parameter's buffer, which
+    becomes a ``jax.Array`` through DLPack without another copy (bfloat16,
+    which DLPack lacks, through one ``device_put``). No JAX operation runs per
+    parameter, so nothing is compiled per shape.
+    """
+    outs: list[np.ndarray] = []
+    canon: list[np.ndarray] = []  # each output seen in canonical (torch) order: a view
+    for p, layout in zip(params, layouts, strict=True):
+        shape, ndim = tuple(p.shape), len(p.shape)
+        inv = layout.inverse_permutation(ndim)
+        out = _aligned_empty(tuple(shape[k] for k in inv), np.dtype(p.dtype))
+        outs.append(out)
+        canon.append(out.transpose(layout.permutation(ndim)))
+    pending: dict[int, list] = {}  # parameters drawn in several segments, until complete
+    for chunk in _batch.draw_items(items):
+        for seg in chunk:
+            i = seg.index
+            with x64_scope(items[i].dtype):
+                src = np.asarray(seg.array)[seg.start : seg.start + seg.length]
+            if seg.length == canon[i].size:  # the common case: one segment
+                np.copyto(canon[i], src.reshape(canon[i].shape))
+            elif canon[i].flags.c_contiguous:
+                canon[i].reshape(-1)[seg.offset : seg.offset + seg.length] = src
+            else:
+                parts = pending.setdefault(i, [])
+                parts.append((seg.offset, src.copy()))  # the chunk is reused after this
+                if sum(len(a) for _, a in parts) == canon[i].size:
+                    flat = np.concatenate([a for _, a in sorted(parts, key=lambda t: t[0])])
+                    np.copyto(canon[i], flat.reshape(canon[i].shape))
+                    del pending[i]
+    arrays = []
+    for p, res, out, c in zip(params, resolved, outs, canon, strict=True):
+        for r in res.zero_rows:
+            c[r] = 0
+        dtype = np.dtype(p.dtype)
+        with x64_scope(dtype):
+            if dtype in _DLPACK_DTYPES:
+                arrays.append(jax.dlpack.from_dlpack(out))
+            else:
+                arrays.append(jax.device_put(out))
+    return arrays
+
+
+def _assemble_on_device(params, layouts, resolved, items) -> list[jax.Array]:
+    """The same arrays with JAX operations (accelerators: the chunks stay on the device)."""
     parts: list[list] = [[] for _ in params]
     for chunk in _batch.draw_items(items):
         for seg in chunk:
