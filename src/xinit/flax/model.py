@@ -260,6 +260,22 @@ def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
+_BLOCK = 64  # output rows per transposing copy: keeps both sides in cache
+
+
+def _copy_canonical(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src`` where ``dst`` is a (transposed) view and ``src`` is C-contiguous.
+
+    numpy copies a transposed view element by element across cache lines
+    (768x3072 float32: 17 ms); 64 canonical rows at a time it is ~9x faster.
+    """
+    if dst.flags.c_contiguous or dst.ndim < 2:
+        np.copyto(dst, src)
+        return
+    for r in range(0, dst.shape[0], _BLOCK):
+        np.copyto(dst[r : r + _BLOCK], src[r : r + _BLOCK])
+
+
 def _assemble_on_host(params, layouts, resolved, items) -> list[jax.Array]:
     """Each parameter written once, in its flax layout, into a host buffer JAX adopts.
 
@@ -284,7 +300,7 @@ def _assemble_on_host(params, layouts, resolved, items) -> list[jax.Array]:
             with x64_scope(items[i].dtype):
                 src = np.asarray(seg.array)[seg.start : seg.start + seg.length]
             if seg.length == canon[i].size:  # the common case: one segment
-                np.copyto(canon[i], src.reshape(canon[i].shape))
+                _copy_canonical(canon[i], src.reshape(canon[i].shape))
             elif canon[i].flags.c_contiguous:
                 canon[i].reshape(-1)[seg.offset : seg.offset + seg.length] = src
             else:
@@ -292,7 +308,7 @@ def _assemble_on_host(params, layouts, resolved, items) -> list[jax.Array]:
                 parts.append((seg.offset, src.copy()))  # the chunk is reused after this
                 if sum(len(a) for _, a in parts) == canon[i].size:
                     flat = np.concatenate([a for _, a in sorted(parts, key=lambda t: t[0])])
-                    np.copyto(canon[i], flat.reshape(canon[i].shape))
+                    _copy_canonical(canon[i], flat.reshape(canon[i].shape))
                     del pending[i]
     arrays = []
     for p, res, out, c in zip(params, resolved, outs, canon, strict=True):
