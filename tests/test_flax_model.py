@@ -179,9 +179,9 @@ class _Mixed(nn.Module):
     @nn.compact
     def __call__(self, x):
         e = nn.Embed(50, 24, name="emb")(x)
-        h = nn.Dense(40, name="fc")(e)
+        h = nn.Dense(150, name="fc")(e)  # canonical (150, 24): transposed in 3 blocks
         h = nn.LayerNorm(name="ln")(h)
-        return nn.Conv(6, (3, 3), name="conv")(h[..., None, :5])
+        return nn.Conv(70, (3, 3), name="conv")(h[..., None, :5])
 
 
 def _mixed_abstract(dtype):
