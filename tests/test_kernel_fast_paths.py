@@ -174,3 +174,23 @@ def test_eye_uses_the_fast_division_only_where_it_is_exact():
     assert not _kernels._small_quotient_ok(2**24, 2)  # quotient beyond 2**21
     np.testing.assert_array_equal(np.asarray(xc.eye(0, (2**22 + 3, 1))),
                                   np.eye(2**22 + 3, 1, dtype=np.float32))  # slow path
+
+
+def test_a_passed_self_check_is_remembered_in_the_compilation_cache(tmp_path, monkeypatch):
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        assert _kernels._check_marker() is None  # no cache: nothing written anywhere
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+        _kernels.ensure_checked.cache_clear()
+        assert _kernels.ensure_checked() is True
+        markers = list(tmp_path.glob("xinit-*-selfcheck-*.ok"))
+        assert markers == [_kernels._check_marker()]
+        assert jax.__version__ in markers[0].name
+        # a later process: the marker stands for the check, which does not run again
+        _kernels.ensure_checked.cache_clear()
+        monkeypatch.setattr(_kernels, "self_check", lambda: pytest.fail("self_check ran"))
+        assert _kernels.ensure_checked() is True
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+        _kernels.ensure_checked.cache_clear()
