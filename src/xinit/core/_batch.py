@@ -117,7 +117,7 @@ def _rows_unit_program(cdt: np.dtype, nrows: int):
     def program(keys, base_lo, base_hi):
         _kernels._count_trace()
         hi, lo = _row_counters(base_lo, base_hi, nrows)
-        return _kernels._unit_uniform(keys[:, 0:1], keys[:, 1:2], hi, lo, cdt)
+        return _kernels._unit_uniform(keys[:, 0:1], keys[:, 1:2], hi, lo, cdt).reshape(-1)
 
     return _kernels._Program(program)
 
@@ -129,11 +129,12 @@ def _rows_transform_program(family: str, out_dtype: np.dtype, nrows: int):
     def program(u, fparams):
         _kernels._count_trace()
         out = _kernels._values_from_unit(
-            family, cdt, out_dtype, u, lambda j: fparams[:, j : j + 1].astype(cdt)
+            family, cdt, out_dtype, u.reshape(nrows, ROW), lambda j: fparams[:, j : j + 1].astype(cdt)
         )
         return out.reshape(-1)
 
-    return _kernels._Program(program)
+    # as _kernels._transform_program: the values may overwrite the dead uniforms
+    return _kernels._Program(program, donate_argnums=(0,) if cdt == out_dtype else ())
 
 
 def _uniform_caps(fparams: np.ndarray, out_dtype: np.dtype) -> np.ndarray:

@@ -122,8 +122,8 @@ class _Program:
     compiling still goes through JAX, so its persistent compilation cache applies.
     """
 
-    def __init__(self, fn):
-        self.jit = jax.jit(fn)
+    def __init__(self, fn, donate_argnums=()):
+        self.jit = jax.jit(fn, donate_argnums=donate_argnums)
         self._executables = {}
 
     def lower(self, *args):
@@ -352,7 +352,9 @@ def _transform_program(family: str, out_dtype: np.dtype, size: int):
         _count_trace()
         return _values_from_unit(family, cdt, out_dtype, u, lambda j: fparams[0, j].astype(cdt))
 
-    return _Program(program)
+    # The uniforms are dead after this: XLA may write the values over them (same
+    # size for 32/64-bit outputs), one fresh buffer fewer per chunk.
+    return _Program(program, donate_argnums=(0,) if cdt == out_dtype else ())
 
 
 def param_dtype(family: str, out_dtype) -> np.dtype:

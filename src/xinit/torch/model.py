@@ -172,10 +172,13 @@ def _fold_keys(root_key, names: list[str]) -> list[np.ndarray]:
     return list(_batch.fold_in_many(key_data(root_key), [stable_hash(n) for n in names]))
 
 
-def _write_all(entries: list[Entry], resolved, root_key, targets: list[torch.Tensor]) -> None:
+def _write_all(entries: list[Entry], resolved, root_key, targets: list[torch.Tensor], *,
+               ahead: bool = True) -> None:
     """Draw ``resolved[i]`` for each entry and copy it into ``targets[i]`` in place.
 
     Everything is validated (dtype against spec) before anything is drawn.
+    ``ahead``: draw the next chunk while copying the current one (one chunk more
+    memory; see :func:`xinit.core._batch.draw_items`).
     """
     items, jobs = [], []
     for e, res, t in zip(entries, resolved, targets, strict=True):
@@ -195,7 +198,7 @@ def _write_all(entries: list[Entry], resolved, root_key, targets: list[torch.Ten
         flats[i] = t.view(-1) if t.is_contiguous() else torch.empty(t.numel(), dtype=t.dtype,
                                                                     device=t.device)
     with torch.no_grad():
-        for chunk in _batch.draw_items(batch):
+        for chunk in _batch.draw_items(batch, ahead=ahead):
             srcs: dict[int, torch.Tensor] = {}
             for seg in chunk:
                 src = srcs.get(id(seg.array))
@@ -377,8 +380,9 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
         if isinstance(m, nn.RNNBase):
             m._init_flat_weights()
     todo = [(e, pe.resolved) for e, pe in zip(entries, p.entries, strict=True) if pe.resolved is not None]
+    # One chunk in flight (not two): materialize is where peak memory matters most.
     _write_all([e for e, _ in todo], [r for _, r in todo], root_key,
-               [new[id(e.tensor)] for e, _ in todo])
+               [new[id(e.tensor)] for e, _ in todo], ahead=False)
     zeros = [e for e, pe in zip(entries, p.entries, strict=True) if pe.resolved is None]
     if zeros:
         warnings.warn(
