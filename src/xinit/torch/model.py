@@ -198,16 +198,19 @@ def _write_all(entries: list[Entry], resolved, root_key, targets: list[torch.Ten
         flats[i] = t.view(-1) if t.is_contiguous() else torch.empty(t.numel(), dtype=t.dtype,
                                                                     device=t.device)
     with torch.no_grad():
-        for chunk in _batch.draw_items(batch, ahead=ahead):
-            srcs: dict[int, torch.Tensor] = {}
-            for seg in chunk:
-                src = srcs.get(id(seg.array))
-                if src is None:
-                    src = srcs[id(seg.array)] = torch.from_dlpack(seg.array)
-                _bridge.copy_flat(
-                    flats[seg.index][seg.offset : seg.offset + seg.length],
-                    src[seg.start : seg.start + seg.length],
-                )
+        if all(f.device.type == "cpu" for f in flats.values()):
+            _copy_chunks_on_host(_batch.draw_items(batch, ahead=ahead), flats)
+        else:
+            for chunk in _batch.draw_items(batch, ahead=ahead):
+                srcs: dict[int, torch.Tensor] = {}
+                for seg in chunk:
+                    src = srcs.get(id(seg.array))
+                    if src is None:
+                        src = srcs[id(seg.array)] = torch.from_dlpack(seg.array)
+                    _bridge.copy_flat(
+                        flats[seg.index][seg.offset : seg.offset + seg.length],
+                        src[seg.start : seg.start + seg.length],
+                    )
         for i, (t, rows) in enumerate(jobs):
             if t.is_contiguous():
                 _bridge.bump_version(t)
@@ -215,6 +218,22 @@ def _write_all(entries: list[Entry], resolved, root_key, targets: list[torch.Ten
                 t.copy_(flats[i].view(t.shape))
             for r in rows:
                 t[r].zero_()
+
+
+def _copy_chunks_on_host(chunks, flats: dict[int, torch.Tensor]) -> None:
+    """CPU tensors: each segment is one ``memcpy`` between byte views (see ``_bridge.copy_flat``),
+    with the views made once per tensor and once per chunk rather than per segment."""
+    dst = {i: f.detach().view(torch.uint8).numpy() for i, f in flats.items()}
+    size = {i: f.element_size() for i, f in flats.items()}
+    for chunk in chunks:
+        srcs: dict[int, np.ndarray] = {}
+        for seg in chunk:
+            src = srcs.get(id(seg.array))
+            if src is None:
+                src = srcs[id(seg.array)] = np.asarray(seg.array).reshape(-1).view(np.uint8)
+            k = size[seg.index]
+            np.copyto(dst[seg.index][seg.offset * k : (seg.offset + seg.length) * k],
+                      src[seg.start * k : (seg.start + seg.length) * k])
 
 
 def _root_key(key):
