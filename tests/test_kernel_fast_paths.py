@@ -194,3 +194,24 @@ def test_a_passed_self_check_is_remembered_in_the_compilation_cache(tmp_path, mo
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
         _kernels.ensure_checked.cache_clear()
+
+
+@pytest.mark.parametrize("spec,dtype", [(xc.Uniform(-1.0, 2.0), np.float32), (xc.Normal(0.0, 2.0), np.float64),
+                                        (xc.TruncNormal(0.0, 1.0, -1.0, 1.0), jnp.bfloat16),
+                                        (xc.Eye(), np.float32)], ids=str)
+def test_iter_plan_is_draw_plan_one_chunk_ahead(spec, dtype, monkeypatch):
+    shape = (2 * 4097, 1024)  # two full 4 Mi chunks and a remainder
+    dt = np.dtype(dtype)
+    plan = spec.plan(shape)
+    with engine.x64_scope(dt):
+        ref = np.concatenate([np.asarray(p.array)[: p.valid] for p in engine.draw_plan(plan, 7, shape, dt)])
+    calls = []
+    real = _kernels.run_elementwise
+    monkeypatch.setattr(_kernels, "run_elementwise", lambda *a, **k: calls.append(k["offset"]) or real(*a, **k))
+    it = engine.iter_plan(plan, 7, shape, dt)
+    first = next(it)
+    assert calls == [0, _kernels.MAX_CHUNK]  # the second chunk is in flight, the third is not
+    got = np.concatenate([np.asarray(p.array)[: p.valid] for p in [first, *it]])
+    assert calls == [0, _kernels.MAX_CHUNK, 2 * _kernels.MAX_CHUNK]
+    assert got.dtype == ref.dtype
+    np.testing.assert_array_equal(got.view(np.uint8), ref.view(np.uint8))

@@ -9,6 +9,7 @@ import jax
 import pytest
 import torch
 
+import xinit.core as xc
 import xinit.torch as xt
 from xinit.core import FLAX, sample, specs
 
@@ -333,3 +334,14 @@ def test_drop_in_write_is_seen_by_autograd():
     xt.uniform_(p, key=0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+def test_multi_chunk_tensors_contiguous_and_strided_get_the_core_draw():
+    """> 4 Mi elements: pieces stream one chunk ahead into the tensor, strided views included."""
+    shape = (4100, 1100)
+    ref = torch.from_dlpack(xc.sample(xc.Normal(0.0, 1.0), 5, shape))
+    t = xt.normal_(torch.empty(shape), key=5)
+    assert torch.equal(t, ref)
+    base = torch.empty(shape[::-1])
+    xt.normal_(base.T, key=5)  # a transposed, non-contiguous view
+    assert torch.equal(base.T, ref)

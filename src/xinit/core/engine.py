@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,7 @@ from .errors import DtypeError
 from .layout import TORCH, Layout, canonical_shape
 from .specs import Elementwise, OrthogonalPlan, SparsePlan, Spec
 
-__all__ = ["draw", "draw_plan", "sample", "canonical_dtype", "x64_scope", "FLOAT_DTYPES", "DTYPES"]
+__all__ = ["draw", "draw_plan", "iter_plan", "sample", "canonical_dtype", "x64_scope", "FLOAT_DTYPES", "DTYPES"]
 
 FLOAT_DTYPES = tuple(np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
 # Dtypes the deterministic families (constant, ones, zeros, eye, dirac) also fill.
@@ -98,6 +99,35 @@ def draw_plan(plan, key, shape, dtype, *, device=None) -> list[_kernels.Piece]:
         if isinstance(plan, SparsePlan):
             return _kernels.run_sparse(kd, shape[0], shape[1], dtype, plan.zeros, plan.std)
     raise AssertionError(plan)
+
+
+def iter_plan(plan, key, shape, dtype, *, device=None) -> Iterator[_kernels.Piece]:
+    """:func:`draw_plan`'s pieces, one chunk ahead: chunk ``k + 1`` is dispatched before chunk ``k``
+    is yielded, so a consumer copying pieces out overlaps with the next draw while at most
+    two chunks are alive (``draw_plan`` dispatches them all at once). The same values.
+
+    A validated plan can still fail to dispatch a later chunk (e.g. out of memory); a
+    consumer writing pieces as they come may then have written the earlier ones.
+    """
+    n = math.prod(shape)
+    if not isinstance(plan, Elementwise) or n <= _kernels.MAX_CHUNK:
+        yield from draw_plan(plan, key, shape, dtype, device=device)
+        return
+    kd = key_data(key)
+    _kernels.ensure_checked()
+    device_ctx = jax.default_device(device) if device is not None else contextlib.nullcontext()
+
+    def chunk(pos: int) -> list[_kernels.Piece]:
+        with x64_scope(dtype), device_ctx:
+            return _kernels.run_elementwise(plan.family, dtype, min(_kernels.MAX_CHUNK, n - pos), kd,
+                                            plan.fparams, plan.iparams, offset=pos)
+
+    pending = chunk(0)
+    for pos in range(_kernels.MAX_CHUNK, n, _kernels.MAX_CHUNK):
+        following = chunk(pos)
+        yield from pending
+        pending = following
+    yield from pending
 
 
 @functools.cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
@@ -136,7 +137,7 @@ def bump_version(tensor: torch.Tensor) -> None:
     torch.autograd.graph.increment_version(tensor)
 
 
-def write_(tensor: torch.Tensor, pieces: list[Piece]) -> None:
+def write_(tensor: torch.Tensor, pieces: Iterable[Piece]) -> None:
     """Copy the flat draw into ``tensor`` in place (its strides honoured)."""
     with torch.no_grad():
         if tensor.is_contiguous():
@@ -199,11 +200,10 @@ def fill_(tensor: torch.Tensor, spec: Spec, key, generator, fn: str) -> torch.Te
             with torch.no_grad():
                 target[..., 1].zero_()
             return tensor
-        pieces = engine.draw_plan(
+        pieces = engine.iter_plan(
             _complex_plan(plan), key, tuple(target.shape), np_dtype, device=device
         )
         write_(target, pieces)
         return tensor
-    pieces = engine.draw_plan(plan, key, shape, np_dtype, device=device)
-    write_(tensor, pieces)
+    write_(tensor, engine.iter_plan(plan, key, shape, np_dtype, device=device))
     return tensor
