@@ -211,6 +211,7 @@ def _write_all(entries: list[Entry], resolved, root_key, targets: list[torch.Ten
                         flats[seg.index][seg.offset : seg.offset + seg.length],
                         src[seg.start : seg.start + seg.length],
                     )
+                del chunk, srcs, src  # release this chunk before the next one is drawn
         for i, (t, rows) in enumerate(jobs):
             if t.is_contiguous():
                 _bridge.bump_version(t)
@@ -234,6 +235,7 @@ def _copy_chunks_on_host(chunks, flats: dict[int, torch.Tensor]) -> None:
             k = size[seg.index]
             np.copyto(dst[seg.index][seg.offset * k : (seg.offset + seg.length) * k],
                       src[seg.start * k : (seg.start + seg.length) * k])
+        del chunk, srcs, src  # release this chunk before the next one is drawn
 
 
 def _root_key(key):
