@@ -325,7 +325,7 @@ def test_transformer_encoder_layers_start_identical():
 def test_transformer_re_xaviers_every_matrix_but_keeps_vector_defaults():
     torch.manual_seed(0)
     model = nn.Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=1,
-                           dim_feedforward=64)
+                           dim_feedforward=64, batch_first=True)  # (no nested-tensor warning)
     lin = model.encoder.layers[0].linear1  # weight (64, 32)
     assert amax(lin.weight) <= math.sqrt(6 / (32 + 64))
     assert amax(lin.weight) > 1 / math.sqrt(32)  # beyond the Linear default: re-initialized
