@@ -215,3 +215,22 @@ def test_iter_plan_is_draw_plan_one_chunk_ahead(spec, dtype, monkeypatch):
     assert calls == [0, _kernels.MAX_CHUNK, 2 * _kernels.MAX_CHUNK]
     assert got.dtype == ref.dtype
     np.testing.assert_array_equal(got.view(np.uint8), ref.view(np.uint8))
+
+
+def test_freed_heap_is_released_after_each_new_compilation_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(_kernels, "release_freed_memory", lambda: calls.append(1))
+    prog = _kernels._Program(lambda x: x * 3)
+    prog(np.ones(5, np.float32))
+    prog(np.ones(5, np.float32))  # cached executable: nothing compiled, nothing released
+    assert len(calls) == 1
+    prog(np.ones(6, np.float32))
+    assert len(calls) == 2
+
+
+def test_releasing_freed_memory_is_a_no_op_without_glibc(monkeypatch):
+    real = _kernels._malloc_trim()
+    if real is not None:  # glibc here: the real call works (1: memory was released, 0: none)
+        assert real(0) in (0, 1)
+    monkeypatch.setattr(_kernels, "_malloc_trim", lambda: None)
+    _kernels.release_freed_memory()  # nothing to call, no error

@@ -145,7 +145,32 @@ class _Program:
             except Exception:  # an XLA without the option: JAX's defaults
                 exe = lowered.compile()
             self._executables[cache_key] = exe
+            release_freed_memory()
         return exe(*args)
+
+
+@functools.cache
+def _malloc_trim():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows)
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand memory the C heap holds but no longer uses back to the OS (glibc; else a no-op).
+
+    XLA's compiler allocates and frees tens of MB per program; glibc keeps the
+    freed pages in the process, where they count in its RSS for good. Called
+    after each compilation (a few per process; ~1 ms): materializing the ~1B
+    benchmark model peaked at 1.139x its parameter bytes instead of 1.148-1.152x.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _rotl(x, d):
