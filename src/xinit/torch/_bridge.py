@@ -140,7 +140,18 @@ def bump_version(tensor: torch.Tensor) -> None:
 def write_(tensor: torch.Tensor, pieces: Iterable[Piece]) -> None:
     """Copy the flat draw into ``tensor`` in place (its strides honoured)."""
     with torch.no_grad():
-        if tensor.is_contiguous():
+        if tensor.is_contiguous() and tensor.device.type == "cpu":
+            # byte views, no DLPack round trip per piece: ~0.1 ms less per call,
+            # which is most of the overhead on small tensors
+            dst = tensor.detach().view(-1).view(torch.uint8).numpy()
+            k = tensor.element_size()
+            start = 0
+            for piece in pieces:
+                src = np.asarray(piece.array).reshape(-1).view(np.uint8)
+                np.copyto(dst[start * k : (start + piece.valid) * k], src[: piece.valid * k])
+                start += piece.valid
+            bump_version(tensor)
+        elif tensor.is_contiguous():
             flat = tensor.view(-1)
             start = 0
             for piece in pieces:
