@@ -26,19 +26,8 @@ from dataclasses import dataclass
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from bench_configs import GPT2_SMALL, GPT_TINY, GPTConfig
 
-
-@dataclass(frozen=True)
-class GPTConfig:
-    vocab: int = 50257
-    positions: int = 1024
-    width: int = 768
-    layers: int = 12
-    heads: int = 12
-
-
-GPT2_SMALL = GPTConfig()
-GPT_TINY = GPTConfig(vocab=97, positions=16, width=32, layers=2, heads=4)
 INITS = ("flax", "torch")
 
 

@@ -14,25 +14,11 @@ per-layer defaults with a given ``init`` module (``torch.nn.init`` or
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
+from bench_configs import GPT2_SMALL, GPT_TINY, TRANSFORMER_1B, GPTConfig
 from torch import nn
 from torch.nn import functional as F
-
-
-@dataclass(frozen=True)
-class GPTConfig:
-    vocab: int = 50257
-    positions: int = 1024
-    width: int = 768
-    layers: int = 12
-    heads: int = 12
-
-
-GPT2_SMALL = GPTConfig()
-TRANSFORMER_1B = GPTConfig(positions=2048, width=2048, layers=18, heads=16)
-GPT_TINY = GPTConfig(vocab=97, positions=16, width=32, layers=2, heads=4)
 
 
 class CausalSelfAttention(nn.Module):
