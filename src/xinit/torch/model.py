@@ -207,9 +207,8 @@ def _write_all(entries: list[Entry], resolved, root_key, targets: list[torch.Ten
                     src = srcs.get(id(seg.array))
                     if src is None:
                         src = srcs[id(seg.array)] = torch.from_dlpack(seg.array)
-                    _bridge.copy_flat(
-                        flats[seg.index][seg.offset : seg.offset + seg.length],
-                        src[seg.start : seg.start + seg.length],
+                    flats[seg.index][seg.offset : seg.offset + seg.length].copy_(
+                        src[seg.start : seg.start + seg.length]
                     )
                 del chunk, srcs, src  # release this chunk before the next one is drawn
         for i, (t, rows) in enumerate(jobs):
@@ -222,16 +221,16 @@ def _write_all(entries: list[Entry], resolved, root_key, targets: list[torch.Ten
 
 
 def _copy_chunks_on_host(chunks, flats: dict[int, torch.Tensor]) -> None:
-    """CPU tensors: each segment is one ``memcpy`` between byte views (see ``_bridge.copy_flat``),
-    with the views made once per tensor and once per chunk rather than per segment."""
-    dst = {i: f.detach().view(torch.uint8).numpy() for i, f in flats.items()}
+    """CPU tensors: each segment is one ``memcpy`` between byte views (see
+    ``_bridge.host_bytes``), made once per tensor and once per chunk."""
+    dst = {i: _bridge.host_bytes(f) for i, f in flats.items()}
     size = {i: f.element_size() for i, f in flats.items()}
     for chunk in chunks:
         srcs: dict[int, np.ndarray] = {}
         for seg in chunk:
             src = srcs.get(id(seg.array))
             if src is None:
-                src = srcs[id(seg.array)] = np.asarray(seg.array).reshape(-1).view(np.uint8)
+                src = srcs[id(seg.array)] = _bridge.host_bytes(seg.array)
             k = size[seg.index]
             np.copyto(dst[seg.index][seg.offset * k : (seg.offset + seg.length) * k],
                       src[seg.start * k : (seg.start + seg.length) * k])
