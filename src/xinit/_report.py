@@ -132,6 +132,17 @@ JAX_NAMES = tuple(dict.fromkeys(c.name for c in CASES if c.family == "jax"))
 # ------------------------------------------------------------------ formulas
 
 
+# jax.nn.initializers' variance-scaling aliases: (scale, mode, distribution).
+_JAX_ALIASES = {
+    "lecun_normal": (1.0, "fan_in", "truncated_normal"),
+    "lecun_uniform": (1.0, "fan_in", "uniform"),
+    "glorot_normal": (1.0, "fan_avg", "truncated_normal"),
+    "glorot_uniform": (1.0, "fan_avg", "uniform"),
+    "he_normal": (2.0, "fan_in", "truncated_normal"),
+    "he_uniform": (2.0, "fan_in", "uniform"),
+}
+
+
 def _fans_torch(shape) -> tuple[int, int]:
     rf = math.prod(shape[2:])
     return shape[1] * rf, shape[0] * rf
@@ -195,16 +206,8 @@ def expected(case: Case) -> tuple[float, float, tuple[float, float] | None]:
         s = a["stddev"]
         lo, hi = a.get("lower", -2.0), a.get("upper", 2.0)
         return 0.0, s * _trunc_std(lo, hi), (lo * s, hi * s)
-    vs = {
-        "lecun_normal": (1.0, "fan_in", "truncated_normal"),
-        "lecun_uniform": (1.0, "fan_in", "uniform"),
-        "glorot_normal": (1.0, "fan_avg", "truncated_normal"),
-        "glorot_uniform": (1.0, "fan_avg", "uniform"),
-        "he_normal": (2.0, "fan_in", "truncated_normal"),
-        "he_uniform": (2.0, "fan_in", "uniform"),
-    }
-    if name in vs or name == "variance_scaling":
-        scale, mode, dist = vs.get(name) or (a["scale"], a["mode"], a["distribution"])
+    if name in _JAX_ALIASES or name == "variance_scaling":
+        scale, mode, dist = _JAX_ALIASES.get(name) or (a["scale"], a["mode"], a["distribution"])
         n = {
             "fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2,
             "fan_geo_avg": math.sqrt(fan_in * fan_out),
@@ -274,16 +277,8 @@ def _core_spec(case: Case):
 
     if case.name == "truncated_normal":
         return specs.TruncatedNormal(**case.args)
-    vs = {
-        "lecun_normal": (1.0, "fan_in", "truncated_normal"),
-        "lecun_uniform": (1.0, "fan_in", "uniform"),
-        "glorot_normal": (1.0, "fan_avg", "truncated_normal"),
-        "glorot_uniform": (1.0, "fan_avg", "uniform"),
-        "he_normal": (2.0, "fan_in", "truncated_normal"),
-        "he_uniform": (2.0, "fan_in", "uniform"),
-    }
-    if case.name in vs:
-        return specs.VarianceScaling(*vs[case.name])
+    if case.name in _JAX_ALIASES:
+        return specs.VarianceScaling(*_JAX_ALIASES[case.name])
     return specs.VarianceScaling(**case.args)
 
 
