@@ -24,7 +24,6 @@ Non-elementwise plans (orthogonal, sparse) are drawn one by one with
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from collections import defaultdict
@@ -37,7 +36,7 @@ import numpy as np
 from jax import lax
 
 from . import _kernels
-from .engine import draw_plan, x64_scope
+from .engine import device_scope, draw_plan, x64_scope
 from .specs import Elementwise
 
 __all__ = ["Item", "Segment", "draw_items", "fold_in_many", "ROW", "MAX_ROWS"]
@@ -72,10 +71,6 @@ def _bucket(n: int, least: int = 1) -> int:
     while b < n:
         b *= 2
     return b
-
-
-def _device_ctx(device):
-    return jax.default_device(device) if device is not None else contextlib.nullcontext()
 
 
 def _row_counters(base_lo, base_hi, nrows):
@@ -182,7 +177,7 @@ def _pack(family, dtype, items, order, device) -> Iterator[list[Segment]]:
             if fam.n_int:
                 iparams[sl] = it.plan.iparams
             row += rows
-        with x64_scope(dtype), _device_ctx(device):
+        with x64_scope(dtype), device_scope(device):
             out = _run_rows(
                 family,
                 dtype,

@@ -57,6 +57,11 @@ def x64_scope(dtype):
         yield
 
 
+def device_scope(device):
+    """``jax.default_device(device)``, or nothing to enter when ``device`` is None."""
+    return jax.default_device(device) if device is not None else contextlib.nullcontext()
+
+
 def draws_random(plan) -> bool:
     """Whether ``plan`` draws random floats (and so needs a floating dtype)."""
     return not isinstance(plan, Elementwise) or _kernels.FAMILIES[plan.family].random
@@ -90,8 +95,7 @@ def draw_plan(plan, key, shape, dtype, *, device=None) -> list[_kernels.Piece]:
     if n == 0:
         return []
     _kernels.ensure_checked()
-    device_ctx = jax.default_device(device) if device is not None else contextlib.nullcontext()
-    with x64_scope(dtype), device_ctx:
+    with x64_scope(dtype), device_scope(device):
         if isinstance(plan, Elementwise):
             return _kernels.run_elementwise(plan.family, dtype, n, kd, plan.fparams, plan.iparams)
         if isinstance(plan, OrthogonalPlan):
@@ -115,10 +119,9 @@ def iter_plan(plan, key, shape, dtype, *, device=None) -> Iterator[_kernels.Piec
         return
     kd = key_data(key)
     _kernels.ensure_checked()
-    device_ctx = jax.default_device(device) if device is not None else contextlib.nullcontext()
 
     def chunk(pos: int) -> list[_kernels.Piece]:
-        with x64_scope(dtype), device_ctx:
+        with x64_scope(dtype), device_scope(device):
             return _kernels.run_elementwise(plan.family, dtype, min(_kernels.MAX_CHUNK, n - pos), kd,
                                             plan.fparams, plan.iparams, offset=pos)
 

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xinit.core import _batch
+from xinit.core import _batch, _kernels
 from xinit.core._keys import key_data, stable_hash
 from xinit.core.engine import canonical_dtype, x64_scope
 from xinit.core.layout import FLAX, TORCH, Layout, canonical_shape
@@ -237,16 +237,9 @@ def _draw(params: list[Param], layouts, resolved, root_key) -> list[jax.Array]:
     for p, res, k in zip(params, resolved, keys, strict=True):
         items.append(_batch.Item(p.name, k, tuple(p.shape), np.dtype(p.dtype),
                                  res.spec.plan(tuple(p.shape))))
-    if _default_platform() == "cpu":
+    if _kernels._default_platform() == "cpu":
         return _assemble_on_host(params, layouts, resolved, items)
     return _assemble_on_device(params, layouts, resolved, items)
-
-
-def _default_platform() -> str:
-    dev = jax.config.jax_default_device
-    if dev is None:
-        return jax.default_backend()
-    return dev if isinstance(dev, str) else dev.platform
 
 
 _ALIGN = 64  # bytes: JAX's CPU client adopts (does not copy) DLPack buffers aligned like this
