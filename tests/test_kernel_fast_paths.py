@@ -93,9 +93,38 @@ def test_eye_is_exact(shape):
 
 @pytest.mark.parametrize("shape,groups", [((4, 2, 3, 3), 1), ((6, 4, 3, 3), 2), ((8, 3, 5), 1),
                                           ((4, 4, 2, 3, 3), 2), ((9, 2, 1, 1), 3)], ids=str)
-def test_dirac_equals_torch(shape, groups):
+def test_dirac_kernel_equals_torch(shape, groups):
+    # the core kernel (what xinit.flax and xinit.core draw); xinit.torch writes
+    # dirac_ with torch ops, locked to this kernel in test_torch_structural_writes_equal_the_kernel
     ref = torch.nn.init.dirac_(torch.empty(shape), groups)
-    assert torch.equal(xt.dirac_(torch.empty(shape), groups), ref)
+    np.testing.assert_array_equal(np.asarray(xc.dirac(0, shape, groups)), ref.numpy())
+
+
+STRUCTURAL_CASES = [
+    ("eye_", xc.Eye(), (3, 5)), ("eye_", xc.Eye(), (7, 2)), ("eye_", xc.Eye(), (1, 1)),
+    ("dirac_", xc.Dirac(1), (4, 2, 3, 3)), ("dirac_", xc.Dirac(2), (6, 4, 3, 3)),
+    ("dirac_", xc.Dirac(3), (9, 2, 1, 1)), ("dirac_", xc.Dirac(2), (4, 4, 2, 3, 3)),
+    ("dirac_", xc.Dirac(1), (3, 5, 4)), ("constant_", xc.Constant(0.3), (4, 5)),
+]
+
+
+@pytest.mark.parametrize("name,spec,shape", STRUCTURAL_CASES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.int32, torch.bool],
+                         ids=str)
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
+def test_torch_structural_writes_equal_the_kernel(name, spec, shape, dtype, strided):
+    """xinit.torch writes eye_/dirac_/constant_ with torch ops; the values are the kernel's."""
+    groups = (spec.groups,) if name == "dirac_" else ()
+    args = groups + ((0.3,) if name == "constant_" else ())
+    base = torch.full((*shape[:-1], 2 * shape[-1]), 7, dtype=dtype)
+    t = base[..., ::2] if strided else torch.full(shape, 7, dtype=dtype)
+    outside = base[..., 1::2].clone()
+    getattr(xt, name)(t, *args)
+    np_dtype = np.dtype(str(dtype).removeprefix("torch.")) if dtype != torch.bfloat16 else jnp.bfloat16
+    ref = _flat(engine.draw(spec, 0, shape, np_dtype)).reshape(shape)
+    assert torch.equal(t.float(), torch.from_numpy(np.asarray(ref, np.float32)))
+    if strided:
+        assert torch.equal(base[..., 1::2], outside), "elements outside the view were written"
 
 
 @pytest.mark.parametrize(
