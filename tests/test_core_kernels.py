@@ -7,7 +7,7 @@ import pytest
 from jax.extend.random import threefry2x32_p
 
 import xinit.core as xc
-from xinit.core import _kernels, engine, specs
+from xinit.core import _host, _kernels, engine, specs
 from xinit.core.errors import DtypeError
 
 KEY = jax.random.key(1234)
@@ -184,3 +184,45 @@ def test_flax_layout_is_a_pure_transpose():
 def test_zero_element_shapes_return_empty():
     assert xc.normal(0, (0, 5)).shape == (0, 5)
     assert xc.kaiming_uniform(0, (0, 5)).shape == (0, 5)
+
+
+HOST_CASES = [  # (spec, shape, layout): canonical rows of 441, 360 and 2000 elements, 1-D, ...
+    (specs.Normal(0.5, 2.0), (441, 13), xc.FLAX), (specs.Uniform(-1, 1), (37, 11), xc.TORCH),
+    (specs.KaimingUniform(), (3, 3, 40, 11), xc.FLAX), (specs.Uniform(0, 1), (2000, 3), xc.FLAX),
+    (specs.TruncNormal(0, 1, -2, 2), (5000,), xc.TORCH), (specs.Uniform(0, 1), (50, 60), xc.TORCH),
+    (specs.Dirac(1), (3, 5, 6, 6), xc.FLAX), (specs.Constant(2.7), (9, 130), xc.FLAX),
+]
+
+
+@pytest.mark.parametrize("spec,shape,layout,dtype", [
+    (spec, shape, layout, dtype) for spec, shape, layout in HOST_CASES
+    for dtype in ("float32", "bfloat16", "float64") + (("int32",) if spec.name in ("dirac", "constant") else ())
+], ids=str)
+@pytest.mark.parametrize("chunk", ["4Ki", "1Ki"], ids=str)
+def test_host_assembly_equals_the_jax_assembly(spec, shape, layout, dtype, chunk, monkeypatch):
+    """On the CPU, sample() writes the drawn chunks into a host buffer JAX adopts; the
+    result equals the JAX-ops assembly (what accelerators run) bit for bit, including
+    canonical rows split between chunks and rows longer than a chunk (with 1 Ki chunks)."""
+    if chunk == "1Ki":
+        monkeypatch.setattr(_kernels, "CHUNK_SIZES", (1024,))
+        monkeypatch.setattr(_kernels, "MAX_CHUNK", 1024)
+    host = xc.sample(spec, 3, shape, dtype, layout=layout)
+    monkeypatch.setattr(_host, "on_host", lambda: False)
+    ref = xc.sample(spec, 3, shape, dtype, layout=layout)
+    assert host.dtype == ref.dtype and host.shape == ref.shape == shape
+    np.testing.assert_array_equal(np.asarray(host).view(np.uint8), np.asarray(ref).view(np.uint8))
+
+
+def test_host_assembly_compiles_nothing_per_shape():
+    spec = specs.Normal(0.0, 0.02)
+    xc.sample(spec, 0, (70, 50), layout=xc.FLAX)  # warm the 4 Ki chunk program
+    xc.sample(specs.Constant(0.1), 0, (70, 50), layout=xc.FLAX)
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, _d, **_k: compiles.append(event)
+        if event == "/jax/core/compile/backend_compile_duration" else None
+    )
+    for shape in [(60, 61), (3, 3, 40, 11), (2000,)]:
+        xc.sample(spec, 1, shape, layout=xc.FLAX)
+        xc.sample(specs.Constant(0.1), 1, shape, layout=xc.FLAX)
+    assert compiles == []

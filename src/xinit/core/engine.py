@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _kernels
+from . import _host, _kernels
 from ._keys import key_data
 from .errors import DtypeError
 from .layout import TORCH, Layout, canonical_shape
@@ -159,12 +159,18 @@ def sample(spec: Spec, key, shape, dtype=None, *, layout: Layout = TORCH, device
     dtype = canonical_dtype(dtype)
     canon = canonical_shape(shape, layout)
     inv = layout.inverse_permutation(len(shape))
-    pieces = draw(spec, key, canon, dtype, device=device)
+    plan = spec.plan(canon)
+    _check_dtype(spec, plan, dtype)
+    n = math.prod(shape)
+    traced = _kernels._is_tracer(key_data(key))
+    if n and not traced and device is None and _host.on_host():
+        return _sample_on_host(plan, key, shape, canon, inv, layout, dtype)
+    pieces = draw_plan(plan, key, canon, dtype, device=device)
     with x64_scope(dtype):
         if not pieces:
             return jnp.zeros(shape, dtype)
         if any(_kernels._is_tracer(p.array) for p in pieces):
-            flat = _kernels._concat_prefix(pieces, math.prod(shape))
+            flat = _kernels._concat_prefix(pieces, n)
             return flat.reshape(canon).transpose(inv)
         if (
             len(pieces) == 1
@@ -173,3 +179,21 @@ def sample(spec: Spec, key, shape, dtype=None, *, layout: Layout = TORCH, device
         ):
             return pieces[0].array.reshape(shape)
         return _assembler(tuple(p.valid for p in pieces), canon, inv)(*(p.array for p in pieces))
+
+
+def _sample_on_host(plan, key, shape, canon, inv, layout: Layout, dtype) -> jax.Array:
+    """:func:`sample` on the CPU: the pieces written straight into the result's host
+    buffer (transposed on the fly), which JAX adopts; nothing is compiled per shape.
+    A constant is one fill of its value as the kernel casts it."""
+    with x64_scope(dtype):
+        if isinstance(plan, Elementwise) and plan.family == "constant":
+            out = _host.aligned_empty(shape, dtype)
+            out.fill(np.asarray(draw_plan(plan, key, (1,), dtype)[0].array)[0])
+            return _host.adopt(out)
+        pieces = draw_plan(plan, key, canon, dtype)
+        if inv == tuple(range(len(shape))) and len(pieces) == 1 and pieces[0].valid == len(pieces[0].array):
+            return pieces[0].array.reshape(shape)  # the drawn chunk is the result
+        out = _host.aligned_empty(shape, dtype)
+        srcs = [np.asarray(p.array)[: p.valid] for p in pieces]
+        _host.write_flat(out.transpose(layout.permutation(len(shape))), srcs)
+        return _host.adopt(out)
