@@ -11,18 +11,66 @@ platform is the CPU.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import math
+import mmap
+import sys
 
 import jax
 import numpy as np
 
 from . import _kernels
 
-__all__ = ["on_host", "aligned_empty", "copy_canonical", "write_flat", "adopt"]
+__all__ = ["on_host", "aligned_empty", "prefault", "copy_canonical", "write_flat", "adopt"]
 
 _ALIGN = 64  # bytes: JAX's CPU client adopts (does not copy) DLPack buffers aligned like this
 _DLPACK_DTYPES = frozenset(np.dtype(t) for t in ("float16", "float32", "float64"))
 _BLOCK = 64  # output rows per transposing copy: keeps both sides in cache
+
+
+_MADV_POPULATE_WRITE = 23  # Linux >= 5.14
+_PREFAULT_MIN_BYTES = 1 << 20
+
+
+@functools.cache
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def prefault(buf: np.ndarray) -> None:
+    """Map the pages of a contiguous buffer that is about to be written in full.
+
+    Fresh memory (``torch.empty``, a model built in ``no_init()`` or by
+    ``to_empty``, a new numpy buffer) gets its pages from the kernel on first
+    touch, one page fault per 4 KiB; a copy into 0.5 GB of it ran at half its
+    speed here. ``madvise(MADV_POPULATE_WRITE)`` maps the same pages in one
+    call, ~2.7x faster than faulting them in (125 ms against 335 ms for 512 MiB,
+    of which the copy itself is 45 ms). Buffers under 1 MiB, memory whose first
+    whole page is already mapped (a warm tensor: nothing to gain), kernels
+    without the call (< 5.14) and other systems are left alone. Changes no value.
+    """
+    libc = _libc()
+    if libc is None or buf.nbytes < _PREFAULT_MIN_BYTES:
+        return
+    page = mmap.PAGESIZE
+    start = -(-buf.ctypes.data // page) * page
+    end = (buf.ctypes.data + buf.nbytes) // page * page
+    if end <= start:
+        return
+    resident = ctypes.c_ubyte(0)
+    if libc.mincore(start, page, ctypes.byref(resident)) == 0 and resident.value & 1:
+        return
+    libc.madvise(start, end - start, _MADV_POPULATE_WRITE)  # a failure only costs the faults
 
 
 def on_host() -> bool:
@@ -31,10 +79,12 @@ def on_host() -> bool:
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """An uninitialized C-contiguous array whose data is 64-byte aligned."""
+    """An uninitialized C-contiguous array whose data is 64-byte aligned, its pages
+    mapped (:func:`prefault`): every caller writes all of it."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + _ALIGN, np.uint8)
+    prefault(raw)
     start = -raw.ctypes.data % _ALIGN
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from xinit.core import engine
+from xinit.core import _host, engine
 from xinit.core._kernels import Piece
 from xinit.core.errors import DtypeError
 from xinit.core.specs import Elementwise, Spec
@@ -141,6 +141,7 @@ def write_(tensor: torch.Tensor, pieces: Iterable[Piece]) -> None:
     with torch.no_grad():
         if tensor.is_contiguous() and tensor.device.type == "cpu":
             dst = host_bytes(tensor)
+            _host.prefault(dst)
             k = tensor.element_size()
             start = 0
             for piece in pieces:

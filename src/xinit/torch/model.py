@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xinit.core import _batch
+from xinit.core import _batch, _host
 from xinit.core._keys import key_data
 from xinit.core.errors import DtypeError
 from xinit.core.recipes import Param, Plan, UnmatchedError, as_layer, get_recipe
@@ -225,12 +225,16 @@ def _copy_chunks_on_host(chunks, flats: dict[int, torch.Tensor]) -> None:
     ``_bridge.host_bytes``), made once per tensor and once per chunk."""
     dst = {i: _bridge.host_bytes(f) for i, f in flats.items()}
     size = {i: f.element_size() for i, f in flats.items()}
+    fresh = set(dst)
     for chunk in chunks:
         srcs: dict[int, np.ndarray] = {}
         for seg in chunk:
             src = srcs.get(id(seg.array))
             if src is None:
                 src = srcs[id(seg.array)] = _bridge.host_bytes(seg.array)
+            if seg.index in fresh:  # map a fresh tensor's pages at once, not one fault at a time
+                fresh.discard(seg.index)
+                _host.prefault(dst[seg.index])
             k = size[seg.index]
             np.copyto(dst[seg.index][seg.offset * k : (seg.offset + seg.length) * k],
                       src[seg.start * k : (seg.start + seg.length) * k])
