@@ -187,10 +187,11 @@ def test_zero_element_shapes_return_empty():
 
 
 HOST_CASES = [  # (spec, shape, layout): canonical rows of 441, 360 and 2000 elements, 1-D, ...
-    (specs.Normal(0.5, 2.0), (441, 13), xc.FLAX), (specs.Uniform(-1, 1), (37, 11), xc.TORCH),
+    (specs.Normal(0.5, 2.0), (441, 13), xc.FLAX), (specs.TruncNormal(0, 1, -2, 2), (37, 11), xc.FLAX),
     (specs.KaimingUniform(), (3, 3, 40, 11), xc.FLAX), (specs.Uniform(0, 1), (2000, 3), xc.FLAX),
-    (specs.TruncNormal(0, 1, -2, 2), (5000,), xc.TORCH), (specs.Uniform(0, 1), (50, 60), xc.TORCH),
+    (specs.Uniform(-1, 1), (5000,), xc.TORCH), (specs.Normal(0, 1), (50, 60), xc.TORCH),
     (specs.Dirac(1), (3, 5, 6, 6), xc.FLAX), (specs.Constant(2.7), (9, 130), xc.FLAX),
+    (specs.Constant(-1.5), (5000,), xc.TORCH),
 ]
 
 

@@ -162,9 +162,9 @@ def sample(spec: Spec, key, shape, dtype=None, *, layout: Layout = TORCH, device
     plan = spec.plan(canon)
     _check_dtype(spec, plan, dtype)
     n = math.prod(shape)
-    traced = _kernels._is_tracer(key_data(key))
-    if n and not traced and device is None and _host.on_host():
-        return _sample_on_host(plan, key, shape, canon, inv, layout, dtype)
+    identity = inv == tuple(range(len(shape)))
+    if n and device is None and _host.on_host() and not _kernels._is_tracer(key_data(key)):
+        return _sample_on_host(plan, key, shape, canon, layout, dtype, identity)
     pieces = draw_plan(plan, key, canon, dtype, device=device)
     with x64_scope(dtype):
         if not pieces:
@@ -172,28 +172,27 @@ def sample(spec: Spec, key, shape, dtype=None, *, layout: Layout = TORCH, device
         if any(_kernels._is_tracer(p.array) for p in pieces):
             flat = _kernels._concat_prefix(pieces, n)
             return flat.reshape(canon).transpose(inv)
-        if (
-            len(pieces) == 1
-            and pieces[0].valid == pieces[0].array.shape[0]
-            and inv == tuple(range(len(shape)))
-        ):
+        if len(pieces) == 1 and pieces[0].valid == pieces[0].array.shape[0] and identity:
             return pieces[0].array.reshape(shape)
         return _assembler(tuple(p.valid for p in pieces), canon, inv)(*(p.array for p in pieces))
 
 
-def _sample_on_host(plan, key, shape, canon, inv, layout: Layout, dtype) -> jax.Array:
-    """:func:`sample` on the CPU: the pieces written straight into the result's host
-    buffer (transposed on the fly), which JAX adopts; nothing is compiled per shape.
-    A constant is one fill of its value as the kernel casts it."""
+def _sample_on_host(plan, key, shape, canon, layout: Layout, dtype, identity: bool) -> jax.Array:
+    """:func:`sample` on the CPU: a draw that is one whole chunk in the right layout is
+    returned as it is; otherwise the pieces are written straight into the result's
+    host buffer, transposed on the fly (numpy, 64 rows at a time: ~1.7x faster here
+    than XLA:CPU's transpose), and JAX adopts the buffer, so nothing is compiled per
+    shape (JAX slices, concatenates and transposes would compile once per shape). A
+    constant is one fill of its value as the kernel casts it."""
     with x64_scope(dtype):
         if isinstance(plan, Elementwise) and plan.family == "constant":
             out = _host.aligned_empty(shape, dtype)
             out.fill(np.asarray(draw_plan(plan, key, (1,), dtype)[0].array)[0])
             return _host.adopt(out)
         pieces = draw_plan(plan, key, canon, dtype)
-        if inv == tuple(range(len(shape))) and len(pieces) == 1 and pieces[0].valid == len(pieces[0].array):
+        if identity and len(pieces) == 1 and pieces[0].valid == len(pieces[0].array):
             return pieces[0].array.reshape(shape)  # the drawn chunk is the result
         out = _host.aligned_empty(shape, dtype)
-        srcs = [np.asarray(p.array)[: p.valid] for p in pieces]
-        _host.write_flat(out.transpose(layout.permutation(len(shape))), srcs)
+        _host.write_flat(out.transpose(layout.permutation(len(shape))),
+                         [np.asarray(p.array)[: p.valid] for p in pieces])
         return _host.adopt(out)
