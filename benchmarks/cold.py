@@ -131,6 +131,10 @@ def _flax(args) -> dict:
     import jax
 
     fm = flax_models.MODELS[args.model]()
+    if args.cache and args.who == "flax":  # the same JAX cache settings, before the clock
+        from xinit.core.cache import enable_compilation_cache
+
+        enable_compilation_cache(args.cache)
     rss_before = _rss_bytes()
     out = {"model": args.model, "who": args.who, "framework": "flax", "cache": bool(args.cache)}
     t0 = time.perf_counter()

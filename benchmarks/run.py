@@ -393,20 +393,28 @@ def bench_models_cold(names, repeats: int, meta_path: bool = False) -> list[Row]
 
 
 def bench_flax_models_cold(names, repeats: int) -> list[Row]:
-    """Fresh processes: flax's ``jax.jit(model.init)`` vs eval_shape + ``xinit.flax.initialize``.
-
-    No persistent compilation cache on either side.
-    """
+    """Fresh processes: flax's ``jax.jit(model.init)`` vs eval_shape + ``xinit.flax.initialize``,
+    with no persistent compilation cache, and with a filled one on both sides (each side's own
+    directory, filled by the process before; JAX's cache serves flax's program as well)."""
     rows = []
     for name in names:
-        peer = _median_run([_cold_once(name, "flax", framework="flax") for _ in range(repeats)])
-        res = _median_run([_cold_once(name, "xinit", framework="flax") for _ in range(repeats)])
-        rows.append(Row("flax_cold", f"{name} (Flax) cold", res["path"], "float32",
-                        res["seconds"], "flax: jax.jit(model.init)", peer["seconds"], "",
-                        {"compiles": res.get("compiles"), "peak_rss": res["peak_rss"],
-                         "peer_peak_rss": peer["peak_rss"], "state_bytes": res["state_bytes"]}))
-        print(f"  {name} flax cold: {_fmt_row(rows[-1])} compiles={res.get('compiles')}",
-              flush=True)
+        for label in ("no cache", "filled cache"):
+            peers, ours = [], []
+            with tempfile.TemporaryDirectory(prefix="xinit-flax-cache-") as base:
+                for r in range(repeats):
+                    dirs = {who: os.path.join(base, f"{who}{r}") if label != "no cache" else ""
+                            for who in ("flax", "xinit")}
+                    for who, out in (("flax", peers), ("xinit", ours)):
+                        if dirs[who]:
+                            _cold_once(name, who, dirs[who], framework="flax")  # fills the cache
+                        out.append(_cold_once(name, who, dirs[who], framework="flax"))
+            peer, res = _median_run(peers), _median_run(ours)
+            case = f"{name} (Flax) cold" + (", filled cache" if label != "no cache" else "")
+            rows.append(Row("flax_cold", case, res["path"], "float32",
+                            res["seconds"], "flax: jax.jit(model.init)", peer["seconds"], "",
+                            {"compiles": res.get("compiles"), "peak_rss": res["peak_rss"],
+                             "peer_peak_rss": peer["peak_rss"], "state_bytes": res["state_bytes"]}))
+            print(f"  {case}: {_fmt_row(rows[-1])} compiles={res.get('compiles')}", flush=True)
     return rows
 
 
@@ -614,8 +622,10 @@ def render(rows, meta, notes: str) -> str:
                   "flax: `jax.jit(model.init)(key, x)` (tracing and compiling the whole init "
                   "included); xinit: from `import xinit.flax` until `initialize(jax.eval_shape("
                   "model.init, key, x), \"torch_default\", key=...)` returns. flax, JAX and "
-                  "the model code are imported before the clock on both sides; no persistent "
-                  "compilation cache. Medians of "
+                  "the model code are imported before the clock on both sides. Without a "
+                  "persistent compilation cache, and with JAX's cache filled on both sides "
+                  "(`enable_compilation_cache`, each side its own directory filled by the "
+                  "process before). Medians of "
                   f"{meta['cold_repeats']} process(es).", ""]
         lines += _table(fcold, [("case", lambda r: r.case),
                                 ("flax s", lambda r: f"{r.peer_s:.2f}"),

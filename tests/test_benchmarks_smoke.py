@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -184,11 +185,11 @@ def test_flax_cold_section_in_fresh_processes(run, tmp_path):
     pytest.importorskip("flax")
     rows = run.run(out=tmp_path, sections=("flax_cold",), cold_models=["gpt_tiny"],
                    cold_repeats=1, notes_path=None)
-    assert [r.case for r in rows] == ["gpt_tiny (Flax) cold"]
-    assert rows[0].ratio is not None and rows[0].extra["compiles"] >= 1
+    assert [r.case for r in rows] == ["gpt_tiny (Flax) cold", "gpt_tiny (Flax) cold, filled cache"]
+    assert all(r.ratio is not None and r.extra["compiles"] >= 1 for r in rows)
     md = (tmp_path / "performance.md").read_text()
     assert "## Whole models (Flax), cold (fresh process)" in md
-    assert "| gpt_tiny (Flax) cold |" in md
+    assert "| gpt_tiny (Flax) cold |" in md and "| gpt_tiny (Flax) cold, filled cache |" in md
 
 
 def test_cold_torch_path_in_process():
@@ -210,3 +211,15 @@ def test_targets_table_reports_missing_and_met(run):
     lines = run.target_lines([row])
     assert any(line.startswith("| uniform_ 4096x4096 | 1.5x | 2.00x | yes |") for line in lines)
     assert any("sparse_" in line and "not measured" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_flax_peer_uses_the_persistent_cache_it_is_given(tmp_path):
+    """With --cache, the flax side runs with the same JAX cache settings as xinit's, so the
+    'filled cache' rows compare like with like: its program lands in the directory."""
+    pytest.importorskip("flax")
+    cmd = [sys.executable, str(BENCH / "cold.py"), "--framework", "flax", "--model", "gpt_tiny",
+           "--who", "flax", "--cache", str(tmp_path / "c")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert any((tmp_path / "c").iterdir())
