@@ -6,7 +6,7 @@ per distinct shape and runs XLA:CPU's slow transposes; writing numpy views of
 the chunks into one 64-byte-aligned buffer, which ``jax.dlpack.from_dlpack``
 adopts as it is, compiles nothing and copies each value once. Used by
 :func:`xinit.core.sample` and ``xinit.flax.initialize`` when JAX's default
-platform is the CPU.
+platform is the CPU; :func:`prefault` also by the torch adapter's copies.
 """
 
 from __future__ import annotations

@@ -67,13 +67,16 @@ def draws_random(plan) -> bool:
     return not isinstance(plan, Elementwise) or _kernels.FAMILIES[plan.family].random
 
 
-def _check_dtype(spec: Spec, plan, dtype: np.dtype) -> None:
+def _checked_plan(spec: Spec, shape: tuple[int, ...], dtype: np.dtype):
+    """``spec``'s plan for the canonical ``shape``, its dtype checked (raises before any draw)."""
+    plan = spec.plan(shape)
     if draws_random(plan) and dtype not in FLOAT_DTYPES:
         raise DtypeError(
             f"{spec.name} draws random floats and does not support dtype {dtype}; "
             f"use one of {[str(d) for d in FLOAT_DTYPES]} (constant, ones, zeros, eye and "
             "dirac also fill integer and bool tensors)"
         )
+    return plan
 
 
 def draw(spec: Spec, key, shape, dtype=None, *, device=None) -> list[_kernels.Piece]:
@@ -83,9 +86,7 @@ def draw(spec: Spec, key, shape, dtype=None, *, device=None) -> list[_kernels.Pi
     """
     shape = tuple(int(d) for d in shape)
     dtype = canonical_dtype(dtype)
-    plan = spec.plan(shape)
-    _check_dtype(spec, plan, dtype)
-    return draw_plan(plan, key, shape, dtype, device=device)
+    return draw_plan(_checked_plan(spec, shape, dtype), key, shape, dtype, device=device)
 
 
 def draw_plan(plan, key, shape, dtype, *, device=None) -> list[_kernels.Piece]:
@@ -159,8 +160,7 @@ def sample(spec: Spec, key, shape, dtype=None, *, layout: Layout = TORCH, device
     dtype = canonical_dtype(dtype)
     canon = canonical_shape(shape, layout)
     inv = layout.inverse_permutation(len(shape))
-    plan = spec.plan(canon)
-    _check_dtype(spec, plan, dtype)
+    plan = _checked_plan(spec, canon, dtype)
     n = math.prod(shape)
     identity = inv == tuple(range(len(shape)))
     if n and device is None and _host.on_host() and not _kernels._is_tracer(key_data(key)):

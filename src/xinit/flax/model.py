@@ -273,8 +273,7 @@ def _assemble_on_host(params, layouts, resolved, items) -> list[jax.Array]:
                 parts = pending.setdefault(i, [])
                 parts.append((seg.offset, src.copy()))  # the chunk is reused after this
                 if sum(len(a) for _, a in parts) == canon[i].size:
-                    flat = np.concatenate([a for _, a in sorted(parts, key=lambda t: t[0])])
-                    _host.copy_canonical(canon[i], flat.reshape(canon[i].shape))
+                    _host.write_flat(canon[i], [a for _, a in sorted(parts, key=lambda t: t[0])])
                     del pending[i]
     arrays = []
     for p, res, out, c in zip(params, resolved, outs, canon, strict=True):
