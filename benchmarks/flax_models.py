@@ -1,4 +1,4 @@
-"""The benchmark models of :mod:`models` in Flax linen (no torch imported here).
+"""The benchmark models of :mod:`models` in Flax linen, and GPT-2 in nnx (no torch imported here).
 
 * GPT-2 small (124,439,808 parameters; the output head is ``wte.attend``, tied
   as in GPT-2) and ResNet-50 (25,557,032 parameters; BatchNorm's running
@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from bench_configs import GPT2_SMALL, GPT_TINY, GPTConfig
+from flax import nnx
 
 INITS = ("flax", "torch")
 
@@ -167,6 +168,66 @@ class ResNet(nn.Module):
                 inplanes = planes * 4
         x = jnp.mean(x, axis=(1, 2))
         return dense(self.classes, x.shape[-1], i, "fc")(x)
+
+
+# ------------------------------------------------------------------ GPT-2 in nnx
+class NnxAttention(nnx.Module):
+    def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
+        self.heads = cfg.heads
+        self.c_attn = nnx.Linear(cfg.width, 3 * cfg.width, rngs=rngs)
+        self.c_proj = nnx.Linear(cfg.width, cfg.width, rngs=rngs)
+
+    def __call__(self, x):
+        b, t, c = x.shape
+        q, k, v = (z.reshape(b, t, self.heads, c // self.heads)
+                   for z in jnp.split(self.c_attn(x), 3, axis=-1))
+        y = nnx.dot_product_attention(q, k, v, mask=nnx.make_causal_mask(jnp.ones((b, t), bool)))
+        return self.c_proj(y.reshape(b, t, c))
+
+
+class NnxMLP(nnx.Module):
+    def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
+        self.c_fc = nnx.Linear(cfg.width, 4 * cfg.width, rngs=rngs)
+        self.c_proj = nnx.Linear(4 * cfg.width, cfg.width, rngs=rngs)
+
+    def __call__(self, x):
+        return self.c_proj(nnx.gelu(self.c_fc(x), approximate=True))
+
+
+class NnxBlock(nnx.Module):
+    def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
+        self.ln_1 = nnx.LayerNorm(cfg.width, epsilon=1e-5, rngs=rngs)
+        self.attn = NnxAttention(cfg, rngs)
+        self.ln_2 = nnx.LayerNorm(cfg.width, epsilon=1e-5, rngs=rngs)
+        self.mlp = NnxMLP(cfg, rngs)
+
+    def __call__(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class NnxGPT(nnx.Module):
+    """GPT-2 in nnx with flax's layer defaults; nnx paths are the torch names
+    (``h.0.attn.c_attn.weight``), no rename needed. Built eagerly, as nnx modules are."""
+
+    def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
+        self.wte = nnx.Embed(cfg.vocab, cfg.width, rngs=rngs)
+        self.wpe = nnx.Embed(cfg.positions, cfg.width, rngs=rngs)
+        self.h = nnx.List([NnxBlock(cfg, rngs) for _ in range(cfg.layers)])
+        self.ln_f = nnx.LayerNorm(cfg.width, epsilon=1e-5, rngs=rngs)
+
+    def __call__(self, idx):
+        x = self.wte(idx) + self.wpe(jnp.arange(idx.shape[1]))
+        for block in self.h:
+            x = block(x)
+        return self.wte.attend(self.ln_f(x))
+
+
+#: nnx model constructors by name (the same names as :data:`MODELS`); call with ``nnx.Rngs``.
+NNX_MODELS: dict[str, Callable[[nnx.Rngs], nnx.Module]] = {
+    "gpt2": lambda rngs: NnxGPT(GPT2_SMALL, rngs),
+    "gpt_tiny": lambda rngs: NnxGPT(GPT_TINY, rngs),
+}
 
 
 # ------------------------------------------------------------------------ registry

@@ -347,6 +347,43 @@ def bench_flax_models_warm(names, repeats: int, eager: bool = True) -> list[Row]
     return rows
 
 
+def bench_nnx_models_warm(names, repeats: int) -> list[Row]:
+    """GPT-2 in nnx: ``xinit.flax.initialize`` on the ``nnx.eval_shape`` module vs building
+    the module, eagerly (how nnx modules initialize) and under ``nnx.jit`` (compiled in the
+    warm-up). Both peers use flax's layer defaults; every callable blocks on its arrays."""
+    try:
+        import flax_models
+        from flax import nnx
+
+        import xinit.flax as xf
+    except ImportError as err:
+        print(f"  nnx models skipped: {err}", flush=True)
+        return [Row("flax_models", "(skipped)", "", "", None, "nnx", None, str(err))]
+    rows = []
+    for name in (n for n in names if n in flax_models.NNX_MODELS):
+        build = flax_models.NNX_MODELS[name]
+        abstract = nnx.eval_shape(lambda build=build: build(nnx.Rngs(0)))
+        create = nnx.jit(lambda build=build: build(nnx.Rngs(0)))
+
+        def ours(a=abstract):
+            return jax.block_until_ready(nnx.state(xf.initialize(a, "torch_default", key=0)))
+
+        fns = {"xinit": ours,
+               "nnx constructor (eager)": lambda b=build: jax.block_until_ready(
+                   nnx.state(b(nnx.Rngs(0)))),
+               "nnx.jit(constructor)": lambda c=create: jax.block_until_ready(nnx.state(c()))}
+        res = interleaved(fns, repeats)
+        params = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+        for peer in fns:
+            if peer == "xinit":
+                continue
+            rows.append(Row("flax_models", f"{name} nnx (xinit.flax initialize)",
+                            f"{params / 1e6:.1f}M params", "float32", res["xinit"], peer,
+                            res[peer], "flax's layer defaults", {}))
+            print(f"  {name} nnx warm vs {peer}: {_fmt_row(rows[-1])}", flush=True)
+    return rows
+
+
 def _cold_once(model: str, who: str, cache: str = "", path: str = "no_init",
                framework: str = "torch") -> dict:
     cmd = [sys.executable, str(HERE / "cold.py"), "--model", model, "--who", who, "--path", path,
@@ -585,7 +622,10 @@ def render(rows, meta, notes: str) -> str:
                   "(`jax.block_until_ready`). Compilations during xinit's first call in this "
                   "process: xinit's own programs (`xinit.core.compile_count()`) / every XLA "
                   "compilation JAX ran (eager slices, concatenations and transposes "
-                  "included); warm: XLA compilations in a later call.", ""]
+                  "included); warm: XLA compilations in a later call. The `nnx` rows: GPT-2 "
+                  "written as an nnx module (`flax_models.NnxGPT`); xinit initializes the "
+                  "`nnx.eval_shape` module in place, the peers build the module, eagerly (how "
+                  "nnx modules initialize) or under `nnx.jit` (compiled in the warm-up).", ""]
         lines += _table(fwarm, [("model (xinit path)", lambda r: r.case),
                                 ("size", lambda r: r.shape), ("peer", lambda r: r.peer),
                                 ("peer ms", lambda r: _ms(r.peer_s)),
@@ -715,9 +755,9 @@ def run(quick=False, out=HERE.parent / "docs", sections=SECTIONS, repeats=None,
                                   repeats)
     if "flax_models" in sections:
         print("whole models in Flax, warm", flush=True)
-        rows += bench_flax_models_warm(
-            model_names or (["gpt2"] if quick else ["gpt2", "resnet50"]), repeats,
-            eager=not quick)
+        names = model_names or (["gpt2"] if quick else ["gpt2", "resnet50"])
+        rows += bench_flax_models_warm(names, repeats, eager=not quick)
+        rows += bench_nnx_models_warm(names, repeats)
     if "cold" in sections:
         print("whole models, cold", flush=True)
         rows += bench_models_cold(cold_models or ["gpt2", "resnet50"],

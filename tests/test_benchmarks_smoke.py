@@ -113,6 +113,36 @@ def test_flax_tiny_models_mirror_the_torch_ones(flax_models, models, name):
     assert np.isfinite(np.asarray(out)).all()
 
 
+def test_nnx_gpt_mirrors_the_torch_one(flax_models, models):
+    """GPT-2 in nnx: its parameter count is GPT-2 small's, its nnx paths are the torch names
+    (no rename), and xinit.flax draws the torch model's values bit for bit."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    import xinit.flax as xf
+    from xinit.torch.model import initialize
+
+    big = nnx.eval_shape(lambda: flax_models.NNX_MODELS["gpt2"](nnx.Rngs(0)))
+    assert sum(x.size for x in jax.tree.leaves(nnx.state(big, nnx.Param))) == 124_439_808
+    abstract = nnx.eval_shape(lambda: flax_models.NNX_MODELS["gpt_tiny"](nnx.Rngs(0)))
+    tm = models.MODELS["gpt_tiny"]()
+    assert {p.name: p.shape for p in xf.describe(nnx.state(abstract))} == {
+        n: tuple(t.shape) for n, t in tm.named_parameters()}
+    module = xf.initialize(abstract, "torch_default", key=3)
+    initialize(tm, "torch_default", key=3)
+    state = dict(tm.named_parameters())
+    for path, var in nnx.to_flat_state(nnx.state(module)):
+        name = ".".join(map(str, path[:-1])) + "." + {"kernel": "weight", "embedding": "weight",
+                                                      "scale": "weight"}.get(path[-1], path[-1])
+        ref = state[name].detach().numpy()
+        np.testing.assert_array_equal(np.asarray(var[...]), ref.T if path[-1] == "kernel" else ref,
+                                      err_msg=name)
+    out = module(jnp.zeros((1, 8), jnp.int32))
+    assert out.shape == (1, 8, 97) and np.isfinite(np.asarray(out)).all()
+
+
 def test_interleaved_returns_a_median_per_callable(run):
     calls = []
     res = run.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3)
@@ -156,14 +186,18 @@ def test_flax_models_section_on_tiny_models(run, tmp_path):
     rows = run.run(quick=False, out=tmp_path, sections=("flax_models",), repeats=1,
                    model_names=["gpt_tiny"], notes_path=None)
     assert {r.section for r in rows} == {"flax_models"}
-    assert {r.case for r in rows} == {"gpt_tiny (xinit.flax initialize)"}
-    assert {r.peer for r in rows} == {"flax jax.jit(model.init)", "flax model.init (eager)",
-                                      "flax jax.jit(model.init), torch's defaults"}
+    linen = [r for r in rows if r.case == "gpt_tiny (xinit.flax initialize)"]
+    nnx_rows = [r for r in rows if r.case == "gpt_tiny nnx (xinit.flax initialize)"]
+    assert len(linen) + len(nnx_rows) == len(rows)
+    assert {r.peer for r in linen} == {"flax jax.jit(model.init)", "flax model.init (eager)",
+                                       "flax jax.jit(model.init), torch's defaults"}
+    assert {r.peer for r in nnx_rows} == {"nnx constructor (eager)", "nnx.jit(constructor)"}
     assert all(r.xinit_s > 0 and r.ratio is not None for r in rows)
-    assert all(r.extra["jax_compiles_warm"] == 0 for r in rows)  # warm: nothing compiles
+    assert all(r.extra["jax_compiles_warm"] == 0 for r in linen)  # warm: nothing compiles
     md = (tmp_path / "performance.md").read_text()
     assert "## Whole models (Flax), warm" in md
     assert "| gpt_tiny (xinit.flax initialize) | 0.0M params | flax jax.jit(model.init) |" in md
+    assert "| gpt_tiny nnx (xinit.flax initialize) | 0.0M params | nnx.jit(constructor) |" in md
     assert (tmp_path / "performance.png").stat().st_size > 1000
 
 
