@@ -598,15 +598,15 @@ def render(rows, meta, notes: str) -> str:
                                     ("jax ms", lambda r: _ms(r.peer_s)),
                                     ("xinit ms", lambda r: _ms(r.xinit_s)), ratio])
         lines.append("")
+    # the leading columns of both warm whole-model tables
+    model_columns = [("model (xinit path)", lambda r: r.case), ("size", lambda r: r.shape),
+                     ("peer", lambda r: r.peer), ("peer ms", lambda r: _ms(r.peer_s)),
+                     ("xinit ms", lambda r: _ms(r.xinit_s)), ratio]
     warm = [r for r in rows if r.section == "models"]
     if warm:
         lines += ["## Whole models, warm", "",
                   "Recipe `torch_default` (what every layer's `reset_parameters` does).", ""]
-        lines += _table(warm, [("model (xinit path)", lambda r: r.case),
-                               ("size", lambda r: r.shape), ("peer", lambda r: r.peer),
-                               ("peer ms", lambda r: _ms(r.peer_s)),
-                               ("xinit ms", lambda r: _ms(r.xinit_s)), ratio,
-                               ("note", lambda r: r.note)])
+        lines += _table(warm, model_columns + [("note", lambda r: r.note)])
         lines.append("")
     fwarm = [r for r in rows if r.section == "flax_models"]
     if fwarm:
@@ -626,10 +626,7 @@ def render(rows, meta, notes: str) -> str:
                   "written as an nnx module (`flax_models.NnxGPT`); xinit initializes the "
                   "`nnx.eval_shape` module in place, the peers build the module, eagerly (how "
                   "nnx modules initialize) or under `nnx.jit` (compiled in the warm-up).", ""]
-        lines += _table(fwarm, [("model (xinit path)", lambda r: r.case),
-                                ("size", lambda r: r.shape), ("peer", lambda r: r.peer),
-                                ("peer ms", lambda r: _ms(r.peer_s)),
-                                ("xinit ms", lambda r: _ms(r.xinit_s)), ratio,
+        lines += _table(fwarm, model_columns + [
                                 ("compilations first call", lambda r: (
                                     f"{r.extra.get('compiles_first_call', '-')} / "
                                     f"{r.extra.get('jax_compiles_first_call', '-')}")),
