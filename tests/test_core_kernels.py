@@ -7,13 +7,13 @@ import pytest
 from jax.extend.random import threefry2x32_p
 
 import xinit.core as xc
-from xinit.core import _host, _kernels, engine, specs
+from xinit.core import engine, host_memory, programs, specs, threefry
 from xinit.core.errors import DtypeError
 
 KEY = jax.random.key(1234)
 
 
-@pytest.mark.parametrize("n", [1, 1000, 1025, 4**8 + 3, _kernels.MAX_CHUNK + 5], ids=str)
+@pytest.mark.parametrize("n", [1, 1000, 1025, 4**8 + 3, programs.MAX_CHUNK + 5], ids=str)
 def test_uniform_bit_identical_to_jax_random_across_chunks(n):
     ours = xc.uniform(KEY, (n,), -2.0, 3.0)
     ref = jax.random.uniform(KEY, (n,), minval=-2.0, maxval=3.0)
@@ -46,10 +46,10 @@ def test_float64_bit_identical_and_config_untouched():
 
 
 def test_threefry_matches_jax_primitive_across_the_hi_word_carry():
-    # counters 2**32 - 3 .. 2**32 + 2 exercise the 64-bit counter split
-    out = _kernels.run_elementwise(
-        "uniform", np.float32, 6, np.array([7, 9], np.uint32), (0.0, 1.0), offset=2**32 - 3
-    )
+    # counters 2**32 - 3 .. 2**32 + 2 exercise the 64-bit counter split: a 6-element
+    # region of a flat draw of 2**33 elements (only the region is drawn)
+    out = engine.draw(specs.Uniform(0.0, 1.0), np.array([7, 9], np.uint32), (2**33,),
+                      region=((2**32 - 3, 2**32 + 3),))
     counters = np.arange(2**32 - 3, 2**32 + 3, dtype=np.uint64)
     b1, b2 = threefry2x32_p.bind(
         np.uint32(7),
@@ -63,7 +63,7 @@ def test_threefry_matches_jax_primitive_across_the_hi_word_carry():
 
 
 def test_self_check_passes():
-    assert _kernels.self_check()
+    assert threefry.self_check()
 
 
 @pytest.mark.parametrize(
@@ -205,10 +205,9 @@ def test_host_assembly_equals_the_jax_assembly(spec, shape, layout, dtype, chunk
     result equals the JAX-ops assembly (what accelerators run) bit for bit, including
     canonical rows split between chunks and rows longer than a chunk (with 1 Ki chunks)."""
     if chunk == "1Ki":
-        monkeypatch.setattr(_kernels, "CHUNK_SIZES", (1024,))
-        monkeypatch.setattr(_kernels, "MAX_CHUNK", 1024)
+        monkeypatch.setattr(engine, "MAX_ROWS", 4)  # 1 Ki-element chunks
     host = xc.sample(spec, 3, shape, dtype, layout=layout)
-    monkeypatch.setattr(_host, "on_host", lambda: False)
+    monkeypatch.setattr(host_memory, "on_host", lambda: False)
     ref = xc.sample(spec, 3, shape, dtype, layout=layout)
     assert host.dtype == ref.dtype and host.shape == ref.shape == shape
     np.testing.assert_array_equal(np.asarray(host).view(np.uint8), np.asarray(ref).view(np.uint8))

@@ -1,5 +1,5 @@
-"""The speed paths of xinit.core._kernels keep the values: split normal programs, the
-512-bit CPU compile, the fused sparse program, eye/dirac, Householder orthogonal, the cache
+"""The speed paths of xinit's programs keep the values: split normal programs, the
+512-bit CPU compile, the sparse program, eye/dirac, Householder orthogonal, the cache
 helper's validation. No timing asserts (timings live in benchmarks/)."""
 
 import jax
@@ -11,11 +11,11 @@ from scipy import stats
 
 import xinit.core as xc
 import xinit.torch as xt
-from xinit.core import _kernels, engine
+from xinit.core import distributions, engine, programs, specs, threefry
 from xinit.core.cache import default_cache_dir, enable_compilation_cache
 
 KEY = jax.random.key(31337)
-SPLIT_N = 2 * _kernels.SPLIT_MIN_SIZE + 123  # two split chunks and a fused tail
+SPLIT_N = 2 * programs.SPLIT_MIN_SIZE + 123  # two split chunks and a fused tail
 
 
 def _flat(pieces):
@@ -42,33 +42,48 @@ def test_split_normal_is_bit_identical_to_jax_random_f32_and_f64():
 def test_split_programs_equal_the_fused_program(family, fparams, dtype, monkeypatch):
     kd = np.array([5, 2**31 + 9], np.uint32)
     offset = 2**32 - 1000  # the counter's hi word carries inside the draw
+    spec = specs.Normal(*fparams) if family == "normal" else specs.TruncNormal(*fparams)
+    region = ((offset, offset + SPLIT_N),)  # a region of a flat draw of 2**33 elements
+    monkeypatch.setattr(engine, "MAX_ROWS", programs.SPLIT_MIN_SIZE // programs.ROW)  # split-size chunks
     with engine.x64_scope(dtype):
-        split = _flat(_kernels.run_elementwise(family, dtype, SPLIT_N, kd, fparams, offset=offset))
-        monkeypatch.setattr(_kernels, "SPLIT_MIN_SIZE", 10**12)
-        fused = _flat(_kernels.run_elementwise(family, dtype, SPLIT_N, kd, fparams, offset=offset))
+        split = _flat(engine.draw(spec, kd, (2**33,), dtype, region=region))
+        monkeypatch.setattr(programs, "SPLIT_MIN_SIZE", 10**12)
+        fused = _flat(engine.draw(spec, kd, (2**33,), dtype, region=region))
     np.testing.assert_array_equal(split.view(np.uint8), fused.view(np.uint8))
 
 
 @pytest.mark.parametrize("family,fparams", [("uniform", (-1.0, 2.0)), ("normal", (0.0, 1.0)),
                                             ("trunc_normal", (0.0, 1.0, -2.0, 2.0))])
 def test_cpu_compiler_options_do_not_change_bits(family, fparams):
-    size = 4**8
-    prog = _kernels._elementwise_program(family, np.dtype(np.float32), size)
-    args = (np.array([[3, 4]], np.uint32), np.zeros(1, np.uint32), np.zeros(1, np.uint32),
-            np.array([fparams], np.float32), np.zeros((1, 0), np.int32))
-    np.testing.assert_array_equal(np.asarray(prog(*args)), np.asarray(prog.jit(*args)))
+    nrows = 4**8 // programs.ROW
+    prog = programs.rows_program(family, np.dtype(np.float32), nrows)
+    fp = distributions.program_fparams(family, np.tile(np.array([fparams], np.float32), (nrows, 1)),
+                                       np.float32)
+    args = (np.tile(np.array([[3, 4]], np.uint32), (nrows, 1)),
+            (np.arange(nrows) * programs.ROW).astype(np.uint32), np.zeros(nrows, np.uint32), fp,
+            np.zeros((nrows, 0), np.int32))
+    buffer = jnp.zeros(nrows * programs.ROW, np.float32)
+    # the 512-bit ahead-of-time executable against plain jax.jit (JAX's default options)
+    np.testing.assert_array_equal(np.asarray(prog(buffer, *args)), np.asarray(prog.traced(*args)))
 
 
 def _sparse_reference(kd, rows, cols, dtype, zeros, std):
-    # the chunked implementation the fused program replaced (kept as the large-size path)
-    cdt = _kernels.compute_dtype(dtype)
-    n = rows * cols
-    vals = _kernels.run_elementwise("normal", cdt, n, kd, (0.0, std))
-    sel = _kernels.run_elementwise("uniform", cdt, n, kd, (0.0, 1.0), offset=n)
-    prog = _kernels._sparse_program(rows, cols, np.dtype(dtype), tuple(p.valid for p in vals),
-                                    tuple(p.valid for p in sel))
-    out = prog(np.int32(zeros), *(p.array for p in vals), *(p.array for p in sel))
-    return np.asarray(out).reshape(-1)
+    # the definition, computed independently of the sparse program: normal(0, std) values
+    # at counters [0, n) and selection uniforms at counters [n, 2n) (the second half of a
+    # (2, rows, cols) uniform draw), Knuth's Algorithm S in numpy, then the zeros
+    cdt = distributions.compute_dtype(dtype)
+    vals = _flat(engine.draw(specs.Normal(0.0, std), kd, (rows, cols), cdt)).reshape(rows, cols)
+    sel = _flat(engine.draw(specs.Uniform(0.0, 1.0), kd, (2, rows, cols), cdt,
+                            region=((1, 2), (0, rows), (0, cols)))).reshape(rows, cols)
+    need = np.full(cols, zeros, np.int32)
+    mask = np.zeros((rows, cols), bool)
+    for i in range(rows):
+        remaining = np.int32(rows - i)
+        chosen = (need >= remaining) | (sel[i] * remaining.astype(cdt) < need.astype(cdt))
+        chosen &= need > 0
+        mask[i] = chosen
+        need -= chosen.astype(np.int32)
+    return np.where(mask, np.zeros((), cdt), vals).astype(dtype).reshape(-1)
 
 
 @pytest.mark.parametrize(
@@ -77,11 +92,12 @@ def _sparse_reference(kd, rows, cols, dtype, zeros, std):
      (513, 1031, np.float32, 462)],
     ids=str,
 )
-def test_fused_sparse_equals_the_chunked_reference(rows, cols, dtype, zeros):
+def test_sparse_program_equals_the_definition(rows, cols, dtype, zeros):
     kd = np.array([11, 2**31 + 5], np.uint32)
     with engine.x64_scope(dtype):
         ref = _sparse_reference(kd, rows, cols, dtype, zeros, 0.05)
-        ours = np.asarray(_kernels.run_sparse(kd, rows, cols, np.dtype(dtype), zeros, 0.05)[0].array)
+        req = engine.request(specs.Sparse(zeros / rows, 0.05).plan((rows, cols)), kd, (rows, cols), dtype)
+        ours = np.asarray(engine.pieces(req)[0].array)
     np.testing.assert_array_equal(ours.view(np.uint8), ref.view(np.uint8))
     assert np.all((ours.reshape(rows, cols) == 0).sum(axis=0) == zeros)
 
@@ -135,8 +151,8 @@ def test_torch_structural_writes_equal_the_kernel(name, spec, shape, dtype, stri
 )
 @pytest.mark.parametrize("method", ["householder", "qr"])
 def test_orthogonal_is_orthonormal_times_gain(shape, dtype, tol, method, monkeypatch):
-    monkeypatch.setattr(_kernels, "_orthogonal_method", method)
-    _kernels._orthogonal_program.cache_clear()
+    monkeypatch.setattr(engine, "_orthogonal_method", method)
+    programs.orthogonal_program.cache_clear()
     q = np.asarray(xc.orthogonal(7, shape, 2.0, dtype=dtype)).astype(np.float64)
     q = q.reshape(shape[0], -1)
     g = q @ q.T if q.shape[0] <= q.shape[1] else q.T @ q
@@ -159,17 +175,17 @@ def test_householder_orthogonal_is_haar_like_torch():
 
 
 def test_self_check_falls_back_when_the_hash_disagrees(monkeypatch):
-    real = _kernels.threefry2x32
-    monkeypatch.setattr(_kernels, "threefry2x32",
+    real = threefry.threefry2x32
+    monkeypatch.setattr(threefry, "threefry2x32",
                         lambda k1, k2, a, b: (real(k1, k2, a, b)[0] ^ np.uint32(1), real(k1, k2, a, b)[1]))
-    monkeypatch.setattr(_kernels, "_use_own_threefry", True)
+    monkeypatch.setattr(threefry, "_use_own_threefry", True)
     with pytest.warns(RuntimeWarning, match="falls? back|falling back"):
-        assert _kernels.self_check() is False
-    assert _kernels._use_own_threefry is False
-    monkeypatch.setattr(_kernels, "threefry2x32", real)
-    monkeypatch.setattr(_kernels, "_use_own_threefry", True)
-    _kernels._elementwise_program.cache_clear()
-    assert _kernels.self_check() is True
+        assert threefry.self_check() is False
+    assert threefry._use_own_threefry is False
+    monkeypatch.setattr(threefry, "threefry2x32", real)
+    monkeypatch.setattr(threefry, "_use_own_threefry", True)
+    programs.clear_caches()
+    assert threefry.self_check() is True
 
 
 def test_cache_helper_validates_before_touching_the_config(tmp_path):
@@ -188,19 +204,19 @@ def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("d", [1, 2, 3, 7, 1025, 4097, 65537, 2**20 + 3, 2**24 - 1])
 def test_small_quotient_is_exact_in_its_range(d):
-    max_n = min(_kernels.SMALL_QUOTIENT_MAX_INDEX, d * _kernels.SMALL_QUOTIENT_MAX_Q)
+    max_n = min(distributions.SMALL_QUOTIENT_MAX_INDEX, d * distributions.SMALL_QUOTIENT_MAX_Q)
     rng = np.random.default_rng(d)
     multiples = np.arange(1, 3000, dtype=np.int64) * d
     n = np.concatenate([rng.integers(0, max_n, 200_000), np.arange(max(0, max_n - 3000), max_n),
                         np.arange(3000), multiples % max_n, (multiples - 1) % max_n]).astype(np.uint32)
-    q = np.asarray(jax.jit(_kernels._small_quotient)(n, np.full(n.shape, d, np.uint32)))
+    q = np.asarray(jax.jit(distributions.small_quotient)(n, np.full(n.shape, d, np.uint32)))
     np.testing.assert_array_equal(q, n // np.uint32(d))
 
 
 def test_eye_uses_the_fast_division_only_where_it_is_exact():
-    assert _kernels._small_quotient_ok(4096 * 4096, 4097)
-    assert not _kernels._small_quotient_ok(2**31 + 1, 2**20)  # index beyond int32
-    assert not _kernels._small_quotient_ok(2**24, 2)  # quotient beyond 2**21
+    assert distributions.small_quotient_ok(4096 * 4096, 4097)
+    assert not distributions.small_quotient_ok(2**31 + 1, 2**20)  # index beyond int32
+    assert not distributions.small_quotient_ok(2**24, 2)  # quotient beyond 2**21
     np.testing.assert_array_equal(np.asarray(xc.eye(0, (2**22 + 3, 1))),
                                   np.eye(2**22 + 3, 1, dtype=np.float32))  # slow path
 
@@ -209,47 +225,65 @@ def test_a_passed_self_check_is_remembered_in_the_compilation_cache(tmp_path, mo
     before = jax.config.jax_compilation_cache_dir
     try:
         jax.config.update("jax_compilation_cache_dir", None)
-        assert _kernels._check_marker() is None  # no cache: nothing written anywhere
+        assert threefry._check_marker() is None  # no cache: nothing written anywhere
         jax.config.update("jax_compilation_cache_dir", str(tmp_path))
-        _kernels.ensure_checked.cache_clear()
-        assert _kernels.ensure_checked() is True
+        threefry.ensure_checked.cache_clear()
+        assert threefry.ensure_checked() is True
         markers = list(tmp_path.glob("xinit-*-selfcheck-*.ok"))
-        assert markers == [_kernels._check_marker()]
+        assert markers == [threefry._check_marker()]
         assert jax.__version__ in markers[0].name
         # a later process: the marker stands for the check, which does not run again
-        _kernels.ensure_checked.cache_clear()
-        monkeypatch.setattr(_kernels, "self_check", lambda: pytest.fail("self_check ran"))
-        assert _kernels.ensure_checked() is True
+        threefry.ensure_checked.cache_clear()
+        monkeypatch.setattr(threefry, "self_check", lambda: pytest.fail("self_check ran"))
+        assert threefry.ensure_checked() is True
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
-        _kernels.ensure_checked.cache_clear()
+        threefry.ensure_checked.cache_clear()
 
 
 @pytest.mark.parametrize("spec,dtype", [(xc.Uniform(-1.0, 2.0), np.float32), (xc.Normal(0.0, 2.0), np.float64),
                                         (xc.TruncNormal(0.0, 1.0, -1.0, 1.0), jnp.bfloat16),
                                         (xc.Eye(), np.float32)], ids=str)
-def test_iter_plan_is_draw_plan_one_chunk_ahead(spec, dtype, monkeypatch):
+@pytest.mark.parametrize("ahead", [True, False])
+def test_engine_draws_one_chunk_ahead(spec, dtype, ahead, monkeypatch):
+    """With ``ahead`` chunk k + 1 is dispatched before chunk k reaches the sink (two chunks
+    in flight, never three), else one at a time; the values are the same."""
     shape = (2 * 4097, 1024)  # two full 4 Mi chunks and a remainder
     dt = np.dtype(dtype)
-    plan = spec.plan(shape)
     with engine.x64_scope(dt):
-        ref = np.concatenate([np.asarray(p.array)[: p.valid] for p in engine.draw_plan(plan, 7, shape, dt)])
-    calls = []
-    real = _kernels.run_elementwise
-    monkeypatch.setattr(_kernels, "run_elementwise", lambda *a, **k: calls.append(k["offset"]) or real(*a, **k))
-    it = engine.iter_plan(plan, 7, shape, dt)
-    first = next(it)
-    assert calls == [0, _kernels.MAX_CHUNK]  # the second chunk is in flight, the third is not
-    got = np.concatenate([np.asarray(p.array)[: p.valid] for p in [first, *it]])
-    assert calls == [0, _kernels.MAX_CHUNK, 2 * _kernels.MAX_CHUNK]
+        ref = np.concatenate([np.asarray(p.array)[: p.valid] for p in engine.draw(spec, 7, shape, dt)])
+    launched = []
+    real = engine._launch_rows
+    monkeypatch.setattr(engine, "_launch_rows", lambda *a: launched.append(1) or real(*a))
+
+    class Sink:
+        in_place = False
+        seen, values = [], []
+
+        def write(self, chunk):
+            self.seen.append(len(launched))
+            seg, = chunk.segments
+            self.values.append(np.asarray(chunk.array)[seg.start : seg.start + seg.length].copy())
+            return False
+
+        def finish(self, index):
+            pass
+
+        def stop(self):
+            pass
+
+    sink = Sink()
+    engine.run([engine.request(spec.plan(shape), 7, shape, dt)], sink, ahead=ahead)
+    assert sink.seen == ([2, 3, 3] if ahead else [1, 2, 3])
+    got = np.concatenate(sink.values)
     assert got.dtype == ref.dtype
     np.testing.assert_array_equal(got.view(np.uint8), ref.view(np.uint8))
 
 
 def test_freed_heap_is_released_after_each_new_compilation_only(monkeypatch):
     calls = []
-    monkeypatch.setattr(_kernels, "release_freed_memory", lambda: calls.append(1))
-    prog = _kernels._Program(lambda x: x * 3)
+    monkeypatch.setattr(programs, "release_freed_memory", lambda: calls.append(1))
+    prog = programs.Program(lambda x: x * 3)
     prog(np.ones(5, np.float32))
     prog(np.ones(5, np.float32))  # cached executable: nothing compiled, nothing released
     assert len(calls) == 1
@@ -258,18 +292,18 @@ def test_freed_heap_is_released_after_each_new_compilation_only(monkeypatch):
 
 
 def test_releasing_freed_memory_is_a_no_op_without_glibc(monkeypatch):
-    real = _kernels._malloc_trim()
+    real = programs._malloc_trim()
     if real is not None:  # glibc here: the real call works (1: memory was released, 0: none)
         assert real(0) in (0, 1)
-    monkeypatch.setattr(_kernels, "_malloc_trim", lambda: None)
-    _kernels.release_freed_memory()  # nothing to call, no error
+    monkeypatch.setattr(programs, "_malloc_trim", lambda: None)
+    programs.release_freed_memory()  # nothing to call, no error
 
 
 def _populate_write_supported() -> bool:
     import ctypes
     import mmap
 
-    from xinit.core import _host
+    from xinit.core import host_memory as _host
 
     libc = _host._libc()
     if libc is None:
@@ -288,7 +322,7 @@ def test_prefault_maps_fresh_pages_and_keeps_contents():
     import ctypes
     import mmap
 
-    from xinit.core import _host
+    from xinit.core import host_memory as _host
 
     def resident_pages(buf):
         page = mmap.PAGESIZE

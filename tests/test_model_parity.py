@@ -208,9 +208,9 @@ def test_flax_values_are_the_core_per_tensor_draw():
 @pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16"])
 def test_batched_draw_equals_per_tensor_draw(dtype, monkeypatch):
     """The packed model-level program gives each parameter exactly its per-tensor draw."""
-    from xinit.core import _batch, engine, fold_in_name, specs
+    from xinit.core import engine, fold_in_name, sample, specs
 
-    monkeypatch.setattr(_batch, "MAX_ROWS", 64)  # 16 Ki-element chunks: parameters span chunks
+    monkeypatch.setattr(engine, "MAX_ROWS", 64)  # 16 Ki-element chunks: parameters span chunks
     dt = jnp.dtype(dtype)
     cases = [
         (specs.Normal(0.0, 0.02), (300, 77)),
@@ -229,28 +229,42 @@ def test_batched_draw_equals_per_tensor_draw(dtype, monkeypatch):
         (specs.Orthogonal(), (6, 4)),
     ]
     items = [
-        _batch.Item(f"p{i}", np.asarray(fold_in_name(0, f"p{i}")), shape, dt, spec.plan(shape))
+        engine.request(spec.plan(shape), np.asarray(fold_in_name(0, f"p{i}")), shape, dt, name=f"p{i}")
         for i, (spec, shape) in enumerate(cases)
     ]
     got = {i: np.zeros(int(np.prod(it.shape)), dt) for i, it in enumerate(items)}
-    with engine.x64_scope(dt):
-        for chunk in _batch.draw_items(items):
-            for s in chunk:
+
+    class Collect:
+        in_place = False
+
+        def write(self, chunk):
+            for s in chunk.segments:
                 got[s.index][s.offset : s.offset + s.length] = np.asarray(
-                    s.array[s.start : s.start + s.length]
+                    chunk.array[s.start : s.start + s.length]
                 )
+            return False
+
+        def finish(self, index):
+            pass
+
+        def stop(self):
+            pass
+
+    with engine.x64_scope(dt):
+        engine.run(items, Collect())
+        monkeypatch.undo()  # the per-tensor reference in default-size chunks
         for i, it in enumerate(items):
-            ref = np.asarray(engine.sample(cases[i][0], it.key, it.shape, dt)).ravel()
+            ref = np.asarray(sample(cases[i][0], it.key, it.shape, dt)).ravel()
             assert np.array_equal(got[i].view(np.uint8), ref.view(np.uint8)), cases[i][0]
 
 
 @pytest.mark.parametrize("own_threefry", [True, False])
 def test_fold_in_many_is_jax_fold_in(own_threefry, monkeypatch):
-    from xinit.core import _batch
+    from xinit.core import threefry
 
     key = jax.random.key(1234)
     kd = jax.random.key_data(key)
     hashes = [0, 1, 2**31, 2**32 - 1, 0xDEADBEEF, 77]
     ref = np.stack([np.asarray(jax.random.key_data(jax.random.fold_in(key, h))) for h in hashes])
-    monkeypatch.setattr(_batch._kernels, "ensure_checked", lambda: own_threefry)
-    np.testing.assert_array_equal(_batch.fold_in_many(np.asarray(kd), hashes), ref)
+    monkeypatch.setattr(threefry, "ensure_checked", lambda: own_threefry)
+    np.testing.assert_array_equal(threefry.fold_in_many(np.asarray(kd), hashes), ref)

@@ -11,7 +11,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from xinit.core import _batch, _kernels, compile_count
+from xinit.core import compile_count, programs
 from xinit.core.recipes import Recipe, Rule, UnmatchedError, gpt2, resnet
 from xinit.core.specs import Normal
 from xinit.torch.model import apply_fn, initialize, materialize, no_init, plan
@@ -488,11 +488,7 @@ class Block(nn.Module):
 
 def _cold_compiles(n_blocks, recipe):
     model = nn.Sequential(nn.Embedding(64, 32), *[Block() for _ in range(n_blocks)])
-    _kernels._elementwise_program.cache_clear()
-    _batch._rows_program.cache_clear()
-    _batch._rows_unit_program.cache_clear()
-    _batch._rows_transform_program.cache_clear()
-    _batch._fold_program.cache_clear()
+    programs.clear_caches()
     before = compile_count()
     initialize(model, recipe, key=0)
     return compile_count() - before

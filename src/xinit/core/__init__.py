@@ -5,16 +5,15 @@ unless a :class:`Layout` says otherwise.
 """
 
 from . import errors as errors
-from ._kernels import compile_count as compile_count
 from ._keys import fold_in_name as fold_in_name
 from ._keys import key_data as key_data
 from ._keys import stable_hash as stable_hash
+from .arrays import sample as sample
 from .cache import default_cache_dir as default_cache_dir
 from .cache import enable_compilation_cache as enable_compilation_cache
 from .engine import DTYPES as DTYPES
 from .engine import FLOAT_DTYPES as FLOAT_DTYPES
 from .engine import draw as draw
-from .engine import sample as sample
 from .errors import XinitError as XinitError
 from .gains import NONLINEARITIES as NONLINEARITIES
 from .gains import calculate_gain as calculate_gain
@@ -24,6 +23,7 @@ from .layout import Fans as Fans
 from .layout import Layout as Layout
 from .layout import canonical_shape as canonical_shape
 from .layout import compute_fans as compute_fans
+from .programs import compile_count as compile_count
 from .recipes import KINDS as KINDS
 from .recipes import RECIPES as RECIPES
 from .recipes import AttrConstant as AttrConstant

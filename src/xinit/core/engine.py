@@ -1,35 +1,110 @@
-"""Running specs: the one path from (spec, key, shape, dtype) to values.
+"""The draw engine: any rectangular slice of any number of canonical tensors, bit for bit.
 
-:func:`draw` returns the flat draw of a canonical shape as chunk pieces (what the
-torch adapter copies into a tensor); :func:`sample` assembles an array in any
-layout (what JAX and Flax users get). Both run the same compiled kernels, so the
-torch and flax adapters give the same bits for the same key.
+Every value xinit produces comes from :func:`run`. A :class:`Request` names one
+canonical tensor (its plan, key, shape and dtype) and a *region* of it - one
+``(start, stop)`` index range per canonical dimension - and the engine draws
+exactly the values of that region, equal bit for bit to the same slice of the
+whole draw: element ``i`` (flat row-major index in the whole tensor) always
+comes from counter ``i`` under the tensor's key (see :mod:`xinit.core.threefry`).
+A single tensor is a request with the whole region; a model is many requests; a
+device's shard is a request whose region is the shard. The values go to a
+*sink* (:class:`Sink`): new JAX arrays (:mod:`xinit.core.arrays`) or torch
+tensors written in place (``xinit.torch``).
+
+How a run draws:
+
+- Elementwise requests are grouped by (family, dtype, device) and packed into
+  chunks of up to :data:`~xinit.core.programs.MAX_ROWS` rows of
+  :data:`~xinit.core.programs.ROW` elements; each row carries its own key,
+  counters and parameters, so one compiled call draws many tensors and the
+  programs do not depend on tensor shapes. A region is a set of *runs* (flat
+  ranges of the tensor). Long runs take whole rows each (a run's padding is
+  < ``ROW``); narrow regions (many short runs) are packed densely, one counter
+  per element, so a 3-wide column slice costs ~3 elements per row of it, not 256.
+- Orthogonal requests draw the whole matrix and slice it (the Haar matrix needs
+  all of its entries: memory ~3x the whole matrix whatever the region). Sparse
+  requests draw the region's columns only: the zero mask of a column depends
+  on that column's selection uniforms over all rows up to the region's last row.
+- Chunks are consumed in order; with ``ahead`` the next chunk is dispatched
+  before the current one is handed to the sink, so drawing overlaps with
+  copying (two chunks alive), else one chunk is alive (``materialize``).
+- Segments (:class:`Segment`) of a request reach the sink in increasing region
+  order; a segment is a flat range of the region's row-major order
+  (:func:`flat_blocks` splits it into rectangular blocks of the destination).
+
+Reliability, engine-wide:
+
+- *Prepared before the first write*: every program the run needs is compiled,
+  and every chunk buffer it will use is allocated, before any chunk is handed
+  to the sink; chunks reuse those buffers (XLA donation). So an allocation or
+  compilation failure (``RESOURCE_EXHAUSTED``, LLVM "Unable to allocate section
+  memory") happens before anything is written, and is raised as
+  :class:`~xinit.core.errors.OutOfMemoryError` (a ``MemoryError`` and a
+  ``RuntimeError``), never a process abort: results are waited for with
+  ``block_until_ready`` before they are read. Orthogonal and sparse tensors are
+  drawn first, so their large temporaries are allocated before elementwise
+  tensors are written.
+- *Interrupts*: for sinks that write in place (torch tensors), SIGINT is
+  deferred on the main thread while a tensor is partly written: a Ctrl-C
+  finishes the tensor being written (and any other partly written one), then
+  raises ``KeyboardInterrupt``; every tensor is either untouched or completely
+  written (and, for torch, its version counter bumped). Any other exception
+  mid-run lets the sink bump the versions of what it touched (``Sink.stop``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-from collections.abc import Iterator
+import signal
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
-from . import _host, _kernels
+from . import distributions as dist
+from . import programs
 from ._keys import key_data
-from .errors import DtypeError
-from .layout import TORCH, Layout, canonical_shape
-from .specs import Elementwise, OrthogonalPlan, SparsePlan, Spec
+from .errors import DtypeError, OutOfMemoryError, ShapeError
+from .programs import MAX_ROWS, ROW, memory_errors
+from .specs import Elementwise, OrthogonalPlan, Spec
+from .threefry import ensure_checked
 
-__all__ = ["draw", "draw_plan", "iter_plan", "sample", "canonical_dtype", "x64_scope", "FLOAT_DTYPES", "DTYPES"]
+__all__ = [
+    "FLOAT_DTYPES",
+    "DTYPES",
+    "Region",
+    "Request",
+    "Segment",
+    "Chunk",
+    "Sink",
+    "Piece",
+    "canonical_dtype",
+    "checked_plan",
+    "request",
+    "run",
+    "draw",
+    "pieces",
+    "flat_blocks",
+    "zero_rows_in_region",
+    "x64_scope",
+    "device_scope",
+    "release_buffers",
+]
 
 FLOAT_DTYPES = tuple(np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
 # Dtypes the deterministic families (constant, ones, zeros, eye, dirac) also fill.
 DTYPES = FLOAT_DTYPES + tuple(
     np.dtype(d) for d in (np.bool_, np.uint8, np.int8, np.int16, np.int32, np.int64)
 )
+
+#: ``((start, stop), ...)``: one index range per canonical dimension.
+Region = tuple[tuple[int, int], ...]
 
 
 def canonical_dtype(dtype) -> np.dtype:
@@ -64,10 +139,10 @@ def device_scope(device):
 
 def draws_random(plan) -> bool:
     """Whether ``plan`` draws random floats (and so needs a floating dtype)."""
-    return not isinstance(plan, Elementwise) or _kernels.FAMILIES[plan.family].random
+    return not isinstance(plan, Elementwise) or dist.FAMILIES[plan.family].random
 
 
-def _checked_plan(spec: Spec, shape: tuple[int, ...], dtype: np.dtype):
+def checked_plan(spec: Spec, shape: tuple[int, ...], dtype: np.dtype):
     """``spec``'s plan for the canonical ``shape``, its dtype checked (raises before any draw)."""
     plan = spec.plan(shape)
     if draws_random(plan) and dtype not in FLOAT_DTYPES:
@@ -79,120 +154,849 @@ def _checked_plan(spec: Spec, shape: tuple[int, ...], dtype: np.dtype):
     return plan
 
 
-def draw(spec: Spec, key, shape, dtype=None, *, device=None) -> list[_kernels.Piece]:
-    """The flat row-major draw of ``spec`` on the canonical ``shape``, as pieces.
-
-    Validates everything before anything runs. Returns ``[]`` for zero elements.
-    """
-    shape = tuple(int(d) for d in shape)
-    dtype = canonical_dtype(dtype)
-    return draw_plan(_checked_plan(spec, shape, dtype), key, shape, dtype, device=device)
+def _is_tracer(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
 
 
-def draw_plan(plan, key, shape, dtype, *, device=None) -> list[_kernels.Piece]:
-    """Run an already validated plan (see :meth:`Spec.plan`) on the canonical ``shape``."""
-    n = math.prod(shape)
-    kd = key_data(key)
-    if n == 0:
-        return []
-    _kernels.ensure_checked()
-    with x64_scope(dtype), device_scope(device):
-        if isinstance(plan, Elementwise):
-            return _kernels.run_elementwise(plan.family, dtype, n, kd, plan.fparams, plan.iparams)
-        if isinstance(plan, OrthogonalPlan):
-            return _kernels.run_orthogonal(kd, plan.rows, plan.cols, dtype, plan.gain)
-        if isinstance(plan, SparsePlan):
-            return _kernels.run_sparse(kd, shape[0], shape[1], dtype, plan.zeros, plan.std)
-    raise AssertionError(plan)
+# ------------------------------------------------------------------ requests
 
 
-def iter_plan(plan, key, shape, dtype, *, device=None) -> Iterator[_kernels.Piece]:
-    """:func:`draw_plan`'s pieces, one chunk ahead: chunk ``k + 1`` is dispatched before chunk ``k``
-    is yielded, so a consumer copying pieces out overlaps with the next draw while at most
-    two chunks are alive (``draw_plan`` dispatches them all at once). The same values.
+class Request(NamedTuple):
+    """One canonical tensor, or a rectangular slice of it, to draw (see :func:`request`)."""
 
-    A validated plan can still fail to dispatch a later chunk (e.g. out of memory); a
-    consumer writing pieces as they come may then have written the earlier ones.
-    """
-    n = math.prod(shape)
-    if not isinstance(plan, Elementwise) or n <= _kernels.MAX_CHUNK:
-        yield from draw_plan(plan, key, shape, dtype, device=device)
-        return
-    kd = key_data(key)
-    _kernels.ensure_checked()
+    plan: Any  # Elementwise, OrthogonalPlan or SparsePlan, validated for shape and dtype
+    key: Any  # (2,) uint32 key data (a tracer inside a user's jit)
+    shape: tuple[int, ...]  # canonical (out, in, *receptive)
+    dtype: np.dtype
+    region: Region  # canonical index ranges, one per dimension
+    name: str = ""  # packing order only: values never depend on it
+    device: Any = None  # a jax device, or None for the default
+    zero_rows: tuple[int, ...] = ()  # canonical rows (dim 0) the sink sets to zero
 
-    def chunk(pos: int) -> list[_kernels.Piece]:
-        with x64_scope(dtype), device_scope(device):
-            return _kernels.run_elementwise(plan.family, dtype, min(_kernels.MAX_CHUNK, n - pos), kd,
-                                            plan.fparams, plan.iparams, offset=pos)
+    @property
+    def region_shape(self) -> tuple[int, ...]:
+        return tuple(b - a for a, b in self.region)
 
-    pending = chunk(0)
-    for pos in range(_kernels.MAX_CHUNK, n, _kernels.MAX_CHUNK):
-        following = chunk(pos)
-        yield from pending
-        pending = following
-    yield from pending
+    @property
+    def size(self) -> int:
+        return math.prod(self.region_shape)
 
 
-@functools.cache
-def _assembler(valids: tuple[int, ...], shape: tuple[int, ...], perm: tuple[int, ...]):
-    def assemble(*chunks):
-        flat = _kernels._concat_prefix(
-            [_kernels.Piece(c, v) for c, v in zip(chunks, valids, strict=True)], math.prod(shape)
+def _region(shape: tuple[int, ...], region) -> Region:
+    if region is None:
+        return tuple((0, n) for n in shape)
+    try:
+        out = tuple((int(a), int(b)) for a, b in region)
+    except (TypeError, ValueError):
+        raise ShapeError(f"region must be one (start, stop) pair per dimension; got {region!r}") from None
+    if len(out) != len(shape) or any(not 0 <= a <= b <= n for (a, b), n in zip(out, shape, strict=False)):
+        raise ShapeError(
+            f"region {out} does not fit shape {shape}: it needs one (start, stop) pair per "
+            "dimension with 0 <= start <= stop <= size"
         )
-        return flat.reshape(shape).transpose(perm)
-
-    return jax.jit(assemble)
+    return out
 
 
-def sample(spec: Spec, key, shape, dtype=None, *, layout: Layout = TORCH, device=None) -> jax.Array:
-    """Draw ``spec`` for a weight of ``shape`` stored in ``layout``.
+def request(plan, key, shape, dtype, *, region=None, name: str = "", device=None,
+            zero_rows: Sequence[int] = ()) -> Request:
+    """A validated :class:`Request`: ``plan`` (from :func:`checked_plan`) on the canonical
+    ``shape``, restricted to ``region`` (``None``: the whole tensor)."""
+    shape = tuple(int(d) for d in shape)
+    kd = key_data(key)
+    if not _is_tracer(kd):
+        kd = np.asarray(kd, np.uint32).reshape(2)
+    return Request(plan, kd, shape, np.dtype(dtype), _region(shape, region), name, device,
+                   tuple(int(r) for r in zero_rows))
 
-    The values are those of the canonical shape, moved into ``layout`` by a pure
-    transpose: ``sample(s, k, (3, 3, 8, 16), layout=FLAX)`` equals
-    ``sample(s, k, (16, 8, 3, 3)).transpose(2, 3, 1, 0)`` bit for bit.
+
+def zero_rows_in_region(req: Request) -> list[int]:
+    """``req.zero_rows`` as row indices of its region (those that fall inside it)."""
+    if not req.shape:
+        return []
+    a, b = req.region[0]
+    return [r - a for r in req.zero_rows if a <= r < b]
+
+
+class Segment(NamedTuple):
+    """Values ``chunk[start : start + length]`` are elements ``[offset, offset + length)``
+    of request ``index``'s region, in its row-major order."""
+
+    index: int
+    offset: int
+    length: int
+    start: int
+
+
+class Chunk(NamedTuple):
+    """A drawn flat array and the segments of requests it holds."""
+
+    array: jax.Array
+    segments: list[Segment]
+
+
+class Sink(Protocol):
+    """Where a run's values go. The engine calls :meth:`write` for each chunk (a
+    request's segments arrive in increasing region order), :meth:`finish` once a
+    request's region is complete (zero-element regions: at the start), and
+    :meth:`stop` if the run ends early (an exception or an interrupt)."""
+
+    #: True when the sink writes memory its caller already holds (a torch tensor):
+    #: interrupts are then deferred while a tensor is partly written.
+    in_place: bool
+
+    def write(self, chunk: Chunk) -> bool:
+        """Copy the chunk's segments; return True to keep ``chunk.array`` (the engine
+        then does not reuse its buffer). The chunk is ready (computed) when called."""
+
+    def finish(self, index: int) -> None:
+        """Request ``index`` is complete: zero its rows, publish it."""
+
+    def stop(self) -> None:
+        """The run stopped early: leave what was written consistent (e.g. bump versions)."""
+
+
+def flat_blocks(shape: tuple[int, ...], offset: int, length: int) -> list[tuple[tuple, int, int]]:
+    """The rectangular blocks that the row-major range ``[offset, offset + length)`` of an
+    array of ``shape`` covers, as ``(index, start, stop)``: ``view[index]`` receives
+    ``values[start:stop]`` (reshaped to ``view[index].shape``). At most ``2 * ndim + 1``
+    blocks; ``index`` is a tuple of ints and slices (numpy and torch both take it)."""
+    blocks: list[tuple[tuple, int, int]] = []
+
+    def split(prefix, shape, off, n, pos):
+        if not shape:
+            blocks.append((prefix, pos, pos + n))
+            return
+        inner = math.prod(shape[1:])
+        i, r = divmod(off, inner)
+        if r:  # the end of slice i
+            take = min(inner - r, n)
+            split((*prefix, i), shape[1:], r, take, pos)
+            pos, n, i = pos + take, n - take, i + 1
+        k = n // inner
+        if k:
+            blocks.append(((*prefix, slice(i, i + k)), pos, pos + k * inner))
+            pos, n, i = pos + k * inner, n - k * inner, i + k
+        if n:  # the start of slice i
+            split((*prefix, i), shape[1:], 0, n, pos)
+
+    if length:
+        split((), tuple(shape), offset, length, 0)
+    return blocks
+
+
+# ------------------------------------------------------------------ packing
+
+
+class _Runs(NamedTuple):
+    """How a request's region lies in the flat tensor: ``len(starts)`` runs of ``run``
+    consecutive flat indices, in region order."""
+
+    starts: np.ndarray  # int64 flat index of each run's first element
+    run: int
+    indexed: bool  # rows hold one counter per element (packed densely)
+    rows: int
+
+    @property
+    def rows_per_run(self) -> int:
+        return -(-self.run // ROW)
+
+
+def _runs(req: Request) -> _Runs:
+    shape, region = req.shape, req.region
+    j = len(shape) - 1
+    while j >= 0 and region[j] == (0, shape[j]):
+        j -= 1
+    if j < 0:  # the whole tensor: one run
+        n = math.prod(shape)
+        return _Runs(np.zeros(1, np.int64), n, False, -(-n // ROW))
+    inner = math.prod(shape[j + 1 :])
+    run = (region[j][1] - region[j][0]) * inner
+    starts = np.array([region[j][0] * inner], np.int64)
+    stride = inner * shape[j]
+    for d in range(j - 1, -1, -1):
+        a, b = region[d]
+        starts = (np.arange(a, b, dtype=np.int64)[:, None] * stride + starts[None, :]).reshape(-1)
+        stride *= shape[d]
+    per_run = -(-run // ROW)
+    # Whole rows per run when the runs fill their rows (consecutive runs then form one
+    # segment) or are long (padding < 1/16); else one counter per element, densely.
+    contiguous = len(starts) == 1 or run % ROW == 0 or run >= 16 * ROW
+    if contiguous:
+        return _Runs(starts, run, False, len(starts) * per_run)
+    return _Runs(starts, run, True, -(-len(starts) * run // ROW))
+
+
+class _Group(NamedTuple):
+    family: str
+    dtype: np.dtype
+    device: Any
+    indexed: bool
+    fast_div: bool
+    members: list[int]  # request indices, in packing order
+    nrows: int  # rows per chunk
+    chunks: int
+
+    @property
+    def size(self) -> int:
+        return self.nrows * ROW
+
+    @property
+    def split(self) -> bool:
+        """Full chunks of the normal families run as hash + transform (two programs)."""
+        return (self.family in dist.SPLIT_FAMILIES and self.nrows == MAX_ROWS
+                and self.size >= programs.SPLIT_MIN_SIZE)
+
+
+def _bucket(rows: int) -> int:
+    return next(b for b in programs.ROW_BUCKETS if b >= rows)
+
+
+def _fast_div(req: Request) -> bool:
+    if req.plan.family != "eye":
+        return False
+    return dist.small_quotient_ok(math.prod(req.shape) + ROW, int(req.plan.iparams[0]) + 1)
+
+
+def _groups(requests: Sequence[Request], runs: dict[int, _Runs]) -> list[_Group]:
+    members: dict[tuple, list[int]] = defaultdict(list)
+    info: dict[tuple, tuple] = {}
+    for i, runs_i in runs.items():
+        req = requests[i]
+        key = (req.plan.family, req.dtype.name, str(req.device), runs_i.indexed, _fast_div(req))
+        members[key].append(i)
+        info[key] = (req.dtype, req.device)
+    groups = []
+    for key in sorted(members):
+        idx = sorted(members[key], key=lambda i: requests[i].name)
+        total = sum(runs[i].rows for i in idx)
+        nrows = MAX_ROWS if total > MAX_ROWS else _bucket(total)
+        dtype, device = info[key]
+        groups.append(_Group(key[0], dtype, device, key[3], key[4], idx, nrows, -(-total // nrows)))
+    return groups
+
+
+class _ChunkArgs(NamedTuple):
+    keys: np.ndarray
+    a: np.ndarray  # per-row counter base lo words, or (indexed) per-element lo words
+    b: np.ndarray  # the hi words
+    fparams: np.ndarray
+    iparams: np.ndarray
+    segments: list[Segment]
+
+
+def _pack(group: _Group, requests: Sequence[Request], runs: dict[int, _Runs]) -> Iterator[_ChunkArgs]:
+    """The host arrays of each chunk of ``group``, one chunk at a time."""
+    fam = dist.FAMILIES[group.family]
+    pdt = dist.param_dtype(group.family, group.dtype)
+    nrows = group.nrows
+    state: dict[str, Any] = {}
+
+    def fresh():
+        state["keys"] = np.zeros((nrows, 2), np.uint32)
+        shape = (nrows, ROW) if group.indexed else (nrows,)
+        state["a"], state["b"] = np.zeros(shape, np.uint32), np.zeros(shape, np.uint32)
+        state["fp"] = np.zeros((nrows, fam.n_float), pdt)
+        state["ip"] = np.zeros((nrows, fam.n_int), np.int32)
+        state["segs"], state["used"] = [], 0
+
+    def flush():
+        fp = dist.program_fparams(group.family, state["fp"], group.dtype)
+        return _ChunkArgs(state["keys"], state["a"], state["b"], fp, state["ip"], state["segs"])
+
+    fresh()
+    for i in group.members:
+        req, rr = requests[i], runs[i]
+        g = 0
+        while g < rr.rows:
+            c0 = state["used"]
+            take = min(nrows - c0, rr.rows - g)
+            rows = slice(c0, c0 + take)
+            state["keys"][rows] = req.key
+            if fam.n_float:
+                state["fp"][rows] = np.asarray(req.plan.fparams, pdt)
+            if fam.n_int:
+                state["ip"][rows] = req.plan.iparams
+            counters = _indexed_counters if rr.indexed else _row_counters
+            counters(rr, g, g + take, state["a"][rows], state["b"][rows])
+            state["segs"].extend(_segments(i, rr, req.size, g, g + take, c0))
+            state["used"] += take
+            g += take
+            if state["used"] == nrows:
+                yield flush()
+                fresh()
+    if state["used"]:
+        yield flush()
+
+
+def _split64(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+    x = x.astype(np.uint64)
+    lo[...] = (x & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    hi[...] = (x >> np.uint64(32)).astype(np.uint32)
+
+
+def _row_counters(rr: _Runs, g0: int, g1: int, lo: np.ndarray, hi: np.ndarray) -> None:
+    """Rows ``g0 .. g1 - 1`` of a request in whole-row layout: the counter of each row's first element."""
+    g = np.arange(g0, g1, dtype=np.int64)
+    per = rr.rows_per_run
+    q, r = np.divmod(g, per) if per > 1 or len(rr.starts) > 1 else (np.zeros_like(g), g)
+    _split64(rr.starts[q] + r * ROW, lo, hi)
+
+
+def _indexed_counters(rr: _Runs, g0: int, g1: int, lo: np.ndarray, hi: np.ndarray) -> None:
+    """Rows ``g0 .. g1 - 1`` of a densely packed request: one counter per element (the
+    padding after the region's last element repeats its counter)."""
+    total = len(rr.starts) * rr.run
+    p0, p1 = g0 * ROW, min(g1 * ROW, total)
+    q0, q1 = p0 // rr.run, (p1 - 1) // rr.run
+    # counters = p + (start of p's run - first position of p's run), run by run
+    lengths = np.full(q1 - q0 + 1, rr.run, np.int64)
+    lengths[0] -= p0 - q0 * rr.run
+    lengths[-1] -= (q1 + 1) * rr.run - p1
+    shift = rr.starts[q0 : q1 + 1] - np.arange(q0, q1 + 1, dtype=np.int64) * rr.run
+    flat = np.arange(p0, p1, dtype=np.int64) + np.repeat(shift, lengths)
+    out = np.empty((g1 - g0) * ROW, np.int64)
+    out[: p1 - p0] = flat
+    out[p1 - p0 :] = flat[-1]
+    _split64(out.reshape(g1 - g0, ROW), lo, hi)
+
+
+def _segments(index: int, rr: _Runs, size: int, g0: int, g1: int, c0: int) -> list[Segment]:
+    """The segments of rows ``g0 .. g1 - 1`` of a request placed at chunk row ``c0``."""
+    if rr.indexed or len(rr.starts) == 1 or rr.run % ROW == 0:
+        # row g holds region elements [g * ROW, (g + 1) * ROW): one segment
+        end = min(g1 * ROW, size)
+        return [Segment(index, g0 * ROW, end - g0 * ROW, c0 * ROW)]
+    per = rr.rows_per_run  # runs padded to whole rows: one segment per run
+    segs = []
+    g = g0
+    while g < g1:
+        q, r = divmod(g, per)
+        stop = min(g1, (q + 1) * per)
+        off = q * rr.run + r * ROW
+        end = q * rr.run + min((stop - q * per) * ROW, rr.run)
+        segs.append(Segment(index, off, end - off, (c0 + g - g0) * ROW))
+        g = stop
+    return segs
+
+
+# ------------------------------------------------------------------ buffers
+
+
+class _Buffers:
+    """Chunk output buffers kept between runs: ``(dtype, size, device) -> [jax.Array]``.
+
+    Chunk programs write into a buffer they are given (donated), so a run reuses
+    a few buffers instead of allocating one per chunk; at most :attr:`KEEP` per
+    key are kept after a run, so repeated draws reuse warm memory.
+    """
+
+    KEEP = 2
+
+    def __init__(self):
+        self._free: dict[tuple, list[jax.Array]] = defaultdict(list)
+        self._lock = threading.Lock()
+
+    def take(self, key: tuple) -> jax.Array | None:
+        with self._lock:
+            free = self._free.get(key)
+            while free:
+                buf = free.pop()
+                if not buf.is_deleted():
+                    return buf
+        return None
+
+    def give(self, key: tuple, buf: jax.Array) -> None:
+        with self._lock:
+            free = self._free[key]
+            if len(free) < self.KEEP and not buf.is_deleted():
+                free.append(buf)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+
+_KEPT = _Buffers()
+
+
+def release_buffers() -> None:
+    """Free the chunk buffers xinit keeps for reuse between draws (at most two per
+    dtype, chunk size and device: 32 MB for float32 4 Mi-element chunks)."""
+    _KEPT.clear()
+
+
+def _buffer_key(dtype, size: int, device) -> tuple:
+    return np.dtype(dtype), size, device if device is not None else jax.config.jax_default_device
+
+
+def chunk_size() -> int:
+    """Elements in a full chunk."""
+    return MAX_ROWS * ROW
+
+
+def _allocate(key: tuple) -> jax.Array:
+    """A new buffer: full chunks by a compiled program (one per dtype), smaller ones by a
+    transfer (nothing to compile per size)."""
+    dtype, size, device = key
+    with x64_scope(dtype), device_scope(device):
+        if size >= chunk_size():
+            return programs.buffer_program(dtype, size)()
+        return jax.device_put(np.zeros(size, dtype), device, may_alias=False)
+
+
+class _RunBuffers:
+    """The buffers of one run: reserved (allocated) before its first write, reused by
+    its chunks, given back to the kept ones at the end."""
+
+    def __init__(self):
+        self.free: dict[tuple, list[jax.Array]] = defaultdict(list)
+
+    def reserve(self, need: dict[tuple, int]) -> None:
+        fresh = []
+        for key, count in need.items():
+            while len(self.free[key]) < count:
+                buf = _KEPT.take(key)
+                if buf is None:
+                    buf = _allocate(key)
+                    fresh.append(buf)
+                self.free[key].append(buf)
+        for buf in fresh:  # an allocation failure surfaces here, before any write
+            buf.block_until_ready()
+
+    def take(self, key: tuple) -> jax.Array:
+        free = self.free[key]
+        while free:
+            buf = free.pop()
+            if not buf.is_deleted():
+                return buf
+        return _allocate(key)  # a sink kept a chunk: a buffer more
+
+    def give(self, key: tuple, buf: jax.Array) -> None:
+        self.free[key].append(buf)
+
+    def close(self) -> None:
+        for key, bufs in self.free.items():
+            for buf in bufs:
+                _KEPT.give(key, buf)
+        self.free.clear()
+
+
+# ------------------------------------------------------------------ programs per group
+
+_SDS = jax.ShapeDtypeStruct
+_U32 = np.dtype(np.uint32)
+
+
+def _group_arg_types(g: _Group) -> tuple:
+    fam = dist.FAMILIES[g.family]
+    counters = (g.nrows, ROW) if g.indexed else (g.nrows,)
+    n_float = fam.n_float + (1 if g.family == "uniform" else 0)
+    pdt = dist.param_dtype(g.family, g.dtype)
+    return (_SDS((g.nrows, 2), _U32), _SDS(counters, _U32), _SDS(counters, _U32),
+            _SDS((g.nrows, n_float), pdt), _SDS((g.nrows, fam.n_int), np.dtype(np.int32)))
+
+
+def _group_programs(g: _Group) -> list[tuple[programs.Program, tuple]]:
+    """Every program a chunk of ``g`` runs, with its argument types (for compiling)."""
+    keys, a, b, fparams, iparams = _group_arg_types(g)
+    if g.split:
+        cdt = dist.param_dtype(g.family, g.dtype)
+        u = _SDS((g.size,), cdt)
+        tp = programs.transform_program(g.family, g.dtype, g.nrows)
+        transform = (_SDS((g.size,), g.dtype), u, fparams) if tp.out else (u, fparams)
+        return [(programs.unit_program(cdt, g.nrows, g.indexed), (u, keys, a, b)), (tp, transform)]
+    prog = programs.rows_program(g.family, g.dtype, g.nrows, g.indexed, g.fast_div)
+    return [(prog, (_SDS((g.size,), g.dtype), keys, a, b, fparams, iparams))]
+
+
+def _group_buffers(g: _Group) -> list[tuple]:
+    """The buffer keys one chunk of ``g`` takes."""
+    out = _buffer_key(g.dtype, g.size, g.device)
+    if g.split:
+        cdt = dist.param_dtype(g.family, g.dtype)
+        if cdt != g.dtype:
+            return [_buffer_key(cdt, g.size, g.device), out]
+    return [out]
+
+
+def _launch_rows(g: _Group, args: _ChunkArgs, bufs) -> tuple[Chunk, list[tuple]]:
+    """Dispatch one chunk of ``g``; returns it and the (key, buffer) pairs it holds."""
+    out_key = _buffer_key(g.dtype, g.size, g.device)
+    with x64_scope(g.dtype), device_scope(g.device):
+        if g.split:
+            cdt = dist.param_dtype(g.family, g.dtype)
+            u_key = _buffer_key(cdt, g.size, g.device)
+            u = programs.unit_program(cdt, g.nrows, g.indexed)(bufs.take(u_key), args.keys, args.a, args.b)
+            tp = programs.transform_program(g.family, g.dtype, g.nrows)
+            if tp.out:
+                out = tp(bufs.take(out_key), u, args.fparams)
+                return Chunk(out, args.segments), [(out_key, out), (u_key, u)]
+            out = tp(u, args.fparams)  # written over the uniforms
+        else:
+            prog = programs.rows_program(g.family, g.dtype, g.nrows, g.indexed, g.fast_div)
+            out = prog(bufs.take(out_key), args.keys, args.a, args.b, args.fparams, args.iparams)
+    return Chunk(out, args.segments), [(out_key, out)]
+
+
+# ------------------------------------------------------------------ structured plans
+
+
+def _normal_request(req: Request) -> Request:
+    """The standard normal draw an orthogonal request is made from (compute dtype)."""
+    cdt = dist.compute_dtype(req.dtype)
+    n = req.plan.rows * req.plan.cols
+    return Request(Elementwise("normal", (0.0, 1.0)), req.key, (n,), cdt, ((0, n),), req.name,
+                   req.device)
+
+
+_orthogonal_method = "householder"
+
+
+def _orthogonal_valids(n: int) -> tuple[int, ...]:
+    rr = _Runs(np.zeros(1, np.int64), n, False, -(-n // ROW))
+    g = _groups([Request(Elementwise("normal", (0.0, 1.0)), None, (n,), np.dtype(np.float32),
+                         ((0, n),))], {0: rr})[0]
+    size = g.size
+    return tuple(min(size, n - k * size) for k in range(g.chunks))
+
+
+def _orthogonal_args(req: Request):
+    whole = req.region == tuple((0, d) for d in req.shape)
+    region = None if whole else req.region
+    return (req.plan.rows, req.plan.cols, req.dtype, _orthogonal_valids(req.plan.rows * req.plan.cols),
+            region, None if whole else req.shape)
+
+
+def _orthogonal_program(req: Request, method: str) -> programs.Program:
+    rows, cols, dtype, valids, region, shape = _orthogonal_args(req)
+    return programs.orthogonal_program(rows, cols, dtype, valids, method, region, shape)
+
+
+def _compile_orthogonal(req: Request) -> None:
+    """Compile the orthogonal program of ``req`` (Householder; QR where that fails)."""
+    global _orthogonal_method
+    cdt = dist.compute_dtype(req.dtype)
+    valids = _orthogonal_valids(req.plan.rows * req.plan.cols)
+    size = _orthogonal_chunk_size(req)
+    arg_types = (_SDS((), cdt), *(_SDS((size,), cdt) for _ in valids))
+    with x64_scope(req.dtype), device_scope(req.device):
+        if _orthogonal_method == "householder":
+            try:
+                _orthogonal_program(req, "householder").compile(*arg_types)
+                return
+            except OutOfMemoryError:
+                raise
+            except Exception:  # noqa: BLE001 - e.g. a backend without orgqr: use QR from now on
+                _orthogonal_method = "qr"
+        _orthogonal_program(req, "qr").compile(*arg_types)
+
+
+def _orthogonal_chunk_size(req: Request) -> int:
+    n = req.plan.rows * req.plan.cols
+    rows = -(-n // ROW)
+    return (MAX_ROWS if rows > MAX_ROWS else _bucket(rows)) * ROW
+
+
+def _orthogonal_normal(req: Request) -> tuple[Request, _Runs, _Group]:
+    normal = _normal_request(req)
+    rr = _runs(normal)
+    (g,) = _groups([normal], {0: rr})
+    return normal, rr, g
+
+
+def _launch_orthogonal(req: Request, bufs) -> tuple[jax.Array, list[tuple]]:
+    """The orthogonal matrix (or its region) and the buffers of the normal draw under it."""
+    normal, rr, g = _orthogonal_normal(req)
+    chunks, held = [], []
+    for args in _pack(g, [normal], {0: rr}):
+        chunk, h = _launch_rows(g, args, bufs)
+        chunks.append(chunk.array)
+        held += h
+    cdt = dist.compute_dtype(req.dtype)
+    with x64_scope(req.dtype), device_scope(req.device):
+        out = _orthogonal_program(req, _orthogonal_method)(np.asarray(req.plan.gain, cdt), *chunks)
+    return out, held
+
+
+def _sparse_args(req: Request):
+    """``(program, args)`` of a sparse request's region (see :func:`programs.sparse_program`)."""
+    (r0, r1), (c0, c1) = req.region
+    rows, cols = req.shape
+    cdt = dist.compute_dtype(req.dtype)
+
+    def bases(first, nrows, offset):
+        counters = offset + np.arange(first, first + nrows, dtype=np.int64) * cols + c0
+        out = np.empty((2, nrows), np.uint32)
+        _split64(counters, out[0], out[1])
+        return out
+
+    prog = programs.sparse_program(rows, r1, r1 - r0, c1 - c0, req.dtype)
+    args = (req.key, np.int32(req.plan.zeros), np.asarray((0.0, req.plan.std), cdt),
+            bases(r0, r1 - r0, 0), bases(0, r1, rows * cols))
+    return prog, args
+
+
+def _launch_other(req: Request, bufs) -> tuple[jax.Array, list[tuple]]:
+    if isinstance(req.plan, OrthogonalPlan):
+        return _launch_orthogonal(req, bufs)
+    prog, args = _sparse_args(req)
+    with x64_scope(req.dtype), device_scope(req.device):
+        return prog(*args), []
+
+
+def _compile_other(req: Request) -> None:
+    """Compile every program of a structured request."""
+    if isinstance(req.plan, OrthogonalPlan):
+        _, _, g = _orthogonal_normal(req)
+        with x64_scope(g.dtype), device_scope(g.device):
+            for prog, arg_types in _group_programs(g):
+                prog.compile(*arg_types)
+        _compile_orthogonal(req)
+        return
+    prog, args = _sparse_args(req)
+    with x64_scope(req.dtype), device_scope(req.device):
+        prog.compile(*args)
+
+
+# ------------------------------------------------------------------ interrupts
+
+
+class _Interrupts:
+    """Defer SIGINT (on the main thread, when Python's own handler is installed): the
+    run raises ``KeyboardInterrupt`` at the next point where no tensor is partly
+    written (:meth:`check`), or at the end."""
+
+    def __init__(self, active: bool):
+        self.active = active
+        self.installed = False
+        self.pending = False
+
+    def _handler(self, signum, frame):
+        self.pending = True
+
+    def __enter__(self):
+        if (self.active and threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            signal.signal(signal.SIGINT, self._handler)
+            self.installed = True
+        return self
+
+    def check(self) -> None:
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.installed = False
+        if exc_type is None:
+            self.check()
+        return False
+
+
+# ------------------------------------------------------------------ running
+
+
+def _look_ahead(items: Iterator, ahead: bool) -> Iterator:
+    """``items``, with the next one produced (dispatched) before the current one is yielded."""
+    if not ahead:
+        yield from items
+        return
+    current = next(items, None)
+    for following in items:  # JAX dispatch is asynchronous: `following` is being drawn
+        yield current
+        current = following
+    if current is not None:
+        yield current
+
+
+def run(requests: Iterable[Request], sink: Sink, *, ahead: bool = True) -> None:
+    """Draw every request's region into ``sink``.
+
+    Compiles and allocates everything first (see the module docstring), then
+    dispatches chunk by chunk: with ``ahead`` (the default) the next chunk is
+    dispatched before the current one is handed to the sink (two chunks alive),
+    else one chunk is alive at a time. Requests with a traced key (inside a
+    user's ``jit``) are drawn as traced programs, one per request, which inline.
+
+    Raises:
+        OutOfMemoryError: an allocation or compilation ran out of memory.
+        KeyboardInterrupt: SIGINT, after the tensors being written are complete
+            (in-place sinks).
+    """
+    requests = list(requests)
+    if any(_is_tracer(r.key) for r in requests):
+        _run_traced(requests, sink)
+        return
+    left = [r.size for r in requests]
+    elementwise = {i: _runs(r) for i, r in enumerate(requests)
+                   if left[i] and isinstance(r.plan, Elementwise)}
+    others = sorted((i for i, r in enumerate(requests) if left[i] and i not in elementwise),
+                    key=lambda i: requests[i].name)
+    groups = _groups(requests, elementwise)
+    bufs = _RunBuffers()
+    try:
+        for i, n in enumerate(left):
+            if n == 0:
+                sink.finish(i)
+        if not elementwise and not others:
+            return
+        ensure_checked()
+        with memory_errors("preparing xinit's draw"):
+            _prepare(requests, groups, others, bufs, ahead)
+
+        def launches():
+            for i in others:
+                with memory_errors("drawing"):
+                    array, held = _launch_other(requests[i], bufs)
+                yield Chunk(array, [Segment(i, 0, left[i], 0)]), held
+            for g in groups:
+                for args in _pack(g, requests, elementwise):
+                    with memory_errors("drawing"):
+                        yield _launch_rows(g, args, bufs)
+
+        partial: set[int] = set()
+        with _Interrupts(sink.in_place) as interrupts:
+            for chunk, held in _look_ahead(launches(), ahead):
+                with memory_errors("drawing"):
+                    chunk.array.block_until_ready()
+                kept = sink.write(chunk)
+                for seg in chunk.segments:
+                    left[seg.index] -= seg.length
+                    if left[seg.index]:
+                        partial.add(seg.index)
+                    else:
+                        partial.discard(seg.index)
+                        sink.finish(seg.index)
+                for key, buf in held:
+                    if not (kept and buf is chunk.array):
+                        bufs.give(key, buf)
+                del chunk, held
+                if not partial:
+                    interrupts.check()
+    except BaseException:
+        sink.stop()
+        raise
+    finally:
+        bufs.close()
+
+
+def _prepare(requests, groups: list[_Group], others: list[int], bufs: _RunBuffers,
+             ahead: bool) -> None:
+    """Compile every program of the run and reserve every buffer its chunks reuse.
+
+    Structured requests (drawn first) take their buffers as they go: each of them
+    is written only once it is complete, so a failure leaves it untouched.
+    """
+    for i in others:
+        _compile_other(requests[i])
+    need: dict[tuple, int] = defaultdict(int)
+    for g in groups:
+        with x64_scope(g.dtype), device_scope(g.device):
+            for prog, arg_types in _group_programs(g):
+                prog.compile(*arg_types)
+        for key in _group_buffers(g):
+            need[key] += g.chunks
+    bufs.reserve({key: min(n, 2 if ahead else 1) for key, n in need.items()})
+
+
+def _run_traced(requests: list[Request], sink: Sink) -> None:
+    """Inside a user's trace: one exact-size traced program per request (they inline)."""
+    ensure_checked()
+    for i, req in enumerate(requests):
+        if req.size == 0:
+            sink.finish(i)
+            continue
+        with x64_scope(req.dtype), device_scope(req.device):
+            segments = [Segment(i, 0, req.size, 0)]
+            if isinstance(req.plan, Elementwise):
+                array, segments = _traced_rows(req, i)
+            elif isinstance(req.plan, OrthogonalPlan):
+                rows, cols, dtype, _, region, shape = _orthogonal_args(req)
+                prog = programs.orthogonal_program(rows, cols, dtype, (rows * cols,),
+                                                   _orthogonal_method, region, shape)
+                gain = np.asarray(req.plan.gain, dist.compute_dtype(req.dtype))
+                array = prog.traced(gain, _traced_rows(_normal_request(req), 0)[0])
+            else:
+                prog, (kd, zeros, fparams, vbase, sbase) = _sparse_args(req)
+                array = prog.traced(kd, zeros, lax.optimization_barrier(jnp.asarray(fparams)), vbase, sbase)
+        sink.write(Chunk(array, segments))
+        sink.finish(i)
+
+
+def _traced_rows(req: Request, index: int) -> tuple[jax.Array, list[Segment]]:
+    """An elementwise request as one exact-size traced rows program, and its segments."""
+    rr = _runs(req)
+    nrows = rr.rows
+    fam = dist.FAMILIES[req.plan.family]
+    pdt = dist.param_dtype(req.plan.family, req.dtype)
+    shape = (nrows, ROW) if rr.indexed else (nrows,)
+    a, b = np.zeros(shape, np.uint32), np.zeros(shape, np.uint32)
+    (_indexed_counters if rr.indexed else _row_counters)(rr, 0, nrows, a, b)
+    fp = np.broadcast_to(np.asarray(req.plan.fparams, pdt).reshape(1, fam.n_float), (nrows, fam.n_float))
+    fp = dist.program_fparams(req.plan.family, np.array(fp), req.dtype)
+    ip = np.broadcast_to(np.asarray(req.plan.iparams, np.int32).reshape(1, fam.n_int), (nrows, fam.n_int))
+    keys = jnp.broadcast_to(jnp.asarray(req.key).reshape(1, 2), (nrows, 2))
+    # Parameters as runtime values, as in eager programs: XLA would otherwise fold the
+    # constants (e.g. trunc_normal's CDF values) with other arithmetic (ulps apart).
+    fp, ip = lax.optimization_barrier((jnp.asarray(fp), jnp.asarray(ip)))
+    prog = programs.rows_program(req.plan.family, req.dtype, nrows, rr.indexed)
+    out = prog.traced(keys, a, b, fp, ip)
+    return out, _segments(index, rr, req.size, 0, nrows, 0)
+
+
+# ------------------------------------------------------------------ flat draws
+
+
+class Piece(NamedTuple):
+    """A drawn piece of a flat draw: ``array[:valid]`` are its next ``valid`` values."""
+
+    array: jax.Array
+    valid: int
+
+
+class _Pieces:
+    """A sink that keeps the chunks: the flat draw of one request as pieces."""
+
+    in_place = False
+
+    def __init__(self):
+        self.pieces: list[Piece] = []
+
+    def write(self, chunk: Chunk) -> bool:
+        for seg in chunk.segments:
+            if seg.start == 0:
+                self.pieces.append(Piece(chunk.array, seg.length))
+            else:
+                self.pieces.append(Piece(chunk.array[seg.start : seg.start + seg.length], seg.length))
+        return True
+
+    def finish(self, index: int) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def pieces(req: Request) -> list[Piece]:
+    """The flat draw of ``req``'s region as pieces (the chunks are kept, not reused)."""
+    sink = _Pieces()
+    run([req], sink)
+    return sink.pieces
+
+
+def draw(spec: Spec, key, shape, dtype=None, *, region=None, device=None) -> list[Piece]:
+    """The flat row-major draw of ``spec`` on the canonical ``shape`` (or of a ``region``
+    of it, in the region's row-major order), as pieces: a low-level view for tests
+    and debugging. Validates everything before anything runs; ``[]`` for zero elements.
 
     >>> from xinit.core import Uniform
-    >>> sample(Uniform(-1, 1), 0, (4, 3)).shape
-    (4, 3)
+    >>> pieces = draw(Uniform(-1, 1), 0, (4, 3))
+    >>> [p.valid for p in pieces]
+    [12]
     """
     shape = tuple(int(d) for d in shape)
     dtype = canonical_dtype(dtype)
-    canon = canonical_shape(shape, layout)
-    inv = layout.inverse_permutation(len(shape))
-    plan = _checked_plan(spec, canon, dtype)
-    n = math.prod(shape)
-    identity = inv == tuple(range(len(shape)))
-    if n and device is None and _host.on_host() and not _kernels._is_tracer(key_data(key)):
-        return _sample_on_host(plan, key, shape, canon, layout, dtype, identity)
-    pieces = draw_plan(plan, key, canon, dtype, device=device)
-    with x64_scope(dtype):
-        if not pieces:
-            return jnp.zeros(shape, dtype)
-        if any(_kernels._is_tracer(p.array) for p in pieces):
-            flat = _kernels._concat_prefix(pieces, n)
-            return flat.reshape(canon).transpose(inv)
-        if len(pieces) == 1 and pieces[0].valid == pieces[0].array.shape[0] and identity:
-            return pieces[0].array.reshape(shape)
-        return _assembler(tuple(p.valid for p in pieces), canon, inv)(*(p.array for p in pieces))
-
-
-def _sample_on_host(plan, key, shape, canon, layout: Layout, dtype, identity: bool) -> jax.Array:
-    """:func:`sample` on the CPU: a draw that is one whole chunk in the right layout is
-    returned as it is; otherwise the pieces are written straight into the result's
-    host buffer, transposed on the fly (numpy, 64 rows at a time: ~1.7x faster here
-    than XLA:CPU's transpose), and JAX adopts the buffer, so nothing is compiled per
-    shape (JAX slices, concatenates and transposes would compile once per shape). A
-    constant is one fill of its value as the kernel casts it."""
-    with x64_scope(dtype):
-        if isinstance(plan, Elementwise) and plan.family == "constant":
-            out = _host.aligned_empty(shape, dtype)
-            out.fill(np.asarray(draw_plan(plan, key, (1,), dtype)[0].array)[0])
-            return _host.adopt(out)
-        pieces = draw_plan(plan, key, canon, dtype)
-        if identity and len(pieces) == 1 and pieces[0].valid == len(pieces[0].array):
-            return pieces[0].array.reshape(shape)  # the drawn chunk is the result
-        out = _host.aligned_empty(shape, dtype)
-        _host.write_flat(out.transpose(layout.permutation(len(shape))),
-                         [np.asarray(p.array)[: p.valid] for p in pieces])
-        return _host.adopt(out)
+    return pieces(request(checked_plan(spec, shape, dtype), key, shape, dtype, region=region,
+                          device=device))

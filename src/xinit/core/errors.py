@@ -17,6 +17,7 @@ __all__ = [
     "NonlinearityError",
     "DtypeError",
     "ZeroSizeError",
+    "OutOfMemoryError",
 ]
 
 
@@ -55,3 +56,13 @@ class DtypeError(XinitError, NotImplementedError, TypeError):
 class ZeroSizeError(XinitError, ZeroDivisionError, ValueError):
     """A division by zero that torch also raises: e.g. ``groups=0``, ``std=0`` in
     ``trunc_normal_``, or Xavier on a tensor whose fans sum to zero."""
+
+
+class OutOfMemoryError(XinitError, MemoryError, RuntimeError):
+    """Memory ran out while drawing (an XLA allocation or compilation, or a host buffer).
+
+    A ``MemoryError`` (what Python and numpy raise) and a ``RuntimeError`` (what
+    torch raises when it cannot allocate): ``except MemoryError`` and ``except
+    RuntimeError`` both catch it. Raised before anything is written wherever the
+    engine can arrange it (see :mod:`xinit.core.engine`).
+    """

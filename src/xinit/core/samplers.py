@@ -8,7 +8,7 @@ of ``xinit.torch`` and ``xinit.flax`` for the same key.
 
 from __future__ import annotations
 
-from .engine import sample
+from .arrays import sample
 from .layout import TORCH, Layout
 from .specs import (
     Constant,

@@ -23,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec, Sharding
 
-from xinit.core import _kernels, specs
-from xinit.core.engine import sample, x64_scope
+from xinit.core import specs, threefry
+from xinit.core.arrays import sample
+from xinit.core.engine import x64_scope
 from xinit.core.errors import XinitError
 from xinit.core.layout import FLAX, TORCH, Layout
 
@@ -115,7 +116,7 @@ def ensure_checked() -> None:
     check draws with a fixed key and must not be traced into the user's program.
     """
     with jax.ensure_compile_time_eval():
-        _kernels.ensure_checked()
+        threefry.ensure_checked()
 
 
 def with_context(err: XinitError, name: str, shape, dtype, layout) -> XinitError:

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from xinit.core import specs
-from xinit.core.engine import sample, x64_scope
+from xinit.core.arrays import sample
+from xinit.core.engine import x64_scope
 from xinit.core.errors import ShapeError, XinitError
 from xinit.core.layout import Layout
 

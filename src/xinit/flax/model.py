@@ -3,8 +3,8 @@
 The same :class:`~xinit.core.recipes.Recipe` and key give a torch module and a
 flax model with matching canonical names the same numbers: each parameter is
 drawn on its canonical (torch-layout) shape with the key
-``fold_in(root_key, crc32(name))`` by the same batched kernels as
-``xinit.torch.initialize``, then transposed into flax's layout.
+``fold_in(root_key, crc32(name))`` by the same engine run as
+``xinit.torch.initialize``, and written into flax's layout.
 
 Canonical names: the path ``params/a/b/kernel`` is ``a.b.weight`` (collection
 dropped, ``/`` -> ``.``, ``kernel``/``embedding``/``scale`` -> ``weight``);
@@ -25,20 +25,20 @@ layout ``(in, out, *k)``, so ``torch_default`` gives torch's (reversed) fans.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from xinit.core import _batch, _host
+from xinit.core import engine, host_memory
 from xinit.core._keys import key_data, stable_hash
-from xinit.core.engine import canonical_dtype, x64_scope
+from xinit.core.arrays import JaxSink
+from xinit.core.engine import canonical_dtype
 from xinit.core.layout import FLAX, TORCH, Layout, canonical_shape
 from xinit.core.recipes import Param, Plan, UnmatchedError, as_layer, get_recipe
+from xinit.core.threefry import fold_in_many
 
 __all__ = ["initialize", "plan", "describe", "canonical_name"]
 
@@ -231,82 +231,17 @@ def plan(tree, recipe="torch_default", *, rename: Callable[[str], str] | None = 
 
 
 def _draw(params: list[Param], layouts, resolved, root_key) -> list[jax.Array]:
-    kd = key_data(root_key)
-    keys = _batch.fold_in_many(kd, [stable_hash(p.name) for p in params])
-    items = []
-    for p, res, k in zip(params, resolved, keys, strict=True):
-        items.append(_batch.Item(p.name, k, tuple(p.shape), np.dtype(p.dtype),
-                                 res.spec.plan(tuple(p.shape))))
-    if _host.on_host():
-        return _assemble_on_host(params, layouts, resolved, items)
-    return _assemble_on_device(params, layouts, resolved, items)
-
-
-def _assemble_on_host(params, layouts, resolved, items) -> list[jax.Array]:
-    """Each parameter written once, in its flax layout, into a host buffer JAX adopts.
-
-    On the CPU the drawn chunks are host memory: numpy views of them are copied
-    (transposed on the fly) straight into each parameter's buffer, which
-    becomes a ``jax.Array`` through DLPack without another copy (bfloat16,
-    which DLPack lacks, through one ``device_put``). No JAX operation runs per
-    parameter, so nothing is compiled per shape.
-    """
-    outs: list[np.ndarray] = []
-    canon: list[np.ndarray] = []  # each output seen in canonical (torch) order: a view
-    for p, layout in zip(params, layouts, strict=True):
-        shape, ndim = tuple(p.shape), len(p.shape)
-        inv = layout.inverse_permutation(ndim)
-        out = _host.aligned_empty(tuple(shape[k] for k in inv), np.dtype(p.dtype))
-        outs.append(out)
-        canon.append(out.transpose(layout.permutation(ndim)))
-    pending: dict[int, list] = {}  # parameters drawn in several segments, until complete
-    for chunk in _batch.draw_items(items):
-        for seg in chunk:
-            i = seg.index
-            with x64_scope(items[i].dtype):
-                src = np.asarray(seg.array)[seg.start : seg.start + seg.length]
-            if seg.length == canon[i].size:  # the common case: one segment
-                _host.copy_canonical(canon[i], src.reshape(canon[i].shape))
-            elif canon[i].flags.c_contiguous:
-                canon[i].reshape(-1)[seg.offset : seg.offset + seg.length] = src
-            else:
-                parts = pending.setdefault(i, [])
-                parts.append((seg.offset, src.copy()))  # the chunk is reused after this
-                if sum(len(a) for _, a in parts) == canon[i].size:
-                    _host.write_flat(canon[i], [a for _, a in sorted(parts, key=lambda t: t[0])])
-                    del pending[i]
-    arrays = []
-    for p, res, out, c in zip(params, resolved, outs, canon, strict=True):
-        for r in res.zero_rows:
-            c[r] = 0
-        with x64_scope(p.dtype):
-            arrays.append(_host.adopt(out))
-    return arrays
-
-
-def _assemble_on_device(params, layouts, resolved, items) -> list[jax.Array]:
-    """The same arrays with JAX operations (accelerators: the chunks stay on the device)."""
-    parts: list[list] = [[] for _ in params]
-    for chunk in _batch.draw_items(items):
-        for seg in chunk:
-            with x64_scope(items[seg.index].dtype):
-                parts[seg.index].append((seg.offset, seg.array[seg.start : seg.start + seg.length]))
-    out = []
-    for p, layout, res, segs in zip(params, layouts, resolved, parts, strict=True):
-        dtype = np.dtype(p.dtype)
-        with x64_scope(dtype):
-            if not segs:
-                flat = jnp.zeros((math.prod(p.shape),), dtype)
-            else:
-                segs.sort(key=lambda s: s[0])
-                arrays = [a for _, a in segs]
-                flat = arrays[0] if len(arrays) == 1 else jnp.concatenate(arrays)
-            arr = flat.reshape(p.shape)
-            for r in res.zero_rows:
-                arr = arr.at[r].set(0)
-            arr = arr.transpose(layout.inverse_permutation(len(p.shape)))
-        out.append(arr)
-    return out
+    """One engine run for every parameter: arrays in their flax layouts (on the CPU
+    assembled in host memory JAX adopts, see :class:`xinit.core.arrays.JaxSink`)."""
+    keys = fold_in_many(key_data(root_key), [stable_hash(p.name) for p in params])
+    requests = [
+        engine.request(res.spec.plan(tuple(p.shape)), k, tuple(p.shape), np.dtype(p.dtype), name=p.name,
+                       zero_rows=res.zero_rows)
+        for p, res, k in zip(params, resolved, keys, strict=True)
+    ]
+    sink = JaxSink(requests, list(layouts), host=host_memory.on_host())
+    engine.run(requests, sink)
+    return sink.results
 
 
 def initialize(tree, recipe, *, key, unmatched: str = "error",

@@ -1,21 +1,21 @@
-"""Moving xinit draws into torch tensors: keys, devices, dtypes, and the in-place copy."""
+"""What the torch drop-ins need around the engine: keys, devices, dtypes, checks, ``fill_``."""
 
 from __future__ import annotations
 
 import functools
 import math
 import warnings
-from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 
-from xinit.core import _host, engine
-from xinit.core._kernels import Piece
+from xinit.core import engine
 from xinit.core.errors import DtypeError
 from xinit.core.specs import Elementwise, Spec
+
+from ._sink import TorchSink
 
 _DTYPES = {
     torch.float16: np.dtype(jnp.float16),
@@ -110,57 +110,6 @@ def _complex_plan(plan: Elementwise) -> Elementwise:
     return plan
 
 
-def _to_torch(piece: Piece) -> torch.Tensor:
-    t = torch.from_dlpack(piece.array)
-    return t if piece.valid == t.shape[0] else t[: piece.valid]
-
-
-def host_bytes(x) -> np.ndarray:
-    """The bytes of a contiguous CPU ``torch.Tensor`` (writable) or of a CPU ``jax.Array``, flat.
-
-    CPU tensors are written by ``np.copyto`` between such views: one
-    single-threaded memcpy per piece, where ``Tensor.copy_`` would run on
-    torch's intra-op thread pool and compete for the cores with XLA's pool
-    drawing the next chunk (on 2 cores that cost up to 2x: GPT-2 small
-    ``initialize`` under load 1.1 s with ``copy_``, 0.58 s with this). Writes
-    through numpy bypass autograd's version counter: writers call
-    :func:`bump_version` once per tensor.
-    """
-    if isinstance(x, torch.Tensor):
-        return x.detach().view(-1).view(torch.uint8).numpy()
-    return np.asarray(x).reshape(-1).view(np.uint8)
-
-
-def bump_version(tensor: torch.Tensor) -> None:
-    """Mark ``tensor`` modified in place for autograd (as ``copy_`` would have)."""
-    torch.autograd.graph.increment_version(tensor)
-
-
-def write_(tensor: torch.Tensor, pieces: Iterable[Piece]) -> None:
-    """Copy the flat draw into ``tensor`` in place (its strides honoured)."""
-    with torch.no_grad():
-        if tensor.is_contiguous() and tensor.device.type == "cpu":
-            dst = host_bytes(tensor)
-            _host.prefault(dst)
-            k = tensor.element_size()
-            start = 0
-            for piece in pieces:
-                src = host_bytes(piece.array)
-                np.copyto(dst[start * k : (start + piece.valid) * k], src[: piece.valid * k])
-                start += piece.valid
-            bump_version(tensor)
-        elif tensor.is_contiguous():
-            flat = tensor.view(-1)
-            start = 0
-            for piece in pieces:
-                flat[start : start + piece.valid].copy_(_to_torch(piece))
-                start += piece.valid
-        else:
-            parts = [_to_torch(p) for p in pieces]
-            src = parts[0] if len(parts) == 1 else torch.cat(parts)
-            tensor.copy_(src.view(tensor.shape))
-
-
 def check_tensor(tensor, fn: str) -> None:
     """Reject what xinit cannot write into, with the error class torch uses."""
     if not isinstance(tensor, torch.Tensor):
@@ -212,8 +161,13 @@ def write_structural_(tensor: torch.Tensor, plan: Elementwise) -> None:
 def fill_(tensor: torch.Tensor, spec: Spec, key, generator, fn: str) -> torch.Tensor:
     """Validate, draw ``spec`` for ``tensor`` with a key, then write it in place.
 
-    Nothing is written (and no RNG state is consumed) unless validation passed;
-    nothing is written unless the whole draw succeeded.
+    Nothing is written (and no RNG state is consumed) unless validation passed.
+    Every program and chunk buffer the draw needs is prepared before the first
+    byte is written, so running out of memory raises
+    :class:`~xinit.core.errors.OutOfMemoryError` (a ``RuntimeError``, as torch's
+    allocation failures, and a ``MemoryError``) with the tensor untouched. A
+    Ctrl-C while a tensor is being written lets the write finish, then raises
+    ``KeyboardInterrupt``: the tensor holds either its old values or the new ones.
     """
     check_tensor(tensor, fn)
     shape = tuple(tensor.shape)
@@ -227,12 +181,10 @@ def fill_(tensor: torch.Tensor, spec: Spec, key, generator, fn: str) -> torch.Te
         return tensor
     key = resolve_key(key, generator)
     device = jax_device(tensor.device)
+    target = tensor
     if tensor.is_complex():
         target = torch.view_as_real(tensor)
-        pieces = engine.iter_plan(
-            _complex_plan(plan), key, tuple(target.shape), np_dtype, device=device
-        )
-        write_(target, pieces)
-        return tensor
-    write_(tensor, engine.iter_plan(plan, key, shape, np_dtype, device=device))
+        plan = _complex_plan(plan)
+    req = engine.request(plan, key, tuple(target.shape), np_dtype, device=device)
+    engine.run([req], TorchSink([req], [target]))
     return tensor

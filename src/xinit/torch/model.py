@@ -27,12 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from xinit.core import _batch, _host
-from xinit.core._keys import key_data
+from xinit.core import engine
+from xinit.core._keys import key_data, stable_hash
 from xinit.core.errors import DtypeError
 from xinit.core.recipes import Param, Plan, UnmatchedError, as_layer, get_recipe
+from xinit.core.threefry import fold_in_many
 
 from . import _bridge
+from ._sink import TorchSink
 
 __all__ = ["initialize", "plan", "apply_fn", "materialize", "no_init", "describe"]
 
@@ -167,78 +169,33 @@ def _check_unmatched(p: Plan, unmatched: str, allowed: tuple[str, ...], *, buffe
 
 
 def _fold_keys(root_key, names: list[str]) -> list[np.ndarray]:
-    from xinit.core._keys import stable_hash
-
-    return list(_batch.fold_in_many(key_data(root_key), [stable_hash(n) for n in names]))
+    return list(fold_in_many(key_data(root_key), [stable_hash(n) for n in names]))
 
 
 def _write_all(entries: list[Entry], resolved, root_key, targets: list[torch.Tensor], *,
                ahead: bool = True) -> None:
-    """Draw ``resolved[i]`` for each entry and copy it into ``targets[i]`` in place.
+    """Draw ``resolved[i]`` for each entry and write it into ``targets[i]`` in place.
 
-    Everything is validated (dtype against spec) before anything is drawn.
-    ``ahead``: draw the next chunk while copying the current one (one chunk more
-    memory; see :func:`xinit.core._batch.draw_items`).
+    Everything is validated (dtype against spec) before anything is drawn, and
+    the engine prepares every program and buffer before the first write (see
+    :func:`xinit.core.engine.run`). ``ahead``: draw the next chunk while copying
+    the current one (one chunk more memory).
     """
-    items, jobs = [], []
+    requests, dests = [], []
     for e, res, t in zip(entries, resolved, targets, strict=True):
         if t.is_meta or t.numel() == 0:
             continue
         shape = tuple(t.shape)
         sp = res.spec.plan(shape)
         np_dtype = _bridge.check_dtype(t, res.spec, sp, f"initialize ({e.param.name})")
-        items.append((e.param.name, shape, np_dtype, sp, _bridge.jax_device(t.device)))
-        jobs.append((t, res.zero_rows))
-    if not items:
+        requests.append((e.param.name, shape, np_dtype, sp, _bridge.jax_device(t.device), res.zero_rows))
+        dests.append(t)
+    if not requests:
         return
-    keys = _fold_keys(root_key, [it[0] for it in items])
-    batch = [_batch.Item(n, k, s, d, sp, dev) for (n, s, d, sp, dev), k in zip(items, keys, strict=True)]
-    flats: dict[int, torch.Tensor] = {}
-    for i, (t, _) in enumerate(jobs):
-        flats[i] = t.view(-1) if t.is_contiguous() else torch.empty(t.numel(), dtype=t.dtype,
-                                                                    device=t.device)
-    with torch.no_grad():
-        if all(f.device.type == "cpu" for f in flats.values()):
-            _copy_chunks_on_host(_batch.draw_items(batch, ahead=ahead), flats)
-        else:
-            for chunk in _batch.draw_items(batch, ahead=ahead):
-                srcs: dict[int, torch.Tensor] = {}
-                for seg in chunk:
-                    src = srcs.get(id(seg.array))
-                    if src is None:
-                        src = srcs[id(seg.array)] = torch.from_dlpack(seg.array)
-                    flats[seg.index][seg.offset : seg.offset + seg.length].copy_(
-                        src[seg.start : seg.start + seg.length]
-                    )
-                del chunk, srcs, src  # release this chunk before the next one is drawn
-        for i, (t, rows) in enumerate(jobs):
-            if t.is_contiguous():
-                _bridge.bump_version(t)
-            else:
-                t.copy_(flats[i].view(t.shape))
-            for r in rows:
-                t[r].zero_()
-
-
-def _copy_chunks_on_host(chunks, flats: dict[int, torch.Tensor]) -> None:
-    """CPU tensors: each segment is one ``memcpy`` between byte views (see
-    ``_bridge.host_bytes``), made once per tensor and once per chunk."""
-    dst = {i: _bridge.host_bytes(f) for i, f in flats.items()}
-    size = {i: f.element_size() for i, f in flats.items()}
-    fresh = set(dst)
-    for chunk in chunks:
-        srcs: dict[int, np.ndarray] = {}
-        for seg in chunk:
-            src = srcs.get(id(seg.array))
-            if src is None:
-                src = srcs[id(seg.array)] = _bridge.host_bytes(seg.array)
-            if seg.index in fresh:  # map a fresh tensor's pages at once, not one fault at a time
-                fresh.discard(seg.index)
-                _host.prefault(dst[seg.index])
-            k = size[seg.index]
-            np.copyto(dst[seg.index][seg.offset * k : (seg.offset + seg.length) * k],
-                      src[seg.start * k : (seg.start + seg.length) * k])
-        del chunk, srcs, src  # release this chunk before the next one is drawn
+    keys = _fold_keys(root_key, [r[0] for r in requests])
+    reqs = [engine.request(sp, k, shape, dt, name=name, device=dev, zero_rows=rows)
+            for (name, shape, dt, sp, dev, rows), k in zip(requests, keys, strict=True)]
+    engine.run(reqs, TorchSink(reqs, dests), ahead=ahead)
 
 
 def _root_key(key):

@@ -1,12 +1,12 @@
-"""Arrays assembled in host memory on the CPU backend, adopted by JAX without a copy.
+"""Host memory for the CPU sinks: aligned buffers JAX adopts, mapped pages, and copies.
 
 On the CPU, drawn chunks are host memory already. Moving them into a result
-with JAX operations (concatenate, transpose, ``.at[].set``) compiles one program
-per distinct shape and runs XLA:CPU's slow transposes; writing numpy views of
-the chunks into one 64-byte-aligned buffer, which ``jax.dlpack.from_dlpack``
-adopts as it is, compiles nothing and copies each value once. Used by
-:func:`xinit.core.sample` and ``xinit.flax.initialize`` when JAX's default
-platform is the CPU; :func:`prefault` also by the torch adapter's copies.
+with JAX operations (concatenate, transpose, ``.at[].set``) would compile one
+program per distinct shape; writing numpy views of the chunks into one
+64-byte-aligned buffer, which ``jax.dlpack.from_dlpack`` adopts as it is,
+compiles nothing and copies each value once. The JAX sink
+(:mod:`xinit.core.arrays`) and the torch sink (``xinit.torch``) write CPU
+destinations with :func:`write_range`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import sys
 import jax
 import numpy as np
 
-from . import _kernels
+from .engine import flat_blocks
+from .programs import default_platform
 
-__all__ = ["on_host", "aligned_empty", "prefault", "copy_canonical", "write_flat", "adopt"]
+__all__ = ["on_host", "aligned_empty", "prefault", "copy_canonical", "write_range", "adopt"]
 
 _ALIGN = 64  # bytes: JAX's CPU client adopts (does not copy) DLPack buffers aligned like this
 _DLPACK_DTYPES = frozenset(np.dtype(t) for t in ("float16", "float32", "float64"))
@@ -52,12 +53,11 @@ def prefault(buf: np.ndarray) -> None:
 
     Fresh memory (``torch.empty``, a model built in ``no_init()`` or by
     ``to_empty``, a new numpy buffer) gets its pages from the kernel on first
-    touch, one page fault per 4 KiB; a copy into 0.5 GB of it ran at half its
-    speed here. ``madvise(MADV_POPULATE_WRITE)`` maps the same pages in one
-    call, ~2.7x faster than faulting them in (125 ms against 335 ms for 512 MiB,
-    of which the copy itself is 45 ms). Buffers under 1 MiB, memory whose first
-    whole page is already mapped (a warm tensor: nothing to gain), kernels
-    without the call (< 5.14) and other systems are left alone. Changes no value.
+    touch, one page fault per 4 KiB; ``madvise(MADV_POPULATE_WRITE)`` maps the
+    same pages in one call (measurements: ``benchmarks/notes.md``). Buffers
+    under 1 MiB, memory whose first whole page is already mapped (a warm
+    tensor: nothing to gain), kernels without the call (< 5.14) and other
+    systems are left alone. Changes no value.
     """
     libc = _libc()
     if libc is None or buf.nbytes < _PREFAULT_MIN_BYTES:
@@ -75,7 +75,7 @@ def prefault(buf: np.ndarray) -> None:
 
 def on_host() -> bool:
     """Whether results are assembled on the host: JAX's default platform is the CPU."""
-    return _kernels._default_platform() == "cpu"
+    return default_platform() == "cpu"
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -92,8 +92,8 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 def copy_canonical(dst: np.ndarray, src: np.ndarray) -> None:
     """``dst[...] = src`` where ``dst`` is a (transposed) view and ``src`` is C-contiguous.
 
-    numpy copies a transposed view element by element across cache lines
-    (768x3072 float32: 17 ms); 64 canonical rows at a time it is ~9x faster.
+    numpy copies a transposed view element by element across cache lines; 64
+    canonical rows at a time keep both sides in cache.
     """
     if dst.flags.c_contiguous or dst.ndim < 2:
         np.copyto(dst, src)
@@ -102,34 +102,20 @@ def copy_canonical(dst: np.ndarray, src: np.ndarray) -> None:
         np.copyto(dst[r : r + _BLOCK], src[r : r + _BLOCK])
 
 
-def write_flat(dst: np.ndarray, srcs: list[np.ndarray]) -> None:
-    """Write the flat row-major values ``concatenate(srcs)`` into ``dst`` (a possibly
-    transposed view of ``dst.size`` elements), each source copied once: whole rows
-    of ``dst`` straight from a source, a row split across two sources through a
-    row-sized temporary."""
+def write_range(dst: np.ndarray, offset: int, src: np.ndarray) -> None:
+    """Write the flat values ``src`` into elements ``[offset, offset + len(src))`` of
+    ``dst`` in its row-major order; ``dst`` may be any strided (e.g. transposed) view.
+
+    A contiguous ``dst`` is one copy; otherwise the range is split into
+    rectangular blocks (:func:`xinit.core.engine.flat_blocks`), each copied
+    with :func:`copy_canonical`.
+    """
     if dst.flags.c_contiguous:
-        flat = dst.reshape(-1)
-        pos = 0
-        for src in srcs:
-            flat[pos : pos + len(src)] = src
-            pos += len(src)
+        dst.reshape(-1)[offset : offset + len(src)] = src
         return
-    row, rows_shape = dst[0].size, dst.shape[1:]
-    r, partial = 0, []
-    for src in srcs:
-        i = 0
-        if partial:  # finish the row begun in an earlier source
-            i = min(row - sum(map(len, partial)), len(src))
-            partial.append(src[:i])
-            if sum(map(len, partial)) == row:
-                copy_canonical(dst[r : r + 1], np.concatenate(partial).reshape((1, *rows_shape)))
-                r, partial = r + 1, []
-        k = (len(src) - i) // row
-        if k:
-            copy_canonical(dst[r : r + k], src[i : i + k * row].reshape((k, *rows_shape)))
-            r, i = r + k, i + k * row
-        if i < len(src):
-            partial.append(src[i:])
+    for index, start, stop in flat_blocks(dst.shape, offset, len(src)):
+        view = dst[index]
+        copy_canonical(view, src[start:stop].reshape(view.shape))
 
 
 def adopt(out: np.ndarray) -> jax.Array:

@@ -1,0 +1,307 @@
+"""The distributions: how each initializer's values are made from unit uniforms or indices.
+
+Everything here is pure ``jax.numpy`` math on arrays (no compilation, no
+chunking, no keys): :mod:`xinit.core.programs` compiles it, and
+:mod:`xinit.core.engine` decides what to draw. A newcomer looking for "how is a
+truncated normal sampled" or "how is the orthogonal matrix made" reads this file.
+
+*Elementwise* families compute each element from its own flat index alone:
+
+- ``uniform`` (low, high): the unit uniform mapped affinely, as ``jax.random.uniform``,
+  kept strictly below ``high`` after rounding (``[a, b)``, as torch promises);
+- ``normal`` (mean, std): ``sqrt(2) * erfinv(2u - 1)``, as ``jax.random.normal``;
+- ``trunc_normal`` (mean, std, a, b): inverse-CDF sampling, ``a``/``b`` absolute bounds;
+- ``constant`` (value,), ``eye`` (cols,) and ``dirac`` (in, K, centre, out_per_group):
+  no randomness, a function of the index.
+
+*Structured* families need more than one element at a time: ``orthogonal`` (a
+Haar-random matrix from a Gaussian one, :func:`haar_householder`) and ``sparse``
+(exactly ``zeros`` zeros per column by selection sampling, :func:`select_zeros`).
+
+float16/bfloat16 values are computed in float32 from 32 random bits and rounded
+once at the end (as torch does), so their distribution is the float32 one
+rounded, not the coarse 16-bit-bits draw of ``jax.random``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.scipy import special as jss
+
+__all__ = [
+    "FAMILIES",
+    "SPLIT_FAMILIES",
+    "compute_dtype",
+    "param_dtype",
+    "program_fparams",
+    "uniform_cap",
+    "uniform_between",
+    "standard_normal",
+    "values_from_unit",
+    "family_values",
+    "haar_householder",
+    "qr_haar",
+    "select_zeros",
+]
+
+_U32 = np.uint32
+
+
+class Family(NamedTuple):
+    n_float: int  # float parameters per tensor
+    n_int: int  # int parameters per tensor
+    random: bool  # needs random bits (and a floating dtype)
+
+
+FAMILIES = {
+    "uniform": Family(2, 0, True),  # (low, high)
+    "normal": Family(2, 0, True),  # (mean, std)
+    "trunc_normal": Family(4, 0, True),  # (mean, std, a, b), absolute bounds
+    "constant": Family(1, 0, False),  # (value,)
+    "eye": Family(0, 1, False),  # (cols,)
+    "dirac": Family(0, 4, False),  # (in, prod(kernel), centre, out_per_group)
+}
+
+# Families whose values are a costly transform of one unit uniform per element:
+# large chunks of them run as two programs (hash, then transform; see programs.py).
+SPLIT_FAMILIES = ("normal", "trunc_normal")
+
+
+def compute_dtype(dtype) -> np.dtype:
+    """The dtype a random family computes in: float32 for 16-bit floats, else the dtype."""
+    dtype = np.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
+        return np.dtype(np.float32)
+    return dtype
+
+
+def param_dtype(family: str, out_dtype) -> np.dtype:
+    """The dtype ``family``'s parameters are passed (and computed) in for ``out_dtype``."""
+    out_dtype = np.dtype(out_dtype)
+    if FAMILIES[family].random or out_dtype.kind == "f":
+        return compute_dtype(out_dtype)
+    return out_dtype
+
+
+# ---------------------------------------------------------------- uniform
+
+
+def uniform_between(u, low, high):
+    """``jax.random.uniform``'s affine map of unit uniforms ``u``, with its clamp at ``low``."""
+    return lax.max(low, u * (high - low) + low)
+
+
+def uniform_cap(low: np.ndarray, high: np.ndarray, out_dtype) -> np.ndarray:
+    """What a uniform draw that rounded up to ``high`` becomes (host numpy, per tensor).
+
+    ``[a, b)`` as torch promises, also after rounding to a 16-bit dtype: the
+    largest ``out_dtype`` value below ``high``; ``high`` itself when ``low == high``
+    (every value is then ``low``). Returned in the dtype of ``high``.
+    """
+    out_dtype = np.dtype(out_dtype)
+    b = high.astype(out_dtype)
+    below = np.nextafter(b, np.array(-np.inf, out_dtype))
+    return np.where(low < high, below, b).astype(high.dtype)
+
+
+def program_fparams(family: str, fparams: np.ndarray, out_dtype) -> np.ndarray:
+    """The float parameters a compiled program receives per row: the family's own,
+    plus (uniform) the :func:`uniform_cap` column, computed once on the host."""
+    if family == "uniform":
+        return np.concatenate([fparams, uniform_cap(fparams[:, 0], fparams[:, 1], out_dtype)[:, None]],
+                              axis=1)
+    return fparams
+
+
+# ---------------------------------------------------------------- normal families
+
+
+def standard_normal(u, cdt):
+    """N(0, 1) from unit uniforms ``u``, exactly as ``jax.random.normal``."""
+    lo = np.nextafter(np.array(-1.0, cdt), np.array(0.0, cdt))
+    v = uniform_between(u, lo.astype(cdt), cdt.type(1.0))
+    return cdt.type(np.sqrt(2)) * lax.erf_inv(v)
+
+
+def _trunc_standard(u, alpha, beta):
+    """Inverse-CDF sample of N(0, 1) truncated to [alpha, beta].
+
+    The interval is reflected onto the lower half-line when most of its mass is
+    above 0, so both CDF values are small numbers that float32 holds accurately
+    (no loss of tail resolution of the naive erf/erfinv route).
+    """
+    flip = (alpha + beta) > 0
+    lo = jnp.where(flip, -beta, alpha)
+    hi = jnp.where(flip, -alpha, beta)
+    p_lo = jss.ndtr(lo)
+    p_hi = jss.ndtr(hi)
+    z = jss.ndtri(p_lo + u * (p_hi - p_lo))
+    z = jnp.clip(z, lo, hi)
+    return jnp.where(flip, -z, z)
+
+
+def values_from_unit(family, cdt, out_dtype, u, fp):
+    """The values of a :data:`SPLIT_FAMILIES` family from unit uniforms ``u``.
+
+    ``fp(j)`` is float parameter ``j`` in ``cdt`` (broadcastable against ``u``).
+    """
+    if family == "normal":
+        z = standard_normal(u, cdt)
+        return (fp(0) + fp(1) * z).astype(out_dtype)
+    if family == "trunc_normal":
+        mean, std, a, b = fp(0), fp(1), fp(2), fp(3)
+        z = _trunc_standard(u, (a - mean) / std, (b - mean) / std)
+        x = (mean + std * z).astype(out_dtype)
+        # torch casts the bounds to the tensor dtype; so do we, after rounding.
+        return jnp.clip(x, a.astype(out_dtype), b.astype(out_dtype))
+    raise AssertionError(family)
+
+
+# ---------------------------------------------------------------- index families
+
+# Bounds under which :func:`small_quotient` is exact (checked on the host).
+SMALL_QUOTIENT_MAX_INDEX = 2**31
+SMALL_QUOTIENT_MAX_Q = 2**21
+SMALL_QUOTIENT_MAX_DIVISOR = 2**24
+
+
+def small_quotient(n_u32, d_u32):
+    """``n // d`` for ``n < 2**31``, ``d < 2**24`` and ``n // d < 2**21``, exactly.
+
+    XLA:CPU runs integer division one lane at a time; this is a float32 estimate
+    (relative error < 2**-22, so within 2 of the quotient in that range) fixed up
+    by three integer corrections each way, all vectorized.
+    """
+    n = n_u32.astype(np.int32)
+    d = d_u32.astype(np.int32)
+    q = jnp.floor(n.astype(np.float32) * (np.float32(1) / d.astype(np.float32))).astype(np.int32)
+    rem = n - q * d
+    for _ in range(3):
+        low = rem < 0
+        q = jnp.where(low, q - 1, q)
+        rem = jnp.where(low, rem + d, rem)
+    for _ in range(3):
+        high = rem >= d
+        q = jnp.where(high, q + 1, q)
+        rem = jnp.where(high, rem - d, rem)
+    return q.astype(np.uint32)
+
+
+def small_quotient_ok(max_index: int, divisor: int) -> bool:
+    """Whether :func:`small_quotient` is exact for indices below ``max_index``."""
+    return (max_index <= SMALL_QUOTIENT_MAX_INDEX and 0 < divisor < SMALL_QUOTIENT_MAX_DIVISOR
+            and max_index // divisor < SMALL_QUOTIENT_MAX_Q)
+
+
+def family_values(family, cdt, out_dtype, idx_u32, unit, fp, ip, fast_div=False):
+    """Elementwise ``family``'s values in ``out_dtype``.
+
+    ``idx_u32``: each element's flat index (its counter's low word); ``unit()``:
+    the unit uniforms of the elements' counters (called only by random families);
+    ``fp(j)``/``ip(j)``: float/int parameter ``j``, broadcastable against the index
+    (for uniform ``fp(2)`` is the :func:`uniform_cap`); ``fast_div``: eye may use
+    :func:`small_quotient` (the caller checked :func:`small_quotient_ok`).
+    """
+    if family == "uniform":
+        x = uniform_between(unit(), fp(0), fp(1)).astype(out_dtype)
+        return jnp.where(x >= fp(1).astype(out_dtype), fp(2).astype(out_dtype), x)
+    if family in SPLIT_FAMILIES:
+        return values_from_unit(family, cdt, out_dtype, unit(), fp)
+    if family == "constant":
+        return jnp.broadcast_to(fp(0), idx_u32.shape).astype(out_dtype)
+    if family == "eye":
+        # (r, r) is flat r * (cols + 1): one division instead of two.
+        stride = ip(0).astype(np.uint32) + _U32(1)
+        r = small_quotient(idx_u32, stride) if fast_div else idx_u32 // stride
+        return ((idx_u32 == r * stride) & (r < stride - _U32(1))).astype(out_dtype)
+    if family == "dirac":
+        # canonical (out, in, *k) flattened; ip = (in, K=prod(k), centre, out_per_group)
+        n_in, k, centre, opg = (ip(j).astype(np.uint32) for j in range(4))
+        q = idx_u32 // k  # divisions are scalar on CPU: reuse quotients
+        spatial = idx_u32 - q * k
+        o = q // n_in
+        i = q - o * n_in
+        return ((spatial == centre) & (i == o % opg)).astype(out_dtype)
+    raise AssertionError(family)
+
+
+# ---------------------------------------------------------------- orthogonal
+
+
+def haar_householder(x):
+    """A Haar-random ``(m, n)`` matrix with orthonormal columns from a normal draw ``x`` (m >= n).
+
+    Householder QR of a Gaussian matrix reflects, at step ``k``, a vector that is
+    again standard normal in ``R^(m-k)`` and independent of the earlier steps
+    (rotation invariance). So the reflectors can be built straight from the
+    lower trapezoid of ``x`` (Stewart 1980) - column ``k``, rows ``k..m-1`` -
+    with LAPACK's conventions (``beta = -sign(alpha) * norm``, ``tau = (beta -
+    alpha) / beta``, ``v = [1, x[k+1:] / (alpha - beta)]``), and ``Q`` formed by
+    one ``householder_product`` (LAPACK ``orgqr``: half the work of ``geqrf`` +
+    ``orgqr``). Column ``k`` is multiplied by ``sign(R[k, k])`` (Mezzadri 2007),
+    as ``torch.nn.init.orthogonal_`` does, so the result is exactly Haar
+    distributed; orthonormal to rounding.
+    """
+    m, n = x.shape
+    below = lax.broadcasted_iota(np.int32, (m, n), 0) > lax.broadcasted_iota(np.int32, (m, n), 1)
+    alpha = jnp.diagonal(x)
+    tail = jnp.where(below, x, jnp.zeros((), x.dtype))
+    tail_norm2 = jnp.sum(tail * tail, axis=0)
+    one = jnp.ones((), x.dtype)
+    beta = -jnp.where(alpha >= 0, one, -one) * jnp.sqrt(alpha * alpha + tail_norm2)
+    trivial = tail_norm2 == 0  # a length-1 (or zero) tail: no reflection, R[k, k] = alpha
+    safe_beta = jnp.where(trivial, one, beta)
+    tau = jnp.where(trivial, jnp.zeros((), x.dtype), (beta - alpha) / safe_beta)
+    scale = jnp.where(trivial, jnp.zeros((), x.dtype), one / jnp.where(trivial, one, alpha - beta))
+    q = lax.linalg.householder_product(tail * scale[None, :], tau)
+    r_diag = jnp.where(trivial, alpha, beta)
+    return q * jnp.where(r_diag < 0, -one, one)[None, :]
+
+
+def qr_haar(x):
+    """The same distribution by ``jnp.linalg.qr`` (the fallback): ``Q * sign(diag(R))``."""
+    q, r = jnp.linalg.qr(x)
+    return q * jnp.sign(jnp.diagonal(r))[None, :]
+
+
+def orthogonal(normal, rows: int, cols: int, gain, method: str = "householder"):
+    """A Haar-random ``(rows, cols)`` matrix with orthonormal rows or columns, times ``gain``,
+    from a standard normal ``(rows, cols)`` draw (transposed when ``rows < cols``)."""
+    haar = haar_householder if method == "householder" else qr_haar
+    a = normal.reshape(rows, cols)
+    if rows < cols:
+        a = a.T
+    q = haar(a)
+    if rows < cols:
+        q = q.T
+    return q * gain.astype(q.dtype)
+
+
+# ---------------------------------------------------------------- sparse
+
+
+def select_zeros(u, zeros, total_rows: int):
+    """Which entries of each column are zero: exactly ``zeros`` of ``total_rows`` per column.
+
+    Selection sampling (Knuth's Algorithm S), row by row and vectorized over
+    columns: row ``i`` is chosen with probability need/remaining, from the unit
+    uniforms ``u``. Each subset is equally likely, no sort. Rows after ``i``
+    never change row ``i``'s choice, so ``u`` may hold only the first rows (the
+    mask of those rows is returned), and each column only depends on its own
+    uniforms.
+    """
+    rows, cols = u.shape
+
+    def step(need, xs):
+        ui, remaining = xs
+        chosen = (need >= remaining) | (ui * remaining.astype(ui.dtype) < need.astype(ui.dtype))
+        chosen = chosen & (need > 0)
+        return need - chosen.astype(need.dtype), chosen
+
+    remaining = jnp.arange(total_rows, total_rows - rows, -1, dtype=np.int32)
+    _, mask = lax.scan(step, jnp.full((cols,), zeros, dtype=np.int32), (u, remaining))
+    return mask
