@@ -57,14 +57,14 @@ def test_split_programs_equal_the_fused_program(family, fparams, dtype, monkeypa
 def test_cpu_compiler_options_do_not_change_bits(family, fparams):
     nrows = 4**8 // programs.ROW
     prog = programs.rows_program(family, np.dtype(np.float32), nrows)
-    fp = distributions.program_fparams(family, np.tile(np.array([fparams], np.float32), (nrows, 1)),
-                                       np.float32)
-    args = (np.tile(np.array([[3, 4]], np.uint32), (nrows, 1)),
-            (np.arange(nrows) * programs.ROW).astype(np.uint32), np.zeros(nrows, np.uint32), fp,
-            np.zeros((nrows, 0), np.int32))
-    buffer = jnp.zeros(nrows * programs.ROW, np.float32)
+    fp = distributions.program_fparams(family, np.array([fparams], np.float32), np.float32)
+    rows = np.zeros((nrows, programs.row_width(family, np.float32)), np.uint32)
+    rows[:, programs.ROW_KEY] = (3, 4)
+    rows[:, programs.ROW_BASE_LO] = np.arange(nrows) * programs.ROW
+    rows[:, programs.ROW_PARAMS :] = programs.pack_params(fp, np.zeros((1, 0), np.int32))
+    buffer = jnp.zeros((nrows, programs.ROW), np.float32)
     # the 512-bit ahead-of-time executable against plain jax.jit (JAX's default options)
-    np.testing.assert_array_equal(np.asarray(prog(buffer, *args)), np.asarray(prog.traced(*args)))
+    np.testing.assert_array_equal(np.asarray(prog(buffer, rows)), np.asarray(prog.traced(rows)))
 
 
 def _sparse_reference(kd, rows, cols, dtype, zeros, std):
@@ -263,7 +263,7 @@ def test_engine_draws_one_chunk_ahead(spec, dtype, ahead, monkeypatch):
         def write(self, chunk):
             self.seen.append(len(launched))
             seg, = chunk.segments
-            self.values.append(np.asarray(chunk.array)[seg.start : seg.start + seg.length].copy())
+            self.values.append(np.asarray(chunk.array).reshape(-1)[seg.start : seg.start + seg.length].copy())
             return False
 
         def finish(self, index):

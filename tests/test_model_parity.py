@@ -240,8 +240,8 @@ def test_batched_draw_equals_per_tensor_draw(dtype, monkeypatch):
         def write(self, chunk):
             for s in chunk.segments:
                 got[s.index][s.offset : s.offset + s.length] = np.asarray(
-                    chunk.array[s.start : s.start + s.length]
-                )
+                    chunk.array
+                ).reshape(-1)[s.start : s.start + s.length]
             return False
 
         def finish(self, index):

@@ -84,22 +84,25 @@ class JaxSink:
 
     def write(self, chunk: Chunk) -> bool:
         if not self.host:
+            flat = None
             for seg in chunk.segments:
                 with x64_scope(self.requests[seg.index].dtype):
-                    part = chunk.array[seg.start : seg.start + seg.length]
+                    if flat is None:
+                        flat = chunk.array.reshape(-1)
+                    part = flat[seg.start : seg.start + seg.length]
                 self._parts.setdefault(seg.index, []).append(part)
             return True  # the parts are views of it (on accelerators: no reuse)
         src, kept = None, False
         for seg in chunk.segments:
             i = seg.index
             req = self.requests[i]
-            if (seg.length == req.size == chunk.array.shape[0] == chunk_size() and not req.zero_rows
+            if (seg.length == req.size == chunk.array.size == chunk_size() and not req.zero_rows
                     and self.layouts[i].is_identity(len(req.shape))):
                 self._whole[i] = chunk.array  # a full chunk that is the result: no copy
                 kept = True
                 continue
             if src is None:
-                src = np.asarray(chunk.array)
+                src = np.asarray(chunk.array).reshape(-1)
             host_memory.write_range(self._canonical(i), seg.offset, src[seg.start : seg.start + seg.length])
         return kept
 

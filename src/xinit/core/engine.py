@@ -54,7 +54,9 @@ Reliability, engine-wide:
 
 from __future__ import annotations
 
+import _signal
 import contextlib
+import functools
 import math
 import signal
 import threading
@@ -122,19 +124,19 @@ def canonical_dtype(dtype) -> np.dtype:
     return dt
 
 
-@contextlib.contextmanager
+_NO_SCOPE = contextlib.nullcontext()
+
+
 def x64_scope(dtype):
     """Enable 64-bit types locally for a 64-bit dtype; the user's config is untouched."""
     if np.dtype(dtype).itemsize == 8 and not jax.config.jax_enable_x64:
-        with jax.enable_x64(True):
-            yield
-    else:
-        yield
+        return jax.enable_x64(True)
+    return _NO_SCOPE
 
 
 def device_scope(device):
     """``jax.default_device(device)``, or nothing to enter when ``device`` is None."""
-    return jax.default_device(device) if device is not None else contextlib.nullcontext()
+    return jax.default_device(device) if device is not None else _NO_SCOPE
 
 
 def draws_random(plan) -> bool:
@@ -218,8 +220,8 @@ def zero_rows_in_region(req: Request) -> list[int]:
 
 
 class Segment(NamedTuple):
-    """Values ``chunk[start : start + length]`` are elements ``[offset, offset + length)``
-    of request ``index``'s region, in its row-major order."""
+    """Values ``chunk.array.reshape(-1)[start : start + length]`` are elements
+    ``[offset, offset + length)`` of request ``index``'s region, in its row-major order."""
 
     index: int
     offset: int
@@ -228,7 +230,8 @@ class Segment(NamedTuple):
 
 
 class Chunk(NamedTuple):
-    """A drawn flat array and the segments of requests it holds."""
+    """A drawn array (``(rows, ROW)`` or flat; segments index it flattened) and the
+    segments of requests it holds."""
 
     array: jax.Array
     segments: list[Segment]
@@ -341,6 +344,10 @@ class _Group(NamedTuple):
         return self.nrows * ROW
 
     @property
+    def chunk_shape(self) -> tuple[int, int]:
+        return self.nrows, ROW
+
+    @property
     def split(self) -> bool:
         """Full chunks of the normal families run as hash + transform (two programs)."""
         return (self.family in dist.SPLIT_FAMILIES and self.nrows == MAX_ROWS
@@ -357,75 +364,80 @@ def _fast_div(req: Request) -> bool:
     return dist.small_quotient_ok(math.prod(req.shape) + ROW, int(req.plan.iparams[0]) + 1)
 
 
+def _group_of(members: list[int], total: int, req: Request, indexed: bool) -> _Group:
+    nrows = MAX_ROWS if total > MAX_ROWS else _bucket(total)
+    return _Group(req.plan.family, req.dtype, req.device, indexed, _fast_div(req), members, nrows,
+                  -(-total // nrows))
+
+
 def _groups(requests: Sequence[Request], runs: dict[int, _Runs]) -> list[_Group]:
+    """The elementwise requests grouped by (family, dtype, device, packing), each group's
+    members sorted by name, and the groups in a fixed order."""
+    if len(runs) == 1:
+        ((i, rr),) = runs.items()
+        return [_group_of([i], rr.rows, requests[i], rr.indexed)]
     members: dict[tuple, list[int]] = defaultdict(list)
-    info: dict[tuple, tuple] = {}
     for i, runs_i in runs.items():
         req = requests[i]
-        key = (req.plan.family, req.dtype.name, str(req.device), runs_i.indexed, _fast_div(req))
-        members[key].append(i)
-        info[key] = (req.dtype, req.device)
+        members[(req.plan.family, req.dtype.name, str(req.device), runs_i.indexed, _fast_div(req))].append(i)
     groups = []
     for key in sorted(members):
         idx = sorted(members[key], key=lambda i: requests[i].name)
-        total = sum(runs[i].rows for i in idx)
-        nrows = MAX_ROWS if total > MAX_ROWS else _bucket(total)
-        dtype, device = info[key]
-        groups.append(_Group(key[0], dtype, device, key[3], key[4], idx, nrows, -(-total // nrows)))
+        groups.append(_group_of(idx, sum(runs[i].rows for i in idx), requests[idx[0]], key[3]))
     return groups
 
 
 class _ChunkArgs(NamedTuple):
-    keys: np.ndarray
-    a: np.ndarray  # per-row counter base lo words, or (indexed) per-element lo words
-    b: np.ndarray  # the hi words
-    fparams: np.ndarray
-    iparams: np.ndarray
+    rows: np.ndarray  # (nrows, row width) uint32: key, first counter, parameters per row
+    counters: tuple  # () or, for densely packed rows, (lo, hi) per element
     segments: list[Segment]
+
+
+@functools.lru_cache(maxsize=1024)
+def _row_params(family: str, dtype: np.dtype, fparams: tuple, iparams: tuple) -> np.ndarray:
+    """One row's parameter words as a program receives them (see
+    :func:`xinit.core.distributions.program_fparams`, :func:`programs.pack_params`),
+    computed once per distinct plan."""
+    fam = dist.FAMILIES[family]
+    fp = np.asarray(fparams, dist.param_dtype(family, dtype)).reshape(1, fam.n_float)
+    ip = np.asarray(iparams, np.int32).reshape(1, fam.n_int)
+    return programs.pack_params(dist.program_fparams(family, fp, dtype), ip)
 
 
 def _pack(group: _Group, requests: Sequence[Request], runs: dict[int, _Runs]) -> Iterator[_ChunkArgs]:
     """The host arrays of each chunk of ``group``, one chunk at a time."""
-    fam = dist.FAMILIES[group.family]
-    pdt = dist.param_dtype(group.family, group.dtype)
     nrows = group.nrows
-    state: dict[str, Any] = {}
-
-    def fresh():
-        state["keys"] = np.zeros((nrows, 2), np.uint32)
-        shape = (nrows, ROW) if group.indexed else (nrows,)
-        state["a"], state["b"] = np.zeros(shape, np.uint32), np.zeros(shape, np.uint32)
-        state["fp"] = np.zeros((nrows, fam.n_float), pdt)
-        state["ip"] = np.zeros((nrows, fam.n_int), np.int32)
-        state["segs"], state["used"] = [], 0
-
-    def flush():
-        fp = dist.program_fparams(group.family, state["fp"], group.dtype)
-        return _ChunkArgs(state["keys"], state["a"], state["b"], fp, state["ip"], state["segs"])
-
-    fresh()
+    width = programs.row_width(group.family, group.dtype)
+    chunk = None
+    used = 0
     for i in group.members:
         req, rr = requests[i], runs[i]
+        template = np.zeros(width, np.uint32)  # the request's key and parameters, once
+        template[programs.ROW_KEY] = req.key
+        template[programs.ROW_PARAMS :] = _row_params(group.family, group.dtype, req.plan.fparams,
+                                                      req.plan.iparams)[0]
         g = 0
         while g < rr.rows:
-            c0 = state["used"]
-            take = min(nrows - c0, rr.rows - g)
-            rows = slice(c0, c0 + take)
-            state["keys"][rows] = req.key
-            if fam.n_float:
-                state["fp"][rows] = np.asarray(req.plan.fparams, pdt)
-            if fam.n_int:
-                state["ip"][rows] = req.plan.iparams
-            counters = _indexed_counters if rr.indexed else _row_counters
-            counters(rr, g, g + take, state["a"][rows], state["b"][rows])
-            state["segs"].extend(_segments(i, rr, req.size, g, g + take, c0))
-            state["used"] += take
+            if chunk is None:
+                counters = ((np.zeros((nrows, ROW), np.uint32), np.zeros((nrows, ROW), np.uint32))
+                            if group.indexed else ())
+                chunk = _ChunkArgs(np.zeros((nrows, width), np.uint32), counters, [])
+            take = min(nrows - used, rr.rows - g)
+            rows = chunk.rows[used : used + take]
+            rows[...] = template
+            if rr.indexed:
+                lo, hi = chunk.counters
+                _indexed_counters(rr, g, g + take, lo[used : used + take], hi[used : used + take])
+            else:
+                _row_counters(rr, g, g + take, rows[:, programs.ROW_BASE_LO], rows[:, programs.ROW_BASE_HI])
+            chunk.segments.extend(_segments(i, rr, req.size, g, g + take, used))
+            used += take
             g += take
-            if state["used"] == nrows:
-                yield flush()
-                fresh()
-    if state["used"]:
-        yield flush()
+            if used == nrows:
+                yield chunk
+                chunk, used = None, 0
+    if chunk is not None:
+        yield chunk
 
 
 def _split64(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
@@ -436,9 +448,14 @@ def _split64(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
 
 def _row_counters(rr: _Runs, g0: int, g1: int, lo: np.ndarray, hi: np.ndarray) -> None:
     """Rows ``g0 .. g1 - 1`` of a request in whole-row layout: the counter of each row's first element."""
-    g = np.arange(g0, g1, dtype=np.int64)
-    per = rr.rows_per_run
-    q, r = np.divmod(g, per) if per > 1 or len(rr.starts) > 1 else (np.zeros_like(g), g)
+    if len(rr.starts) == 1:  # one run: consecutive rows
+        first = int(rr.starts[0]) + g0 * ROW
+        if first + (g1 - g0) * ROW <= 2**32:
+            lo[...] = np.arange(first, first + (g1 - g0) * ROW, ROW, dtype=np.uint32)
+            return
+        _split64(np.arange(first, first + (g1 - g0) * ROW, ROW, dtype=np.int64), lo, hi)
+        return
+    q, r = np.divmod(np.arange(g0, g1, dtype=np.int64), rr.rows_per_run)
     _split64(rr.starts[q] + r * ROW, lo, hi)
 
 
@@ -525,8 +542,8 @@ def release_buffers() -> None:
     _KEPT.clear()
 
 
-def _buffer_key(dtype, size: int, device) -> tuple:
-    return np.dtype(dtype), size, device if device is not None else jax.config.jax_default_device
+def _buffer_key(dtype, shape: tuple[int, ...], device) -> tuple:
+    return np.dtype(dtype), shape, device if device is not None else jax.config.jax_default_device
 
 
 def chunk_size() -> int:
@@ -537,11 +554,11 @@ def chunk_size() -> int:
 def _allocate(key: tuple) -> jax.Array:
     """A new buffer: full chunks by a compiled program (one per dtype), smaller ones by a
     transfer (nothing to compile per size)."""
-    dtype, size, device = key
+    dtype, shape, device = key
     with x64_scope(dtype), device_scope(device):
-        if size >= chunk_size():
-            return programs.buffer_program(dtype, size)()
-        return jax.device_put(np.zeros(size, dtype), device, may_alias=False)
+        if math.prod(shape) >= chunk_size():
+            return programs.buffer_program(dtype, shape)()
+        return jax.device_put(np.zeros(shape, dtype), device, may_alias=False)
 
 
 class _RunBuffers:
@@ -569,7 +586,9 @@ class _RunBuffers:
             buf = free.pop()
             if not buf.is_deleted():
                 return buf
-        return _allocate(key)  # a sink kept a chunk: a buffer more
+        # not reserved (the normal draw under an orthogonal matrix) or kept by a sink
+        buf = _KEPT.take(key)
+        return buf if buf is not None else _allocate(key)
 
     def give(self, key: tuple, buf: jax.Array) -> None:
         self.free[key].append(buf)
@@ -584,57 +603,76 @@ class _RunBuffers:
 # ------------------------------------------------------------------ programs per group
 
 _SDS = jax.ShapeDtypeStruct
+_SIGINT = int(signal.SIGINT)
 _U32 = np.dtype(np.uint32)
 
 
-def _group_arg_types(g: _Group) -> tuple:
-    fam = dist.FAMILIES[g.family]
-    counters = (g.nrows, ROW) if g.indexed else (g.nrows,)
-    n_float = fam.n_float + (1 if g.family == "uniform" else 0)
-    pdt = dist.param_dtype(g.family, g.dtype)
-    return (_SDS((g.nrows, 2), _U32), _SDS(counters, _U32), _SDS(counters, _U32),
-            _SDS((g.nrows, n_float), pdt), _SDS((g.nrows, fam.n_int), np.dtype(np.int32)))
+@functools.cache
+def _arg_types(family: str, dtype: np.dtype, nrows: int, indexed: bool, split: bool) -> tuple:
+    """The argument types of a group's programs: (rows program,) or (unit, transform
+    writing a buffer, transform writing over the uniforms)."""
+    rows = (_SDS((nrows, programs.row_width(family, dtype)), _U32),)
+    if indexed:
+        rows += (_SDS((nrows, ROW), _U32), _SDS((nrows, ROW), _U32))
+    out = _SDS((nrows, ROW), dtype)
+    if not split:
+        return ((out, *rows),)
+    u = _SDS((nrows, ROW), dist.param_dtype(family, dtype))
+    return (u, *rows), (out, u, rows[0]), (u, rows[0])
 
 
 def _group_programs(g: _Group) -> list[tuple[programs.Program, tuple]]:
     """Every program a chunk of ``g`` runs, with its argument types (for compiling)."""
-    keys, a, b, fparams, iparams = _group_arg_types(g)
+    types = _arg_types(g.family, g.dtype, g.nrows, g.indexed, g.split)
     if g.split:
+        unit, with_out, in_place = types
         cdt = dist.param_dtype(g.family, g.dtype)
-        u = _SDS((g.size,), cdt)
         tp = programs.transform_program(g.family, g.dtype, g.nrows)
-        transform = (_SDS((g.size,), g.dtype), u, fparams) if tp.out else (u, fparams)
-        return [(programs.unit_program(cdt, g.nrows, g.indexed), (u, keys, a, b)), (tp, transform)]
+        return [(programs.unit_program(cdt, g.nrows, g.indexed), unit), (tp, with_out if tp.out else in_place)]
     prog = programs.rows_program(g.family, g.dtype, g.nrows, g.indexed, g.fast_div)
-    return [(prog, (_SDS((g.size,), g.dtype), keys, a, b, fparams, iparams))]
+    return [(prog, types[0])]
 
 
 def _group_buffers(g: _Group) -> list[tuple]:
     """The buffer keys one chunk of ``g`` takes."""
-    out = _buffer_key(g.dtype, g.size, g.device)
+    out = _buffer_key(g.dtype, g.chunk_shape, g.device)
     if g.split:
         cdt = dist.param_dtype(g.family, g.dtype)
         if cdt != g.dtype:
-            return [_buffer_key(cdt, g.size, g.device), out]
+            return [_buffer_key(cdt, g.chunk_shape, g.device), out]
     return [out]
+
+
+_EXECUTABLES: dict[tuple, tuple] = {}  # group signature -> compiled executables
+programs.on_clear(_EXECUTABLES.clear)
+
+
+def _executables(g: _Group) -> tuple:
+    """The compiled executables of ``g``'s programs (compiled on first use), in launch order."""
+    key = (g.family, g.dtype, g.nrows, g.indexed, g.fast_div, g.split, str(g.device),
+           jax.config.jax_enable_x64, jax.config.jax_default_device)
+    exes = _EXECUTABLES.get(key)
+    if exes is None:
+        with x64_scope(g.dtype), device_scope(g.device):
+            exes = _EXECUTABLES[key] = tuple(prog.compile(*types) for prog, types in _group_programs(g))
+    return exes
 
 
 def _launch_rows(g: _Group, args: _ChunkArgs, bufs) -> tuple[Chunk, list[tuple]]:
     """Dispatch one chunk of ``g``; returns it and the (key, buffer) pairs it holds."""
-    out_key = _buffer_key(g.dtype, g.size, g.device)
-    with x64_scope(g.dtype), device_scope(g.device):
-        if g.split:
-            cdt = dist.param_dtype(g.family, g.dtype)
-            u_key = _buffer_key(cdt, g.size, g.device)
-            u = programs.unit_program(cdt, g.nrows, g.indexed)(bufs.take(u_key), args.keys, args.a, args.b)
-            tp = programs.transform_program(g.family, g.dtype, g.nrows)
-            if tp.out:
-                out = tp(bufs.take(out_key), u, args.fparams)
-                return Chunk(out, args.segments), [(out_key, out), (u_key, u)]
-            out = tp(u, args.fparams)  # written over the uniforms
-        else:
-            prog = programs.rows_program(g.family, g.dtype, g.nrows, g.indexed, g.fast_div)
-            out = prog(bufs.take(out_key), args.keys, args.a, args.b, args.fparams, args.iparams)
+    exes = _executables(g)
+    out_key = _buffer_key(g.dtype, g.chunk_shape, g.device)
+    with x64_scope(g.dtype):
+        if not g.split:
+            out = exes[0](bufs.take(out_key), args.rows, *args.counters)
+            return Chunk(out, args.segments), [(out_key, out)]
+        cdt = dist.param_dtype(g.family, g.dtype)
+        u_key = _buffer_key(cdt, g.chunk_shape, g.device)
+        u = exes[0](bufs.take(u_key), args.rows, *args.counters)
+        if cdt != g.dtype:  # a 16-bit output: a buffer of its own
+            out = exes[1](bufs.take(out_key), u, args.rows)
+            return Chunk(out, args.segments), [(out_key, out), (u_key, u)]
+        out = exes[1](u, args.rows)  # written over the uniforms
     return Chunk(out, args.segments), [(out_key, out)]
 
 
@@ -677,8 +715,7 @@ def _compile_orthogonal(req: Request) -> None:
     global _orthogonal_method
     cdt = dist.compute_dtype(req.dtype)
     valids = _orthogonal_valids(req.plan.rows * req.plan.cols)
-    size = _orthogonal_chunk_size(req)
-    arg_types = (_SDS((), cdt), *(_SDS((size,), cdt) for _ in valids))
+    arg_types = (_SDS((), cdt), *(_SDS(_orthogonal_chunk_shape(req), cdt) for _ in valids))
     with x64_scope(req.dtype), device_scope(req.device):
         if _orthogonal_method == "householder":
             try:
@@ -691,10 +728,10 @@ def _compile_orthogonal(req: Request) -> None:
         _orthogonal_program(req, "qr").compile(*arg_types)
 
 
-def _orthogonal_chunk_size(req: Request) -> int:
+def _orthogonal_chunk_shape(req: Request) -> tuple[int, int]:
     n = req.plan.rows * req.plan.cols
     rows = -(-n // ROW)
-    return (MAX_ROWS if rows > MAX_ROWS else _bucket(rows)) * ROW
+    return (MAX_ROWS if rows > MAX_ROWS else _bucket(rows)), ROW
 
 
 def _orthogonal_normal(req: Request) -> tuple[Request, _Runs, _Group]:
@@ -747,10 +784,7 @@ def _launch_other(req: Request, bufs) -> tuple[jax.Array, list[tuple]]:
 def _compile_other(req: Request) -> None:
     """Compile every program of a structured request."""
     if isinstance(req.plan, OrthogonalPlan):
-        _, _, g = _orthogonal_normal(req)
-        with x64_scope(g.dtype), device_scope(g.device):
-            for prog, arg_types in _group_programs(g):
-                prog.compile(*arg_types)
+        _executables(_orthogonal_normal(req)[2])
         _compile_orthogonal(req)
         return
     prog, args = _sparse_args(req)
@@ -764,7 +798,9 @@ def _compile_other(req: Request) -> None:
 class _Interrupts:
     """Defer SIGINT (on the main thread, when Python's own handler is installed): the
     run raises ``KeyboardInterrupt`` at the next point where no tensor is partly
-    written (:meth:`check`), or at the end."""
+    written (:meth:`check`), or at the end. Any other handler is left alone."""
+
+    __slots__ = ("active", "installed", "pending")
 
     def __init__(self, active: bool):
         self.active = active
@@ -775,10 +811,13 @@ class _Interrupts:
         self.pending = True
 
     def __enter__(self):
-        if (self.active and threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            signal.signal(signal.SIGINT, self._handler)
-            self.installed = True
+        if self.active and threading.current_thread() is threading.main_thread():
+            # _signal: signal.signal without its enum conversions (called per drop-in)
+            previous = _signal.signal(_SIGINT, self._handler)
+            if previous is signal.default_int_handler:
+                self.installed = True
+            else:
+                _signal.signal(_SIGINT, previous)
         return self
 
     def check(self) -> None:
@@ -788,7 +827,7 @@ class _Interrupts:
 
     def __exit__(self, exc_type, exc, tb):
         if self.installed:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            _signal.signal(_SIGINT, signal.default_int_handler)
             self.installed = False
         if exc_type is None:
             self.check()
@@ -837,49 +876,50 @@ def run(requests: Iterable[Request], sink: Sink, *, ahead: bool = True) -> None:
     groups = _groups(requests, elementwise)
     bufs = _RunBuffers()
     try:
-        for i, n in enumerate(left):
-            if n == 0:
-                sink.finish(i)
-        if not elementwise and not others:
-            return
-        ensure_checked()
-        with memory_errors("preparing xinit's draw"):
-            _prepare(requests, groups, others, bufs, ahead)
-
-        def launches():
-            for i in others:
-                with memory_errors("drawing"):
-                    array, held = _launch_other(requests[i], bufs)
-                yield Chunk(array, [Segment(i, 0, left[i], 0)]), held
-            for g in groups:
-                for args in _pack(g, requests, elementwise):
-                    with memory_errors("drawing"):
-                        yield _launch_rows(g, args, bufs)
-
-        partial: set[int] = set()
-        with _Interrupts(sink.in_place) as interrupts:
-            for chunk, held in _look_ahead(launches(), ahead):
-                with memory_errors("drawing"):
-                    chunk.array.block_until_ready()
-                kept = sink.write(chunk)
-                for seg in chunk.segments:
-                    left[seg.index] -= seg.length
-                    if left[seg.index]:
-                        partial.add(seg.index)
-                    else:
-                        partial.discard(seg.index)
-                        sink.finish(seg.index)
-                for key, buf in held:
-                    if not (kept and buf is chunk.array):
-                        bufs.give(key, buf)
-                del chunk, held
-                if not partial:
-                    interrupts.check()
+        with memory_errors("xinit: drawing"):
+            for i, n in enumerate(left):
+                if n == 0:
+                    sink.finish(i)
+            if elementwise or others:
+                ensure_checked()
+                _prepare(requests, groups, others, bufs, ahead)
+                _consume(requests, groups, others, elementwise, left, bufs, sink, ahead)
     except BaseException:
         sink.stop()
         raise
     finally:
         bufs.close()
+
+
+def _consume(requests, groups, others, elementwise, left, bufs, sink, ahead) -> None:
+    """Dispatch the run's chunks (one ahead or not) and hand each, once ready, to the sink."""
+
+    def launches():
+        for i in others:
+            array, held = _launch_other(requests[i], bufs)
+            yield Chunk(array, [Segment(i, 0, left[i], 0)]), held
+        for g in groups:
+            for args in _pack(g, requests, elementwise):
+                yield _launch_rows(g, args, bufs)
+
+    partial: set[int] = set()
+    with _Interrupts(sink.in_place) as interrupts:
+        for chunk, held in _look_ahead(launches(), ahead):
+            chunk.array.block_until_ready()  # raises (never aborts) if it failed
+            kept = sink.write(chunk)
+            for seg in chunk.segments:
+                left[seg.index] -= seg.length
+                if left[seg.index]:
+                    partial.add(seg.index)
+                else:
+                    partial.discard(seg.index)
+                    sink.finish(seg.index)
+            for key, buf in held:
+                if not (kept and buf is chunk.array):
+                    bufs.give(key, buf)
+            del chunk, held
+            if not partial:
+                interrupts.check()
 
 
 def _prepare(requests, groups: list[_Group], others: list[int], bufs: _RunBuffers,
@@ -893,9 +933,7 @@ def _prepare(requests, groups: list[_Group], others: list[int], bufs: _RunBuffer
         _compile_other(requests[i])
     need: dict[tuple, int] = defaultdict(int)
     for g in groups:
-        with x64_scope(g.dtype), device_scope(g.device):
-            for prog, arg_types in _group_programs(g):
-                prog.compile(*arg_types)
+        _executables(g)
         for key in _group_buffers(g):
             need[key] += g.chunks
     bufs.reserve({key: min(n, 2 if ahead else 1) for key, n in need.items()})
@@ -926,24 +964,26 @@ def _run_traced(requests: list[Request], sink: Sink) -> None:
 
 
 def _traced_rows(req: Request, index: int) -> tuple[jax.Array, list[Segment]]:
-    """An elementwise request as one exact-size traced rows program, and its segments."""
+    """An elementwise request as one exact-size traced program, and its segments."""
     rr = _runs(req)
+    n = math.prod(req.shape)
+    if req.size == n < 2**32:  # the whole tensor: key and parameters as scalars
+        params = _row_params(req.plan.family, req.dtype, req.plan.fparams, req.plan.iparams)
+        # parameters as a runtime value, as in eager programs: XLA would otherwise fold
+        # the constants (e.g. trunc_normal's CDF values) with other arithmetic, ulps apart
+        params = lax.optimization_barrier(jnp.asarray(params.reshape(-1)))
+        prog = programs.tensor_program(req.plan.family, req.dtype, n)
+        return prog.traced(jnp.asarray(req.key, np.uint32).reshape(2), params), [Segment(index, 0, n, 0)]
     nrows = rr.rows
-    fam = dist.FAMILIES[req.plan.family]
-    pdt = dist.param_dtype(req.plan.family, req.dtype)
-    shape = (nrows, ROW) if rr.indexed else (nrows,)
-    a, b = np.zeros(shape, np.uint32), np.zeros(shape, np.uint32)
-    (_indexed_counters if rr.indexed else _row_counters)(rr, 0, nrows, a, b)
-    fp = np.broadcast_to(np.asarray(req.plan.fparams, pdt).reshape(1, fam.n_float), (nrows, fam.n_float))
-    fp = dist.program_fparams(req.plan.family, np.array(fp), req.dtype)
-    ip = np.broadcast_to(np.asarray(req.plan.iparams, np.int32).reshape(1, fam.n_int), (nrows, fam.n_int))
-    keys = jnp.broadcast_to(jnp.asarray(req.key).reshape(1, 2), (nrows, 2))
-    # Parameters as runtime values, as in eager programs: XLA would otherwise fold the
-    # constants (e.g. trunc_normal's CDF values) with other arithmetic (ulps apart).
-    fp, ip = lax.optimization_barrier((jnp.asarray(fp), jnp.asarray(ip)))
+    g = _Group(req.plan.family, req.dtype, req.device, rr.indexed, False, [0], nrows, 1)
+    ((args),) = _pack(g, [req._replace(key=np.zeros(2, np.uint32))], {0: rr})
+    # The row data as a runtime value, as in eager programs (XLA would otherwise fold
+    # the constant parameters, e.g. trunc_normal's CDF values, ulps apart), with the key.
+    rest = lax.optimization_barrier(jnp.asarray(args.rows[:, 2:]))
+    keys = jnp.broadcast_to(jnp.asarray(req.key, np.uint32).reshape(1, 2), (nrows, 2))
+    rows = jnp.concatenate([keys, rest], axis=1)
     prog = programs.rows_program(req.plan.family, req.dtype, nrows, rr.indexed)
-    out = prog.traced(keys, a, b, fp, ip)
-    return out, _segments(index, rr, req.size, 0, nrows, 0)
+    return prog.traced(rows, *args.counters), args.segments
 
 
 # ------------------------------------------------------------------ flat draws
@@ -965,11 +1005,12 @@ class _Pieces:
         self.pieces: list[Piece] = []
 
     def write(self, chunk: Chunk) -> bool:
+        flat = chunk.array.reshape(-1)
         for seg in chunk.segments:
             if seg.start == 0:
-                self.pieces.append(Piece(chunk.array, seg.length))
+                self.pieces.append(Piece(flat, seg.length))
             else:
-                self.pieces.append(Piece(chunk.array[seg.start : seg.start + seg.length], seg.length))
+                self.pieces.append(Piece(flat[seg.start : seg.start + seg.length], seg.length))
         return True
 
     def finish(self, index: int) -> None:

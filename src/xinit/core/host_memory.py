@@ -32,7 +32,7 @@ _BLOCK = 64  # output rows per transposing copy: keeps both sides in cache
 
 
 _MADV_POPULATE_WRITE = 23  # Linux >= 5.14
-_PREFAULT_MIN_BYTES = 1 << 20
+PREFAULT_MIN_BYTES = 1 << 20  # smaller buffers are left to fault in
 
 
 @functools.cache
@@ -60,7 +60,7 @@ def prefault(buf: np.ndarray) -> None:
     systems are left alone. Changes no value.
     """
     libc = _libc()
-    if libc is None or buf.nbytes < _PREFAULT_MIN_BYTES:
+    if libc is None or buf.nbytes < PREFAULT_MIN_BYTES:
         return
     page = mmap.PAGESIZE
     start = -(-buf.ctypes.data // page) * page

@@ -24,7 +24,6 @@ a user's ``jit`` a program is the plain jitted function and inlines.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import jax
@@ -47,7 +46,10 @@ __all__ = [
     "default_platform",
     "release_freed_memory",
     "memory_errors",
+    "row_width",
+    "pack_params",
     "rows_program",
+    "tensor_program",
     "unit_program",
     "transform_program",
     "orthogonal_program",
@@ -55,6 +57,7 @@ __all__ = [
     "buffer_program",
     "fold_program",
     "clear_caches",
+    "on_clear",
 ]
 
 ROW = 256  # elements per row: the padding of every tensor (or run of a slice) is < ROW
@@ -119,25 +122,31 @@ _OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "Unable 
                 "Cannot allocate memory", "Failed to allocate")
 
 
-@contextlib.contextmanager
-def memory_errors(what: str = "xinit"):
+class memory_errors:  # noqa: N801 - used as a context manager, like contextlib's
     """Re-raise XLA's and numpy's allocation failures as :class:`OutOfMemoryError`.
 
     XLA reports a failed allocation as a ``JaxRuntimeError`` (``RESOURCE_EXHAUSTED``
     when a buffer cannot be allocated, "Unable to allocate section memory" when
     the compiler cannot map code); numpy raises ``MemoryError``. Other errors
-    pass through unchanged.
+    pass through unchanged. ``with memory_errors("what was running"): ...``
     """
-    try:
-        yield
-    except OutOfMemoryError:
-        raise
-    except MemoryError as err:
-        raise OutOfMemoryError(f"{what}: out of memory ({err})") from err
-    except Exception as err:
-        if isinstance(err, jax.errors.JaxRuntimeError) and any(m in str(err) for m in _OOM_MARKERS):
-            raise OutOfMemoryError(f"{what}: out of memory ({str(err).splitlines()[0]})") from err
-        raise
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str = "xinit"):
+        self.what = what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, err, tb):
+        if exc_type is None or issubclass(exc_type, OutOfMemoryError):
+            return False
+        if issubclass(exc_type, MemoryError):
+            raise OutOfMemoryError(f"{self.what}: out of memory ({err})") from err
+        if issubclass(exc_type, jax.errors.JaxRuntimeError) and any(m in str(err) for m in _OOM_MARKERS):
+            raise OutOfMemoryError(f"{self.what}: out of memory ({str(err).splitlines()[0]})") from err
+        return False
 
 
 # XLA:CPU options for xinit's programs. AVX-512 machines run the integer-heavy
@@ -209,61 +218,111 @@ class Program:
         return self.compile(*args)(*args)
 
 
-def _row_counters(base_lo, base_hi, nrows):
+# A chunk's per-row data travels in one uint32 array (one transfer per call, not five):
+# columns 0-1 the key, 2-3 the (lo, hi) words of the row's first counter, then the
+# family's float parameters as words (see :func:`pack_params`), then its int parameters.
+ROW_KEY, ROW_BASE_LO, ROW_BASE_HI, ROW_PARAMS = slice(0, 2), 2, 3, 4
+
+
+def _param_words(pdt: np.dtype) -> int:
+    return 2 if pdt.itemsize == 8 else 1
+
+
+def _n_float(family: str) -> int:
+    # uniform also receives its cap (see distributions.program_fparams)
+    return dist.FAMILIES[family].n_float + (1 if family == "uniform" else 0)
+
+
+def row_width(family: str, out_dtype) -> int:
+    """Columns of a chunk's row data for ``family`` drawn in ``out_dtype``."""
+    pdt = dist.param_dtype(family, out_dtype)
+    return ROW_PARAMS + _n_float(family) * _param_words(pdt) + dist.FAMILIES[family].n_int
+
+
+def pack_params(fparams: np.ndarray, iparams: np.ndarray) -> np.ndarray:
+    """One row's parameters as uint32 words: ``fparams`` (1, n) in the parameter dtype
+    (8-byte values as two words, 4-byte ones as one, 1- and 2-byte ones zero-extended),
+    then ``iparams`` (1, m) int32. Unpacked bit for bit by the programs."""
+    fparams = np.ascontiguousarray(fparams)
+    size = fparams.dtype.itemsize
+    if size < 4:
+        words = fparams.view(np.uint8 if size == 1 else np.uint16).astype(np.uint32)
+    else:
+        words = fparams.view(np.uint32).reshape(1, -1)
+    return np.concatenate([words, iparams.astype(np.int32).view(np.uint32)], axis=1)
+
+
+def _unpack_params(rows, family: str, out_dtype: np.dtype, offset: int = ROW_PARAMS):
+    """``fp(j)``, ``ip(j)``: the row parameters (from column ``offset`` on) as (nrows, 1)
+    arrays (traced)."""
+    pdt = dist.param_dtype(family, out_dtype)
+    cdt = pdt
+    n, w = _n_float(family), _param_words(pdt)
+    words = rows[:, offset : offset + n * w]
+    if pdt.itemsize == 8:
+        fvals = lax.bitcast_convert_type(words.reshape(rows.shape[0], n, 2), pdt)
+    elif pdt.itemsize == 4:
+        fvals = lax.bitcast_convert_type(words, pdt)
+    elif pdt == np.bool_:
+        fvals = words != 0
+    else:
+        fvals = lax.bitcast_convert_type(words.astype(np.uint8 if pdt.itemsize == 1 else np.uint16), pdt)
+    ivals = lax.bitcast_convert_type(rows[:, offset + n * w :], np.int32)
+    return (lambda j: fvals[:, j : j + 1].astype(cdt)), (lambda j: ivals[:, j : j + 1])
+
+
+def _counters(rows, counters, nrows):
+    """``(hi, lo)`` counters of a chunk: each row's first counter (from ``rows``) plus the
+    column, or (indexed) one counter per element, ``counters = (lo, hi)`` (nrows, ROW)."""
+    if counters:
+        lo, hi = counters
+        return hi, lo
     local = lax.broadcasted_iota(np.uint32, (nrows, ROW), 1)
-    return counter_words(base_lo[:, None], base_hi[:, None], local)
-
-
-def _counters(a, b, nrows, indexed):
-    """``(hi, lo)`` counters of a chunk: per-row bases ``a = lo, b = hi`` (+ the column),
-    or (``indexed``) one counter per element, ``a = lo``, ``b = hi`` of shape (nrows, ROW)."""
-    if indexed:
-        return b, a
-    return _row_counters(a, b, nrows)
+    return counter_words(rows[:, ROW_BASE_LO : ROW_BASE_LO + 1], rows[:, ROW_BASE_HI : ROW_BASE_HI + 1], local)
 
 
 @functools.cache
 def rows_program(family: str, out_dtype: np.dtype, nrows: int, indexed: bool = False,
                  fast_div: bool = False) -> Program:
-    """``family``'s values for a chunk of ``nrows`` rows: ``(keys, a, b, fparams, iparams)``.
+    """``family``'s values for a chunk of ``nrows`` rows: ``(rows)``, or ``(rows, lo, hi)``
+    when ``indexed``.
 
-    ``keys`` (nrows, 2) key data; ``a``/``b`` the counters (see :func:`_counters`);
-    ``fparams`` (nrows, n) in the family's parameter dtype (uniform: its cap
-    appended, see :func:`xinit.core.distributions.program_fparams`); ``iparams``
-    (nrows, m) int32. Returns the flat ``nrows * ROW`` values.
+    ``rows`` (nrows, :func:`row_width`) uint32: each row's key, first counter and
+    parameters (see :data:`ROW_PARAMS`); ``lo``/``hi`` (nrows, ROW): one counter
+    per element. Returns the ``(nrows, ROW)`` values (a chunk is 2-D so that a
+    program writing over its input needs no reshape, which would cost XLA a copy).
     """
     out_dtype = np.dtype(out_dtype)
     cdt = dist.param_dtype(family, out_dtype)
 
-    def program(keys, a, b, fparams, iparams):
+    def program(rows, *counters):
         count_trace()
-        hi, lo = _counters(a, b, nrows, indexed)
-        k1, k2 = keys[:, 0:1], keys[:, 1:2]
-        out = dist.family_values(
-            family, cdt, out_dtype, lo, lambda: unit_uniform(k1, k2, hi, lo, cdt),
-            lambda j: fparams[:, j : j + 1].astype(cdt), lambda j: iparams[:, j : j + 1], fast_div,
-        )
-        return out.reshape(-1)
+        hi, lo = _counters(rows, counters, nrows)
+        k1, k2 = rows[:, 0:1], rows[:, 1:2]
+        fp, ip = _unpack_params(rows, family, out_dtype)
+        return dist.family_values(family, cdt, out_dtype, lo, lambda: unit_uniform(k1, k2, hi, lo, cdt),
+                                  fp, ip, fast_div)
 
     return Program(program, out=True)
 
 
 @functools.cache
 def unit_program(cdt: np.dtype, nrows: int, indexed: bool = False) -> Program:
-    """The unit uniforms of a chunk's counters: ``(keys, a, b)`` as :func:`rows_program`."""
+    """The unit uniforms of a chunk's counters: ``(rows)`` or ``(rows, lo, hi)``, as
+    :func:`rows_program`."""
     cdt = np.dtype(cdt)
 
-    def program(keys, a, b):
+    def program(rows, *counters):
         count_trace()
-        hi, lo = _counters(a, b, nrows, indexed)
-        return unit_uniform(keys[:, 0:1], keys[:, 1:2], hi, lo, cdt).reshape(-1)
+        hi, lo = _counters(rows, counters, nrows)
+        return unit_uniform(rows[:, 0:1], rows[:, 1:2], hi, lo, cdt)
 
     return Program(program, out=True)
 
 
 @functools.cache
 def transform_program(family: str, out_dtype: np.dtype, nrows: int) -> Program:
-    """``family``'s values from a chunk of unit uniforms: ``(u, fparams)``.
+    """``family``'s values from a chunk of unit uniforms: ``(u, rows)``.
 
     The uniforms are dead afterwards: when they have the output's dtype XLA
     writes the values over them (donated); 16-bit outputs get a buffer of their own.
@@ -271,19 +330,42 @@ def transform_program(family: str, out_dtype: np.dtype, nrows: int) -> Program:
     out_dtype = np.dtype(out_dtype)
     cdt = dist.param_dtype(family, out_dtype)
 
-    def program(u, fparams):
+    def program(u, rows):
         count_trace()
-        out = dist.values_from_unit(family, cdt, out_dtype, u.reshape(nrows, ROW),
-                                    lambda j: fparams[:, j : j + 1].astype(cdt))
-        return out.reshape(-1)
+        fp, _ = _unpack_params(rows, family, out_dtype)
+        return dist.values_from_unit(family, cdt, out_dtype, u, fp)
 
     if cdt == out_dtype:
         return Program(program, donate=(0,))
     return Program(program, out=True)
 
 
+@functools.cache
+def tensor_program(family: str, out_dtype: np.dtype, n: int) -> Program:
+    """One whole tensor of ``n < 2**32`` elements inside a user's ``jit``: ``(key, params)``.
+
+    The rows programs' values for a single tensor, with its key and parameters
+    (``params`` as :func:`pack_params` words) as scalars over a flat counter range:
+    inlined into the user's program, where per-row machinery would only cost
+    (XLA:CPU vectorizes the fused hash + transform loop worse with per-row operands).
+    """
+    out_dtype = np.dtype(out_dtype)
+    cdt = dist.param_dtype(family, out_dtype)
+
+    def program(key, params):
+        count_trace()
+        lo = lax.iota(np.uint32, n)
+        hi = jnp.zeros((), np.uint32)
+        fp, ip = _unpack_params(params.reshape(1, -1), family, out_dtype, offset=0)
+        return dist.family_values(family, cdt, out_dtype, lo, lambda: unit_uniform(key[0], key[1], hi, lo, cdt),
+                                  lambda j: fp(j)[0, 0], lambda j: ip(j)[0, 0])
+
+    return Program(program)
+
+
 def concat_prefix(chunks, valids, n):
-    """The first ``n`` values of the valid prefixes of ``chunks``, concatenated (traced)."""
+    """The first ``n`` values of the valid prefixes of ``chunks`` (flattened), concatenated (traced)."""
+    chunks = [c.reshape(-1) for c in chunks]
     arrays = [c[:v] if v != c.shape[0] else c for c, v in zip(chunks, valids, strict=True)]
     flat = arrays[0] if len(arrays) == 1 else jnp.concatenate(arrays)
     return flat[:n]
@@ -342,13 +424,13 @@ def _sparse_counters(base, nrows, width):
 
 
 @functools.cache
-def buffer_program(dtype: np.dtype, size: int) -> Program:
-    """A new ``(size,)`` buffer of ``dtype`` for the chunk programs to write into."""
+def buffer_program(dtype: np.dtype, shape: tuple[int, ...]) -> Program:
+    """A new buffer of ``shape`` and ``dtype`` for the chunk programs to write into."""
     dtype = np.dtype(dtype)
 
     def program():
         count_trace()
-        return jnp.zeros((size,), dtype)
+        return jnp.zeros(shape, dtype)
 
     return Program(program)
 
@@ -365,8 +447,18 @@ def fold_program(n: int) -> Program:
     return Program(program)
 
 
+_ON_CLEAR: list = []
+
+
+def on_clear(fn) -> None:
+    """Call ``fn()`` whenever :func:`clear_caches` runs (for caches of built programs)."""
+    _ON_CLEAR.append(fn)
+
+
 def clear_caches() -> None:
     """Forget every built program (after the hash implementation changed)."""
     for builder in (rows_program, unit_program, transform_program, orthogonal_program,
                     sparse_program, buffer_program, fold_program):
         builder.cache_clear()
+    for fn in _ON_CLEAR:
+        fn()

@@ -38,6 +38,8 @@ __all__ = ["TorchSink", "bump_version"]
 # Same-size integer dtypes: every element type is copied as its bits.
 _BITS_TORCH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _BITS_NUMPY = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}
+_NUMPY_DTYPES = frozenset({torch.float16, torch.float32, torch.float64, torch.bool, torch.uint8, torch.int8,
+                           torch.int16, torch.int32, torch.int64})
 
 
 def bump_version(tensor: torch.Tensor) -> None:
@@ -50,14 +52,18 @@ def _numpy_view(t: torch.Tensor) -> np.ndarray | None:
     None where numpy cannot alias it safely (overlapping elements, conj/neg views)."""
     if t.device.type != "cpu" or t.is_conj() or t.is_neg():
         return None
-    if any(s == 0 and n > 1 for s, n in zip(t.stride(), t.shape, strict=True)):
-        return None  # expanded: copy_ raises as torch does
-    overlap = getattr(torch, "_debug_has_internal_overlap", None)
-    if overlap is not None and not t.is_contiguous() and overlap(t) != 0:
-        return None
     bits = _BITS_TORCH.get(t.element_size())
     if bits is None:
         return None
+    if not t.is_contiguous():
+        if any(s == 0 and n > 1 for s, n in zip(t.stride(), t.shape, strict=True)):
+            return None  # expanded: copy_ raises as torch does
+        overlap = getattr(torch, "_debug_has_internal_overlap", None)
+        if overlap is not None and overlap(t) != 0:
+            return None
+    if t.dtype in _NUMPY_DTYPES:
+        view = t.detach().numpy()
+        return view.view(_BITS_NUMPY[view.itemsize])
     return t.detach().view(bits).numpy()
 
 
@@ -85,9 +91,11 @@ class TorchSink:
         canon = self._canon.get(i)
         if canon is None:
             t = self.targets[i]
-            canon = self._canon[i] = t.permute(self.layouts[i].permutation(t.dim())) if t.dim() else t
+            layout = self.layouts[i]
+            identity = layout is TORCH or layout.is_identity(t.dim())
+            canon = self._canon[i] = t if identity else t.permute(layout.permutation(t.dim()))
             view = self._numpy[i] = _numpy_view(canon)
-            if view is not None and t.is_contiguous():
+            if view is not None and t.is_contiguous() and t.nbytes >= host_memory.PREFAULT_MIN_BYTES:
                 host_memory.prefault(_numpy_view(t).reshape(-1))  # map fresh pages at once
         return canon, self._numpy[i]
 
@@ -100,13 +108,13 @@ class TorchSink:
                 canon, view = self._views(i)
                 if view is not None:
                     if src_np is None:
-                        src_np = np.asarray(chunk.array)
+                        src_np = np.asarray(chunk.array).reshape(-1)
                         src_np = src_np.view(_BITS_NUMPY[src_np.dtype.itemsize])
                     self._touched.add(i)
                     host_memory.write_range(view, seg.offset, src_np[seg.start : seg.start + seg.length])
                     continue
                 if src_t is None:
-                    src_t = torch.from_dlpack(chunk.array)
+                    src_t = torch.from_dlpack(chunk.array).reshape(-1)
                 values = src_t[seg.start : seg.start + seg.length]
                 for index, start, stop in flat_blocks(canon.shape, seg.offset, seg.length):
                     block = canon[index]
