@@ -767,7 +767,10 @@ def _sparse_args(req: Request):
         _split64(counters, out[0], out[1])
         return out
 
-    prog = programs.sparse_program(rows, r1, r1 - r0, c1 - c0, req.dtype)
+    # A one-element block would compile to straight-line code, which XLA:CPU rounds
+    # differently (1 ulp) from the loops every larger block runs: draw one more column.
+    width = 2 if (r1 - r0) * (c1 - c0) == 1 else c1 - c0
+    prog = programs.sparse_program(rows, r1, r1 - r0, width, req.dtype)
     args = (req.key, np.int32(req.plan.zeros), np.asarray((0.0, req.plan.std), cdt),
             bases(r0, r1 - r0, 0), bases(0, r1, rows * cols))
     return prog, args
