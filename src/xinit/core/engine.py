@@ -46,8 +46,8 @@ Reliability, engine-wide:
   tensors are written.
 - *Interrupts*: for sinks that write in place (torch tensors), SIGINT is
   deferred on the main thread while a tensor is partly written: a Ctrl-C
-  finishes the tensor being written (and any other partly written one), then
-  raises ``KeyboardInterrupt``; every tensor is either untouched or completely
+  lets the tensors being written finish (no new one is started), then raises
+  ``KeyboardInterrupt``; every tensor is either untouched or completely
   written (and, for torch, its version counter bumped). Any other exception
   mid-run lets the sink bump the versions of what it touched (``Sink.stop``).
 """
@@ -908,6 +908,8 @@ def _consume(requests, groups, others, elementwise, left, bufs, sink, ahead) -> 
     partial: set[int] = set()
     with _Interrupts(sink.in_place) as interrupts:
         for chunk, held in _look_ahead(launches(), ahead):
+            if interrupts.pending:  # finish what is partly written, start nothing new
+                chunk = chunk._replace(segments=[s for s in chunk.segments if s.index in partial])
             chunk.array.block_until_ready()  # raises (never aborts) if it failed
             kept = sink.write(chunk)
             for seg in chunk.segments:

@@ -125,10 +125,11 @@ _OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "Unable 
 class memory_errors:  # noqa: N801 - used as a context manager, like contextlib's
     """Re-raise XLA's and numpy's allocation failures as :class:`OutOfMemoryError`.
 
-    XLA reports a failed allocation as a ``JaxRuntimeError`` (``RESOURCE_EXHAUSTED``
-    when a buffer cannot be allocated, "Unable to allocate section memory" when
-    the compiler cannot map code); numpy raises ``MemoryError``. Other errors
-    pass through unchanged. ``with memory_errors("what was running"): ...``
+    XLA reports a failed allocation as a ``JaxRuntimeError`` (or a ``ValueError``
+    when a buffer cannot be allocated at dispatch) saying ``RESOURCE_EXHAUSTED``,
+    and "Unable to allocate section memory" when the compiler cannot map code;
+    numpy raises ``MemoryError``. Other errors pass through unchanged.
+    ``with memory_errors("what was running"): ...``
     """
 
     __slots__ = ("what",)
@@ -144,7 +145,9 @@ class memory_errors:  # noqa: N801 - used as a context manager, like contextlib'
             return False
         if issubclass(exc_type, MemoryError):
             raise OutOfMemoryError(f"{self.what}: out of memory ({err})") from err
-        if issubclass(exc_type, jax.errors.JaxRuntimeError) and any(m in str(err) for m in _OOM_MARKERS):
+        # JaxRuntimeError, or ValueError where XLA reports a failed allocation at dispatch
+        if issubclass(exc_type, (jax.errors.JaxRuntimeError, ValueError)) and any(
+                m in str(err) for m in _OOM_MARKERS):
             raise OutOfMemoryError(f"{self.what}: out of memory ({str(err).splitlines()[0]})") from err
         return False
 
