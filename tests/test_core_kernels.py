@@ -7,7 +7,7 @@ import pytest
 from jax.extend.random import threefry2x32_p
 
 import xinit.core as xc
-from xinit.core import engine, host_memory, programs, specs, threefry
+from xinit.core import engine, host_memory, packing, programs, specs, threefry
 from xinit.core.errors import DtypeError
 
 KEY = jax.random.key(1234)
@@ -205,7 +205,7 @@ def test_host_assembly_equals_the_jax_assembly(spec, shape, layout, dtype, chunk
     result equals the JAX-ops assembly (what accelerators run) bit for bit, including
     canonical rows split between chunks and rows longer than a chunk (with 1 Ki chunks)."""
     if chunk == "1Ki":
-        monkeypatch.setattr(engine, "MAX_ROWS", 4)  # 1 Ki-element chunks
+        monkeypatch.setattr(packing, "MAX_ROWS", 4)  # 1 Ki-element chunks
     host = xc.sample(spec, 3, shape, dtype, layout=layout)
     monkeypatch.setattr(host_memory, "on_host", lambda: False)
     ref = xc.sample(spec, 3, shape, dtype, layout=layout)

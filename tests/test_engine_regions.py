@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import xinit.core as xc
-from xinit.core import engine, specs
+from xinit.core import engine, packing, specs
 from xinit.core.errors import ShapeError
 
 FLOATS = ["float16", "bfloat16", "float32", "float64"]
@@ -136,7 +136,7 @@ def test_regions_spanning_chunks(shape, region, monkeypatch):
     """With 1 Ki-element chunks a region's runs, and densely packed rows, span chunks."""
     spec = specs.Normal(0.0, 1.0)
     whole = _whole(spec, shape, np.float32)
-    monkeypatch.setattr(engine, "MAX_ROWS", 4)
+    monkeypatch.setattr(packing, "MAX_ROWS", 4)
     got = _region(spec, shape, np.float32, region)
     assert np.array_equal(_bits(got), _bits(whole[_slices(region)].ravel()))
 
@@ -151,9 +151,9 @@ def test_work_is_close_to_the_region_size(shape, region):
     per short run: the rows drawn hold at most the region plus one row per run's padding
     (long runs) or plus one row (dense)."""
     req = engine.request(specs.Normal(0.0, 1.0).plan(shape), 0, shape, np.float32, region=region)
-    runs = engine._runs(req)
-    drawn = runs.rows * engine.ROW
-    assert drawn <= req.size * 17 // 16 + engine.ROW, (drawn, req.size)
+    runs = packing.runs_of(req)
+    drawn = runs.rows * packing.ROW
+    assert drawn <= req.size * 17 // 16 + packing.ROW, (drawn, req.size)
 
 
 def test_a_region_of_a_huge_tensor_costs_only_the_region():
@@ -262,7 +262,7 @@ def test_empty_regions_and_empty_tensors():
 def test_segments_arrive_in_region_order_and_cover_it(monkeypatch):
     """The sink contract: each request's segments come in increasing region order, without
     gaps or overlaps, and finish() follows its last one."""
-    monkeypatch.setattr(engine, "MAX_ROWS", 4)
+    monkeypatch.setattr(packing, "MAX_ROWS", 4)
     shapes = [((300, 77), ((0, 300), (74, 77))), ((5000,), ((3, 4999),)), ((64, 4096), ((0, 64), (7, 3000))),
               ((9, 13), None), ((40, 30), ((0, 0), (0, 30)))]
     reqs = [engine.request(specs.Normal(0.0, 1.0).plan(s), i, s, np.float32, region=r, name=f"t{i}")

@@ -18,7 +18,7 @@ from torch import nn
 
 import xinit.core as xc
 import xinit.torch as xt
-from xinit.core import engine, host_memory, programs
+from xinit.core import host_memory, packing, programs
 from xinit.core.errors import OutOfMemoryError
 
 # ------------------------------------------------------------------ out of memory
@@ -185,7 +185,7 @@ def _sigint_after(monkeypatch, calls: int, module=host_memory, name="write_range
 
 
 def test_ctrl_c_during_a_chunked_drop_in_finishes_the_tensor(monkeypatch):
-    monkeypatch.setattr(engine, "MAX_ROWS", SMALL_CHUNKS)
+    monkeypatch.setattr(packing, "MAX_ROWS", SMALL_CHUNKS)
     t = torch.zeros(5000)  # five chunks
     version = t._version
     count = _sigint_after(monkeypatch, 1)
@@ -200,7 +200,7 @@ def test_ctrl_c_during_a_chunked_drop_in_finishes_the_tensor(monkeypatch):
 def test_keyboard_interrupt_raised_inside_the_copy_still_bumps_the_version(monkeypatch):
     """An exception raised by the copy itself cannot be deferred: the tensor is left part
     written, but its version counter says it changed (autograd then refuses stale graphs)."""
-    monkeypatch.setattr(engine, "MAX_ROWS", SMALL_CHUNKS)
+    monkeypatch.setattr(packing, "MAX_ROWS", SMALL_CHUNKS)
     real = host_memory.write_range
     count = [0]
 
@@ -229,7 +229,7 @@ class _Model(nn.Module):
 
 
 def test_ctrl_c_during_initialize_leaves_every_tensor_untouched_or_complete(monkeypatch):
-    monkeypatch.setattr(engine, "MAX_ROWS", SMALL_CHUNKS)
+    monkeypatch.setattr(packing, "MAX_ROWS", SMALL_CHUNKS)
     reference = xt.initialize(_Model(), key=4)
     model = _Model()
     with torch.no_grad():
@@ -263,7 +263,7 @@ def test_ctrl_c_during_initialize_leaves_every_tensor_untouched_or_complete(monk
 def test_a_user_sigint_handler_is_left_alone(monkeypatch):
     """Only Python's own KeyboardInterrupt handler is deferred; a handler the user installed
     runs when the signal arrives, and the draw completes."""
-    monkeypatch.setattr(engine, "MAX_ROWS", SMALL_CHUNKS)
+    monkeypatch.setattr(packing, "MAX_ROWS", SMALL_CHUNKS)
     calls = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
     try:
@@ -278,7 +278,7 @@ def test_a_user_sigint_handler_is_left_alone(monkeypatch):
 
 
 def test_drop_ins_work_off_the_main_thread(monkeypatch):
-    monkeypatch.setattr(engine, "MAX_ROWS", SMALL_CHUNKS)
+    monkeypatch.setattr(packing, "MAX_ROWS", SMALL_CHUNKS)
     out = {}
     thread = threading.Thread(target=lambda: out.setdefault("t", xt.normal_(torch.zeros(5000), key=3)))
     thread.start()

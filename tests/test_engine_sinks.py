@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import xinit.core as xc
-from xinit.core import engine, host_memory, specs
+from xinit.core import engine, host_memory, packing, specs
 from xinit.core.arrays import JaxSink
 from xinit.torch import _sink
 from xinit.torch._sink import TorchSink
@@ -144,7 +144,7 @@ def test_expanded_tensors_are_refused_by_torch_not_written_through_numpy():
 def test_jax_sink_host_and_device_assembly_agree(dtype, monkeypatch):
     """Several requests (layouts, regions, zeroed rows, a whole chunk) in one run: the host
     assembly and the JAX-ops assembly give the same arrays, equal to the whole draws."""
-    monkeypatch.setattr(engine, "MAX_ROWS", 8)  # 2 Ki-element chunks: requests span chunks
+    monkeypatch.setattr(packing, "MAX_ROWS", 8)  # 2 Ki-element chunks: requests span chunks
     dt = _np_dtype(dtype)
     cases = [((150, 24), None, xc.FLAX, (2,)), ((3, 3, 40, 11), ((0, 3), (1, 3), (4, 30), (0, 11)), xc.FLAX, ()),
              ((500, 48), ((0, 500), (5, 40)), xc.TORCH, (7, 499)), ((2048,), None, xc.TORCH, ())]

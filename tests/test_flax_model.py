@@ -192,7 +192,7 @@ def _mixed_abstract(dtype):
 def test_host_and_device_assembly_agree_bit_for_bit(dtype, monkeypatch):
     """The CPU path (numpy views + DLPack) and the JAX-ops path (accelerators) give the same arrays,
     also when parameters span several chunks."""
-    from xinit.core import engine
+    from xinit.core import packing
     from xinit.core.recipes import Derived, Resolved
     from xinit.flax import model as fm
 
@@ -200,7 +200,7 @@ def test_host_and_device_assembly_agree_bit_for_bit(dtype, monkeypatch):
         def resolve(self, param):
             return Resolved(Normal(0.0, 1.0), (2,))
 
-    monkeypatch.setattr(engine, "MAX_ROWS", 8)  # 2 Ki-element chunks: the embedding spans chunks
+    monkeypatch.setattr(packing, "MAX_ROWS", 8)  # 2 Ki-element chunks: the embedding spans chunks
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype), _mixed_abstract(dtype))
     recipe = Recipe("rows", (Rule(ZeroRow2(), kind="embedding"), Rule(ZeroRow2(), name="fc.weight")))
     recipe = recipe + torch_default()

@@ -11,7 +11,7 @@ from scipy import stats
 
 import xinit.core as xc
 import xinit.torch as xt
-from xinit.core import distributions, engine, programs, specs, threefry
+from xinit.core import distributions, engine, packing, programs, specs, threefry
 from xinit.core.cache import default_cache_dir, enable_compilation_cache
 
 KEY = jax.random.key(31337)
@@ -44,7 +44,7 @@ def test_split_programs_equal_the_fused_program(family, fparams, dtype, monkeypa
     offset = 2**32 - 1000  # the counter's hi word carries inside the draw
     spec = specs.Normal(*fparams) if family == "normal" else specs.TruncNormal(*fparams)
     region = ((offset, offset + SPLIT_N),)  # a region of a flat draw of 2**33 elements
-    monkeypatch.setattr(engine, "MAX_ROWS", programs.SPLIT_MIN_SIZE // programs.ROW)  # split-size chunks
+    monkeypatch.setattr(packing, "MAX_ROWS", programs.SPLIT_MIN_SIZE // programs.ROW)  # split-size chunks
     with engine.x64_scope(dtype):
         split = _flat(engine.draw(spec, kd, (2**33,), dtype, region=region))
         monkeypatch.setattr(programs, "SPLIT_MIN_SIZE", 10**12)

@@ -208,9 +208,9 @@ def test_flax_values_are_the_core_per_tensor_draw():
 @pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16"])
 def test_batched_draw_equals_per_tensor_draw(dtype, monkeypatch):
     """The packed model-level program gives each parameter exactly its per-tensor draw."""
-    from xinit.core import engine, fold_in_name, sample, specs
+    from xinit.core import engine, fold_in_name, packing, sample, specs
 
-    monkeypatch.setattr(engine, "MAX_ROWS", 64)  # 16 Ki-element chunks: parameters span chunks
+    monkeypatch.setattr(packing, "MAX_ROWS", 64)  # 16 Ki-element chunks: parameters span chunks
     dt = jnp.dtype(dtype)
     cases = [
         (specs.Normal(0.0, 0.02), (300, 77)),

@@ -25,7 +25,6 @@ from .engine import (
     Request,
     canonical_dtype,
     checked_plan,
-    chunk_size,
     pieces,
     request,
     run,
@@ -34,6 +33,7 @@ from .engine import (
 )
 from .errors import ShapeError
 from .layout import TORCH, Layout, canonical_shape
+from .packing import chunk_size
 from .specs import Elementwise, Spec
 
 __all__ = ["JaxSink", "sample"]

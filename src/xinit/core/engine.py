@@ -14,7 +14,7 @@ tensors written in place (``xinit.torch``).
 How a run draws:
 
 - Elementwise requests are grouped by (family, dtype, device) and packed into
-  chunks of up to :data:`~xinit.core.programs.MAX_ROWS` rows of
+  chunks of up to :data:`~xinit.core.packing.MAX_ROWS` rows of
   :data:`~xinit.core.programs.ROW` elements; each row carries its own key,
   counters and parameters, so one compiled call draws many tensors and the
   programs do not depend on tensor shapes. A region is a set of *runs* (flat
@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import _signal
 import contextlib
-import functools
 import math
 import signal
 import threading
@@ -70,10 +69,11 @@ import numpy as np
 from jax import lax
 
 from . import distributions as dist
-from . import programs
+from . import packing, programs
 from ._keys import key_data
 from .errors import DtypeError, OutOfMemoryError, ShapeError
-from .programs import MAX_ROWS, ROW, memory_errors
+from .packing import Segment
+from .programs import memory_errors
 from .specs import Elementwise, OrthogonalPlan, Spec
 from .threefry import ensure_checked
 
@@ -219,16 +219,6 @@ def zero_rows_in_region(req: Request) -> list[int]:
     return [r - a for r in req.zero_rows if a <= r < b]
 
 
-class Segment(NamedTuple):
-    """Values ``chunk.array.reshape(-1)[start : start + length]`` are elements
-    ``[offset, offset + length)`` of request ``index``'s region, in its row-major order."""
-
-    index: int
-    offset: int
-    length: int
-    start: int
-
-
 class Chunk(NamedTuple):
     """A drawn array (``(rows, ROW)`` or flat; segments index it flattened) and the
     segments of requests it holds."""
@@ -287,215 +277,6 @@ def flat_blocks(shape: tuple[int, ...], offset: int, length: int) -> list[tuple[
     return blocks
 
 
-# ------------------------------------------------------------------ packing
-
-
-class _Runs(NamedTuple):
-    """How a request's region lies in the flat tensor: ``len(starts)`` runs of ``run``
-    consecutive flat indices, in region order."""
-
-    starts: np.ndarray  # int64 flat index of each run's first element
-    run: int
-    indexed: bool  # rows hold one counter per element (packed densely)
-    rows: int
-
-    @property
-    def rows_per_run(self) -> int:
-        return -(-self.run // ROW)
-
-
-def _runs(req: Request) -> _Runs:
-    shape, region = req.shape, req.region
-    j = len(shape) - 1
-    while j >= 0 and region[j] == (0, shape[j]):
-        j -= 1
-    if j < 0:  # the whole tensor: one run
-        n = math.prod(shape)
-        return _Runs(np.zeros(1, np.int64), n, False, -(-n // ROW))
-    inner = math.prod(shape[j + 1 :])
-    run = (region[j][1] - region[j][0]) * inner
-    starts = np.array([region[j][0] * inner], np.int64)
-    stride = inner * shape[j]
-    for d in range(j - 1, -1, -1):
-        a, b = region[d]
-        starts = (np.arange(a, b, dtype=np.int64)[:, None] * stride + starts[None, :]).reshape(-1)
-        stride *= shape[d]
-    per_run = -(-run // ROW)
-    # Whole rows per run when the runs fill their rows (consecutive runs then form one
-    # segment) or are long (padding < 1/16); else one counter per element, densely.
-    contiguous = len(starts) == 1 or run % ROW == 0 or run >= 16 * ROW
-    if contiguous:
-        return _Runs(starts, run, False, len(starts) * per_run)
-    return _Runs(starts, run, True, -(-len(starts) * run // ROW))
-
-
-class _Group(NamedTuple):
-    family: str
-    dtype: np.dtype
-    device: Any
-    indexed: bool
-    fast_div: bool
-    members: list[int]  # request indices, in packing order
-    nrows: int  # rows per chunk
-    chunks: int
-
-    @property
-    def size(self) -> int:
-        return self.nrows * ROW
-
-    @property
-    def chunk_shape(self) -> tuple[int, int]:
-        return self.nrows, ROW
-
-    @property
-    def split(self) -> bool:
-        """Full chunks of the normal families run as hash + transform (two programs)."""
-        return (self.family in dist.SPLIT_FAMILIES and self.nrows == MAX_ROWS
-                and self.size >= programs.SPLIT_MIN_SIZE)
-
-
-def _bucket(rows: int) -> int:
-    return next(b for b in programs.ROW_BUCKETS if b >= rows)
-
-
-def _fast_div(req: Request) -> bool:
-    if req.plan.family != "eye":
-        return False
-    return dist.small_quotient_ok(math.prod(req.shape) + ROW, int(req.plan.iparams[0]) + 1)
-
-
-def _group_of(members: list[int], total: int, req: Request, indexed: bool) -> _Group:
-    nrows = MAX_ROWS if total > MAX_ROWS else _bucket(total)
-    return _Group(req.plan.family, req.dtype, req.device, indexed, _fast_div(req), members, nrows,
-                  -(-total // nrows))
-
-
-def _groups(requests: Sequence[Request], runs: dict[int, _Runs]) -> list[_Group]:
-    """The elementwise requests grouped by (family, dtype, device, packing), each group's
-    members sorted by name, and the groups in a fixed order."""
-    if len(runs) == 1:
-        ((i, rr),) = runs.items()
-        return [_group_of([i], rr.rows, requests[i], rr.indexed)]
-    members: dict[tuple, list[int]] = defaultdict(list)
-    for i, runs_i in runs.items():
-        req = requests[i]
-        members[(req.plan.family, req.dtype.name, str(req.device), runs_i.indexed, _fast_div(req))].append(i)
-    groups = []
-    for key in sorted(members):
-        idx = sorted(members[key], key=lambda i: requests[i].name)
-        groups.append(_group_of(idx, sum(runs[i].rows for i in idx), requests[idx[0]], key[3]))
-    return groups
-
-
-class _ChunkArgs(NamedTuple):
-    rows: np.ndarray  # (nrows, row width) uint32: key, first counter, parameters per row
-    counters: tuple  # () or, for densely packed rows, (lo, hi) per element
-    segments: list[Segment]
-
-
-@functools.lru_cache(maxsize=1024)
-def _row_params(family: str, dtype: np.dtype, fparams: tuple, iparams: tuple) -> np.ndarray:
-    """One row's parameter words as a program receives them (see
-    :func:`xinit.core.distributions.program_fparams`, :func:`programs.pack_params`),
-    computed once per distinct plan."""
-    fam = dist.FAMILIES[family]
-    fp = np.asarray(fparams, dist.param_dtype(family, dtype)).reshape(1, fam.n_float)
-    ip = np.asarray(iparams, np.int32).reshape(1, fam.n_int)
-    return programs.pack_params(dist.program_fparams(family, fp, dtype), ip)
-
-
-def _pack(group: _Group, requests: Sequence[Request], runs: dict[int, _Runs]) -> Iterator[_ChunkArgs]:
-    """The host arrays of each chunk of ``group``, one chunk at a time."""
-    nrows = group.nrows
-    width = programs.row_width(group.family, group.dtype)
-    chunk = None
-    used = 0
-    for i in group.members:
-        req, rr = requests[i], runs[i]
-        template = np.zeros(width, np.uint32)  # the request's key and parameters, once
-        template[programs.ROW_KEY] = req.key
-        template[programs.ROW_PARAMS :] = _row_params(group.family, group.dtype, req.plan.fparams,
-                                                      req.plan.iparams)[0]
-        g = 0
-        while g < rr.rows:
-            if chunk is None:
-                counters = ((np.zeros((nrows, ROW), np.uint32), np.zeros((nrows, ROW), np.uint32))
-                            if group.indexed else ())
-                chunk = _ChunkArgs(np.zeros((nrows, width), np.uint32), counters, [])
-            take = min(nrows - used, rr.rows - g)
-            rows = chunk.rows[used : used + take]
-            rows[...] = template
-            if rr.indexed:
-                lo, hi = chunk.counters
-                _indexed_counters(rr, g, g + take, lo[used : used + take], hi[used : used + take])
-            else:
-                _row_counters(rr, g, g + take, rows[:, programs.ROW_BASE_LO], rows[:, programs.ROW_BASE_HI])
-            chunk.segments.extend(_segments(i, rr, req.size, g, g + take, used))
-            used += take
-            g += take
-            if used == nrows:
-                yield chunk
-                chunk, used = None, 0
-    if chunk is not None:
-        yield chunk
-
-
-def _split64(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
-    x = x.astype(np.uint64)
-    lo[...] = (x & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    hi[...] = (x >> np.uint64(32)).astype(np.uint32)
-
-
-def _row_counters(rr: _Runs, g0: int, g1: int, lo: np.ndarray, hi: np.ndarray) -> None:
-    """Rows ``g0 .. g1 - 1`` of a request in whole-row layout: the counter of each row's first element."""
-    if len(rr.starts) == 1:  # one run: consecutive rows
-        first = int(rr.starts[0]) + g0 * ROW
-        if first + (g1 - g0) * ROW <= 2**32:
-            lo[...] = np.arange(first, first + (g1 - g0) * ROW, ROW, dtype=np.uint32)
-            return
-        _split64(np.arange(first, first + (g1 - g0) * ROW, ROW, dtype=np.int64), lo, hi)
-        return
-    q, r = np.divmod(np.arange(g0, g1, dtype=np.int64), rr.rows_per_run)
-    _split64(rr.starts[q] + r * ROW, lo, hi)
-
-
-def _indexed_counters(rr: _Runs, g0: int, g1: int, lo: np.ndarray, hi: np.ndarray) -> None:
-    """Rows ``g0 .. g1 - 1`` of a densely packed request: one counter per element (the
-    padding after the region's last element repeats its counter)."""
-    total = len(rr.starts) * rr.run
-    p0, p1 = g0 * ROW, min(g1 * ROW, total)
-    q0, q1 = p0 // rr.run, (p1 - 1) // rr.run
-    # counters = p + (start of p's run - first position of p's run), run by run
-    lengths = np.full(q1 - q0 + 1, rr.run, np.int64)
-    lengths[0] -= p0 - q0 * rr.run
-    lengths[-1] -= (q1 + 1) * rr.run - p1
-    shift = rr.starts[q0 : q1 + 1] - np.arange(q0, q1 + 1, dtype=np.int64) * rr.run
-    flat = np.arange(p0, p1, dtype=np.int64) + np.repeat(shift, lengths)
-    out = np.empty((g1 - g0) * ROW, np.int64)
-    out[: p1 - p0] = flat
-    out[p1 - p0 :] = flat[-1]
-    _split64(out.reshape(g1 - g0, ROW), lo, hi)
-
-
-def _segments(index: int, rr: _Runs, size: int, g0: int, g1: int, c0: int) -> list[Segment]:
-    """The segments of rows ``g0 .. g1 - 1`` of a request placed at chunk row ``c0``."""
-    if rr.indexed or len(rr.starts) == 1 or rr.run % ROW == 0:
-        # row g holds region elements [g * ROW, (g + 1) * ROW): one segment
-        end = min(g1 * ROW, size)
-        return [Segment(index, g0 * ROW, end - g0 * ROW, c0 * ROW)]
-    per = rr.rows_per_run  # runs padded to whole rows: one segment per run
-    segs = []
-    g = g0
-    while g < g1:
-        q, r = divmod(g, per)
-        stop = min(g1, (q + 1) * per)
-        off = q * rr.run + r * ROW
-        end = q * rr.run + min((stop - q * per) * ROW, rr.run)
-        segs.append(Segment(index, off, end - off, (c0 + g - g0) * ROW))
-        g = stop
-    return segs
-
-
 # ------------------------------------------------------------------ buffers
 
 
@@ -546,18 +327,11 @@ def _buffer_key(dtype, shape: tuple[int, ...], device) -> tuple:
     return np.dtype(dtype), shape, device if device is not None else jax.config.jax_default_device
 
 
-def chunk_size() -> int:
-    """Elements in a full chunk."""
-    return MAX_ROWS * ROW
-
-
 def _allocate(key: tuple) -> jax.Array:
-    """A new buffer: full chunks by a compiled program (one per dtype), smaller ones by a
-    transfer (nothing to compile per size)."""
+    """A new chunk buffer, by a transfer of zeros (a program per size would be a
+    compilation more in every cold process)."""
     dtype, shape, device = key
     with x64_scope(dtype), device_scope(device):
-        if math.prod(shape) >= chunk_size():
-            return programs.buffer_program(dtype, shape)()
         return jax.device_put(np.zeros(shape, dtype), device, may_alias=False)
 
 
@@ -600,40 +374,12 @@ class _RunBuffers:
         self.free.clear()
 
 
-# ------------------------------------------------------------------ programs per group
+# ------------------------------------------------------------------ launching chunks
 
 _SDS = jax.ShapeDtypeStruct
-_SIGINT = int(signal.SIGINT)
-_U32 = np.dtype(np.uint32)
 
 
-@functools.cache
-def _arg_types(family: str, dtype: np.dtype, nrows: int, indexed: bool, split: bool) -> tuple:
-    """The argument types of a group's programs: (rows program,) or (unit, transform
-    writing a buffer, transform writing over the uniforms)."""
-    rows = (_SDS((nrows, programs.row_width(family, dtype)), _U32),)
-    if indexed:
-        rows += (_SDS((nrows, ROW), _U32), _SDS((nrows, ROW), _U32))
-    out = _SDS((nrows, ROW), dtype)
-    if not split:
-        return ((out, *rows),)
-    u = _SDS((nrows, ROW), dist.param_dtype(family, dtype))
-    return (u, *rows), (out, u, rows[0]), (u, rows[0])
-
-
-def _group_programs(g: _Group) -> list[tuple[programs.Program, tuple]]:
-    """Every program a chunk of ``g`` runs, with its argument types (for compiling)."""
-    types = _arg_types(g.family, g.dtype, g.nrows, g.indexed, g.split)
-    if g.split:
-        unit, with_out, in_place = types
-        cdt = dist.param_dtype(g.family, g.dtype)
-        tp = programs.transform_program(g.family, g.dtype, g.nrows)
-        return [(programs.unit_program(cdt, g.nrows, g.indexed), unit), (tp, with_out if tp.out else in_place)]
-    prog = programs.rows_program(g.family, g.dtype, g.nrows, g.indexed, g.fast_div)
-    return [(prog, types[0])]
-
-
-def _group_buffers(g: _Group) -> list[tuple]:
+def _group_buffers(g: packing.Group) -> list[tuple]:
     """The buffer keys one chunk of ``g`` takes."""
     out = _buffer_key(g.dtype, g.chunk_shape, g.device)
     if g.split:
@@ -647,18 +393,18 @@ _EXECUTABLES: dict[tuple, tuple] = {}  # group signature -> compiled executables
 programs.on_clear(_EXECUTABLES.clear)
 
 
-def _executables(g: _Group) -> tuple:
+def _executables(g: packing.Group) -> tuple:
     """The compiled executables of ``g``'s programs (compiled on first use), in launch order."""
     key = (g.family, g.dtype, g.nrows, g.indexed, g.fast_div, g.split, str(g.device),
            jax.config.jax_enable_x64, jax.config.jax_default_device)
     exes = _EXECUTABLES.get(key)
     if exes is None:
         with x64_scope(g.dtype), device_scope(g.device):
-            exes = _EXECUTABLES[key] = tuple(prog.compile(*types) for prog, types in _group_programs(g))
+            exes = _EXECUTABLES[key] = tuple(prog.compile(*types) for prog, types in packing.group_programs(g))
     return exes
 
 
-def _launch_rows(g: _Group, args: _ChunkArgs, bufs) -> tuple[Chunk, list[tuple]]:
+def _launch_rows(g: packing.Group, args: packing.ChunkArgs, bufs) -> tuple[Chunk, list[tuple]]:
     """Dispatch one chunk of ``g``; returns it and the (key, buffer) pairs it holds."""
     exes = _executables(g)
     out_key = _buffer_key(g.dtype, g.chunk_shape, g.device)
@@ -687,35 +433,37 @@ def _normal_request(req: Request) -> Request:
                    req.device)
 
 
-_orthogonal_method = "householder"
+_orthogonal_method = "householder"  # "qr" once householder_product failed to compile
 
 
-def _orthogonal_valids(n: int) -> tuple[int, ...]:
-    rr = _Runs(np.zeros(1, np.int64), n, False, -(-n // ROW))
-    g = _groups([Request(Elementwise("normal", (0.0, 1.0)), None, (n,), np.dtype(np.float32),
-                         ((0, n),))], {0: rr})[0]
-    size = g.size
-    return tuple(min(size, n - k * size) for k in range(g.chunks))
+def _orthogonal_normal(req: Request) -> tuple[Request, packing.Runs, packing.Group]:
+    """The normal draw under an orthogonal request: its request, runs and (one) group."""
+    normal = _normal_request(req)
+    rr = packing.runs_of(normal)
+    (g,) = packing.groups_of([normal], {0: rr})
+    return normal, rr, g
 
 
-def _orthogonal_args(req: Request):
+def _orthogonal_program(req: Request, method: str, traced: bool = False) -> programs.Program:
+    """The orthogonal program of ``req``: the normal draw's chunks in (eager: as the engine
+    draws them; traced: one exact-size chunk), ``req``'s region out."""
+    n = req.plan.rows * req.plan.cols
+    if traced:
+        valids = (n,)
+    else:
+        g = _orthogonal_normal(req)[2]
+        valids = tuple(min(g.size, n - k * g.size) for k in range(g.chunks))
     whole = req.region == tuple((0, d) for d in req.shape)
-    region = None if whole else req.region
-    return (req.plan.rows, req.plan.cols, req.dtype, _orthogonal_valids(req.plan.rows * req.plan.cols),
-            region, None if whole else req.shape)
-
-
-def _orthogonal_program(req: Request, method: str) -> programs.Program:
-    rows, cols, dtype, valids, region, shape = _orthogonal_args(req)
-    return programs.orthogonal_program(rows, cols, dtype, valids, method, region, shape)
+    return programs.orthogonal_program(req.plan.rows, req.plan.cols, req.dtype, valids, method,
+                                       None if whole else req.region, None if whole else req.shape)
 
 
 def _compile_orthogonal(req: Request) -> None:
     """Compile the orthogonal program of ``req`` (Householder; QR where that fails)."""
     global _orthogonal_method
     cdt = dist.compute_dtype(req.dtype)
-    valids = _orthogonal_valids(req.plan.rows * req.plan.cols)
-    arg_types = (_SDS((), cdt), *(_SDS(_orthogonal_chunk_shape(req), cdt) for _ in valids))
+    g = _orthogonal_normal(req)[2]
+    arg_types = (_SDS((), cdt), *(_SDS(g.chunk_shape, cdt) for _ in range(g.chunks)))
     with x64_scope(req.dtype), device_scope(req.device):
         if _orthogonal_method == "householder":
             try:
@@ -728,24 +476,11 @@ def _compile_orthogonal(req: Request) -> None:
         _orthogonal_program(req, "qr").compile(*arg_types)
 
 
-def _orthogonal_chunk_shape(req: Request) -> tuple[int, int]:
-    n = req.plan.rows * req.plan.cols
-    rows = -(-n // ROW)
-    return (MAX_ROWS if rows > MAX_ROWS else _bucket(rows)), ROW
-
-
-def _orthogonal_normal(req: Request) -> tuple[Request, _Runs, _Group]:
-    normal = _normal_request(req)
-    rr = _runs(normal)
-    (g,) = _groups([normal], {0: rr})
-    return normal, rr, g
-
-
 def _launch_orthogonal(req: Request, bufs) -> tuple[jax.Array, list[tuple]]:
     """The orthogonal matrix (or its region) and the buffers of the normal draw under it."""
     normal, rr, g = _orthogonal_normal(req)
     chunks, held = [], []
-    for args in _pack(g, [normal], {0: rr}):
+    for args in packing.pack(g, [normal], {0: rr}):
         chunk, h = _launch_rows(g, args, bufs)
         chunks.append(chunk.array)
         held += h
@@ -764,7 +499,7 @@ def _sparse_args(req: Request):
     def bases(first, nrows, offset):
         counters = offset + np.arange(first, first + nrows, dtype=np.int64) * cols + c0
         out = np.empty((2, nrows), np.uint32)
-        _split64(counters, out[0], out[1])
+        packing.split64(counters, out[0], out[1])
         return out
 
     # A one-element block would compile to straight-line code, which XLA:CPU rounds
@@ -796,6 +531,9 @@ def _compile_other(req: Request) -> None:
 
 
 # ------------------------------------------------------------------ interrupts
+
+
+_SIGINT = int(signal.SIGINT)
 
 
 class _Interrupts:
@@ -872,11 +610,11 @@ def run(requests: Iterable[Request], sink: Sink, *, ahead: bool = True) -> None:
         _run_traced(requests, sink)
         return
     left = [r.size for r in requests]
-    elementwise = {i: _runs(r) for i, r in enumerate(requests)
+    elementwise = {i: packing.runs_of(r) for i, r in enumerate(requests)
                    if left[i] and isinstance(r.plan, Elementwise)}
     others = sorted((i for i, r in enumerate(requests) if left[i] and i not in elementwise),
                     key=lambda i: requests[i].name)
-    groups = _groups(requests, elementwise)
+    groups = packing.groups_of(requests, elementwise)
     bufs = _RunBuffers()
     try:
         with memory_errors("xinit: drawing"):
@@ -902,7 +640,7 @@ def _consume(requests, groups, others, elementwise, left, bufs, sink, ahead) -> 
             array, held = _launch_other(requests[i], bufs)
             yield Chunk(array, [Segment(i, 0, left[i], 0)]), held
         for g in groups:
-            for args in _pack(g, requests, elementwise):
+            for args in packing.pack(g, requests, elementwise):
                 yield _launch_rows(g, args, bufs)
 
     partial: set[int] = set()
@@ -927,7 +665,7 @@ def _consume(requests, groups, others, elementwise, left, bufs, sink, ahead) -> 
                 interrupts.check()
 
 
-def _prepare(requests, groups: list[_Group], others: list[int], bufs: _RunBuffers,
+def _prepare(requests, groups: list[packing.Group], others: list[int], bufs: _RunBuffers,
              ahead: bool) -> None:
     """Compile every program of the run and reserve every buffer its chunks reuse.
 
@@ -956,9 +694,7 @@ def _run_traced(requests: list[Request], sink: Sink) -> None:
             if isinstance(req.plan, Elementwise):
                 array, segments = _traced_rows(req, i)
             elif isinstance(req.plan, OrthogonalPlan):
-                rows, cols, dtype, _, region, shape = _orthogonal_args(req)
-                prog = programs.orthogonal_program(rows, cols, dtype, (rows * cols,),
-                                                   _orthogonal_method, region, shape)
+                prog = _orthogonal_program(req, _orthogonal_method, traced=True)
                 gain = np.asarray(req.plan.gain, dist.compute_dtype(req.dtype))
                 array = prog.traced(gain, _traced_rows(_normal_request(req), 0)[0])
             else:
@@ -970,18 +706,18 @@ def _run_traced(requests: list[Request], sink: Sink) -> None:
 
 def _traced_rows(req: Request, index: int) -> tuple[jax.Array, list[Segment]]:
     """An elementwise request as one exact-size traced program, and its segments."""
-    rr = _runs(req)
+    rr = packing.runs_of(req)
     n = math.prod(req.shape)
     if req.size == n < 2**32:  # the whole tensor: key and parameters as scalars
-        params = _row_params(req.plan.family, req.dtype, req.plan.fparams, req.plan.iparams)
+        params = packing.row_params(req.plan.family, req.dtype, req.plan.fparams, req.plan.iparams)
         # parameters as a runtime value, as in eager programs: XLA would otherwise fold
         # the constants (e.g. trunc_normal's CDF values) with other arithmetic, ulps apart
         params = lax.optimization_barrier(jnp.asarray(params.reshape(-1)))
         prog = programs.tensor_program(req.plan.family, req.dtype, n)
         return prog.traced(jnp.asarray(req.key, np.uint32).reshape(2), params), [Segment(index, 0, n, 0)]
     nrows = rr.rows
-    g = _Group(req.plan.family, req.dtype, req.device, rr.indexed, False, [0], nrows, 1)
-    ((args),) = _pack(g, [req._replace(key=np.zeros(2, np.uint32))], {0: rr})
+    g = packing.Group(req.plan.family, req.dtype, req.device, rr.indexed, False, [0], nrows, 1)
+    ((args),) = packing.pack(g, [req._replace(key=np.zeros(2, np.uint32))], {0: rr})
     # The row data as a runtime value, as in eager programs (XLA would otherwise fold
     # the constant parameters, e.g. trunc_normal's CDF values, ulps apart), with the key.
     rest = lax.optimization_barrier(jnp.asarray(args.rows[:, 2:]))

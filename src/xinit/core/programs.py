@@ -54,7 +54,6 @@ __all__ = [
     "transform_program",
     "orthogonal_program",
     "sparse_program",
-    "buffer_program",
     "fold_program",
     "clear_caches",
     "on_clear",
@@ -432,18 +431,6 @@ def _sparse_counters(base, nrows, width):
 
 
 @functools.cache
-def buffer_program(dtype: np.dtype, shape: tuple[int, ...]) -> Program:
-    """A new buffer of ``shape`` and ``dtype`` for the chunk programs to write into."""
-    dtype = np.dtype(dtype)
-
-    def program():
-        count_trace()
-        return jnp.zeros(shape, dtype)
-
-    return Program(program)
-
-
-@functools.cache
 def fold_program(n: int) -> Program:
     """``jax.random.fold_in`` of one key with ``n`` hashes (used if the self-check fails)."""
 
@@ -466,7 +453,7 @@ def on_clear(fn) -> None:
 def clear_caches() -> None:
     """Forget every built program (after the hash implementation changed)."""
     for builder in (rows_program, unit_program, transform_program, orthogonal_program,
-                    sparse_program, buffer_program, fold_program):
+                    sparse_program, fold_program):
         builder.cache_clear()
     for fn in _ON_CLEAR:
         fn()

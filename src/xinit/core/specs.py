@@ -49,7 +49,7 @@ __all__ = [
 
 
 class Elementwise(NamedTuple):
-    """Plan: every element from its flat index (see ``_kernels.FAMILIES``)."""
+    """Plan: every element from its flat index (see :data:`xinit.core.distributions.FAMILIES`)."""
 
     family: str
     fparams: tuple = ()

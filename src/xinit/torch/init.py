@@ -4,9 +4,9 @@ Same names, signatures, defaults, distributions and exception types as
 ``torch.nn.init`` (torch 2.13); each random function also takes a keyword-only
 ``key=`` (a ``jax.random.key``, a ``uint32[2]`` key or an int seed). Without it a
 63-bit seed is drawn from ``generator`` or, without that, from torch's global
-RNG, so ``torch.manual_seed`` makes runs repeatable. Values come from xinit's JAX
-core and are written into the tensor in place via DLPack; the same object is
-returned. Values equal ``torch.nn.init``'s *in distribution*, not bit for bit
+RNG, so ``torch.manual_seed`` makes runs repeatable. Values come from xinit's
+draw engine (:mod:`xinit.core.engine`) and are written into the tensor in place;
+the same object is returned. Values equal ``torch.nn.init``'s *in distribution*, not bit for bit
 (torch's generator is a different algorithm); for the same ``key`` they equal
 ``xinit.flax`` and ``xinit.core`` bit for bit.
 ``constant_``, ``ones_`` and ``zeros_`` have nothing to draw: they are written
@@ -16,6 +16,11 @@ Deliberate differences, each a strict widening: ``orthogonal_`` works on
 float16/bfloat16 tensors (computed in float32; torch's CPU QR rejects them), and
 ``sparse_`` draws its zero pattern from ``generator`` too (torch draws it from
 the global RNG even when given a generator).
+
+Running out of memory raises :class:`~xinit.core.errors.OutOfMemoryError` (a
+``RuntimeError``, as torch's allocation failures, and a ``MemoryError``) with the
+tensor untouched; a Ctrl-C during a write lets it finish, then raises
+``KeyboardInterrupt`` (see :func:`xinit.core.engine.run`).
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ Every parameter gets the initializer of the first matching rule of a
 :class:`~xinit.core.recipes.Recipe` and its own key,
 ``fold_in(root_key, crc32(name))`` with ``name`` its ``named_parameters()`` name,
 so its value depends only on (root key, name, shape, dtype, rule): not on which
-other parameters exist, nor on their order. Parameters are drawn in batches (one
-compiled call per chunk of many parameters of the same family and dtype) and
-copied into the tensors in place via DLPack.
+other parameters exist, nor on their order. All parameters are drawn in one run
+of the draw engine (:func:`xinit.core.engine.run`: one compiled call per chunk of
+many parameters of the same family and dtype) and written into the tensors in
+place.
 
     >>> import torch
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
@@ -222,6 +223,14 @@ def initialize(module: nn.Module, recipe="torch_default", *, key=None, unmatched
     shared by several modules is initialized once, under its first name. Meta
     tensors are skipped (see :func:`materialize`).
 
+    Every program and chunk buffer is prepared before the first write, and
+    orthogonal and sparse tensors are drawn first: running out of memory raises
+    :class:`~xinit.core.errors.OutOfMemoryError` with the tensors written so far
+    complete and the rest untouched. A Ctrl-C finishes the tensors being written
+    (and starts no other), then raises ``KeyboardInterrupt``: every tensor holds
+    its old or its new values, and each changed one has its version counter
+    bumped.
+
     Returns:
         ``module``.
 
@@ -317,9 +326,10 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
     ``initialize(real_model, key=k)``. Tied parameters (GPT-2's
     ``lm_head.weight is wte.weight``) stay tied: one new tensor is made per
     meta tensor and set on every module that held it (``Module.to_empty`` would
-    break the tie). Tensors that are already real are left as they are. One
-    tensor is allocated at a time and drawn chunk by chunk, so the peak memory is
-    the model plus one chunk.
+    break the tie). Tensors that are already real are left as they are. The
+    tensors are allocated, then drawn chunk by chunk with one chunk in flight
+    (not one ahead, as :func:`initialize`), so the peak memory is the model plus
+    one chunk.
 
     Args:
         module: a module whose tensors are (partly) on ``meta``.
