@@ -35,10 +35,10 @@ How a run draws:
 Reliability, engine-wide:
 
 - *Prepared before the first write*: every program the run needs is compiled,
-  and every chunk buffer it will use is allocated, before any chunk is handed
-  to the sink; chunks reuse those buffers (XLA donation). So an allocation or
-  compilation failure (``RESOURCE_EXHAUSTED``, LLVM "Unable to allocate section
-  memory") happens before anything is written, and is raised as
+  and every buffer its elementwise chunks reuse is allocated, before any chunk
+  is handed to the sink; chunks write into those buffers (XLA donation). So an
+  allocation or compilation failure (``RESOURCE_EXHAUSTED``, LLVM "Unable to
+  allocate section memory") happens before anything is written, and is raised as
   :class:`~xinit.core.errors.OutOfMemoryError` (a ``MemoryError`` and a
   ``RuntimeError``), never a process abort: results are waited for with
   ``block_until_ready`` before they are read. Orthogonal and sparse tensors are
@@ -604,6 +604,17 @@ def run(requests: Iterable[Request], sink: Sink, *, ahead: bool = True) -> None:
         OutOfMemoryError: an allocation or compilation ran out of memory.
         KeyboardInterrupt: SIGINT, after the tensors being written are complete
             (in-place sinks).
+
+    Example: the top-left quarter of a draw, as a JAX array.
+
+    >>> from xinit.core import arrays, specs
+    >>> from xinit.core.layout import TORCH
+    >>> req = request(specs.Normal().plan((64, 32)), 0, (64, 32), "float32",
+    ...               region=((0, 32), (0, 16)))
+    >>> sink = arrays.JaxSink([req], [TORCH], host=True)
+    >>> run([req], sink)
+    >>> sink.results[0].shape
+    (32, 16)
     """
     requests = list(requests)
     if any(_is_tracer(r.key) for r in requests):
