@@ -15,6 +15,7 @@ from xinit.core import engine
 from xinit.core.errors import DtypeError
 from xinit.core.specs import Elementwise, Spec
 
+from . import _dtensor
 from ._sink import TorchSink
 
 _DTYPES = {
@@ -121,11 +122,10 @@ def check_tensor(tensor, fn: str) -> None:
             "or build the model on the meta device and use xinit.torch.materialize"
         )
     dispatch = getattr(type(tensor), "__torch_dispatch__", None)
-    if dispatch is not getattr(torch.Tensor, "__torch_dispatch__", None):
+    if dispatch is not getattr(torch.Tensor, "__torch_dispatch__", None) and not _dtensor.is_dtensor(tensor):
         raise TypeError(
-            f"{fn}: tensor subclasses with __torch_dispatch__ ({type(tensor).__name__}, e.g. "
-            "DTensor) are not supported yet; initialize the local tensor (e.g. "
-            "dtensor.to_local()) or a full tensor and distribute it"
+            f"{fn}: tensor subclasses with __torch_dispatch__ other than DTensor "
+            f"({type(tensor).__name__}) are not supported; initialize the tensor they wrap"
         )
 
 
@@ -168,23 +168,38 @@ def fill_(tensor: torch.Tensor, spec: Spec, key, generator, fn: str) -> torch.Te
     allocation failures, and a ``MemoryError``) with the tensor untouched. A
     Ctrl-C while a tensor is being written lets the write finish, then raises
     ``KeyboardInterrupt``: the tensor holds either its old values or the new ones.
+
+    A DTensor gets its local shard written with the shard's slice of the values
+    (see :mod:`xinit.torch._dtensor`); without ``key`` every rank takes the seed
+    of its mesh's first rank.
     """
     check_tensor(tensor, fn)
     shape = tuple(tensor.shape)
     plan = spec.plan(shape)
     np_dtype = check_dtype(tensor, spec, plan, fn)
+    blocks = _dtensor.parts(tensor)
     if tensor.is_meta or tensor.numel() == 0:
         return tensor
-    if isinstance(plan, Elementwise) and plan.family in STRUCTURAL:
+    if (isinstance(plan, Elementwise) and plan.family in STRUCTURAL
+            and (plan.family == "constant" or not _dtensor.is_dtensor(tensor))):
         with torch.no_grad():
-            write_structural_(tensor, plan)
+            for block in blocks:  # a shard's eye or dirac is drawn (its region) below
+                write_structural_(block.target, plan)
         return tensor
+    if key is None and _dtensor.is_dtensor(tensor):
+        key = _dtensor.agreed_seed(resolve_key(None, generator), _dtensor.meshes([tensor]))
     key = resolve_key(key, generator)
     device = jax_device(tensor.device)
-    target = tensor
     if tensor.is_complex():
-        target = torch.view_as_real(tensor)
         plan = _complex_plan(plan)
-    req = engine.request(plan, key, tuple(target.shape), np_dtype, device=device)
-    engine.run([req], TorchSink([req], [target]))
+        shape += (2,)
+    reqs, targets = [], []
+    for block in blocks:
+        target, region = block
+        if tensor.is_complex():
+            target = torch.view_as_real(target)
+            region = None if region is None else (*region, (0, 2))
+        reqs.append(engine.request(plan, key, shape, np_dtype, region=region, device=device))
+        targets.append(target)
+    engine.run(reqs, TorchSink(reqs, targets))
     return tensor

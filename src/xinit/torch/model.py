@@ -34,7 +34,7 @@ from xinit.core.errors import DtypeError
 from xinit.core.recipes import Param, Plan, UnmatchedError, as_layer, get_recipe
 from xinit.core.threefry import fold_in_many
 
-from . import _bridge
+from . import _bridge, _dtensor
 from ._sink import TorchSink
 
 __all__ = ["initialize", "plan", "apply_fn", "materialize", "no_init", "describe"]
@@ -189,18 +189,24 @@ def _write_all(entries: list[Entry], resolved, root_key, targets: list[torch.Ten
         shape = tuple(t.shape)
         sp = res.spec.plan(shape)
         np_dtype = _bridge.check_dtype(t, res.spec, sp, f"initialize ({e.param.name})")
-        requests.append((e.param.name, shape, np_dtype, sp, _bridge.jax_device(t.device), res.zero_rows))
-        dests.append(t)
+        blocks = _dtensor.parts(t)  # a DTensor: its local shard's blocks and their regions
+        requests.append((e.param.name, shape, np_dtype, sp, _bridge.jax_device(t.device), res.zero_rows,
+                         [b.region for b in blocks]))
+        dests += [b.target for b in blocks]
     if not requests:
         return
     keys = _fold_keys(root_key, [r[0] for r in requests])
-    reqs = [engine.request(sp, k, shape, dt, name=name, device=dev, zero_rows=rows)
-            for (name, shape, dt, sp, dev, rows), k in zip(requests, keys, strict=True)]
+    reqs = [engine.request(sp, k, shape, dt, region=region, name=name, device=dev, zero_rows=rows)
+            for (name, shape, dt, sp, dev, rows, regions), k in zip(requests, keys, strict=True)
+            for region in regions]
     engine.run(reqs, TorchSink(reqs, dests), ahead=ahead)
 
 
-def _root_key(key):
-    return key if key is not None else _bridge.seed_from_torch(None)
+def _root_key(key, tensors=()):
+    """``key``, or a seed from torch's global RNG (for DTensors: the mesh's first rank's)."""
+    if key is not None:
+        return key
+    return _dtensor.agreed_seed(_bridge.seed_from_torch(None), _dtensor.meshes(tensors))
 
 
 def initialize(module: nn.Module, recipe="torch_default", *, key=None, unmatched: str = "error"):
@@ -244,7 +250,8 @@ def initialize(module: nn.Module, recipe="torch_default", *, key=None, unmatched
     p = recipe.plan([e.param for e in entries])
     _check_unmatched(p, unmatched, ("error", "ignore"), buffers_too=False)
     todo = [(e, pe.resolved) for e, pe in zip(entries, p.entries, strict=True) if pe.resolved is not None]
-    _write_all([e for e, _ in todo], [r for _, r in todo], _root_key(key), [e.tensor for e, _ in todo])
+    _write_all([e for e, _ in todo], [r for _, r in todo], _root_key(key, [e.tensor for e in entries]),
+               [e.tensor for e, _ in todo])
     return module
 
 
@@ -354,7 +361,7 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
     entries = [e for e in _collect(module) if e.tensor.is_meta]
     p = recipe.plan([e.param for e in entries])
     _check_unmatched(p, unmatched, ("error", "zeros"), buffers_too=True)
-    root_key = _root_key(key)
+    root_key = _root_key(key, [e.tensor for e in entries])
     new: dict[int, torch.Tensor] = {}
     for m in module.modules():
         for attr, t in list(m._parameters.items()):
@@ -370,6 +377,7 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
                 setattr(m, attr, new[id(t)])
         if isinstance(m, nn.RNNBase):
             m._init_flat_weights()
+    _dtensor.adopt_fsdp(module)
     todo = [(e, pe.resolved) for e, pe in zip(entries, p.entries, strict=True) if pe.resolved is not None]
     # One chunk in flight (not two): materialize is where peak memory matters most.
     _write_all([e for e, _ in todo], [r for _, r in todo], root_key,

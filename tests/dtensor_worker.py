@@ -1,0 +1,226 @@
+"""One rank of the gloo jobs of ``tests/test_torch_dtensor.py`` (and the cases both sides share).
+
+Run as ``python tests/dtensor_worker.py OUT`` with ``RANK``, ``WORLD_SIZE``,
+``MASTER_ADDR`` and ``MASTER_PORT`` set. Every rank initializes DTensors (the
+drop-ins on ``distribute``d tensors; ``initialize`` and ``materialize`` on
+tensor-parallel and FSDP2 models), gathers each result with torch's own
+``full_tensor()`` (torch assembles the shards from their placements, so a shard
+written to the wrong region shows), and rank 0 saves them to ``OUT``. The test
+process computes the same recipes single-process, on plain tensors
+(:func:`reference`), and compares bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+from torch import nn
+
+import xinit.torch as xt
+
+# (name, function, kwargs, global shape, dtype): every family, uneven shapes.
+CALLS = [
+    ("normal", "normal_", {"std": 0.02}, (7, 5), torch.float32),
+    ("uniform", "uniform_", {"a": -1.0, "b": 2.0}, (9, 6), torch.float32),
+    ("trunc_normal", "trunc_normal_", {"std": 0.5, "a": -1.0, "b": 1.0}, (7, 5), torch.float32),
+    ("xavier_uniform", "xavier_uniform_", {}, (6, 4, 3), torch.float32),
+    ("kaiming_normal", "kaiming_normal_", {"mode": "fan_out"}, (10, 3, 2, 2), torch.float32),
+    ("orthogonal", "orthogonal_", {}, (6, 9), torch.float32),
+    ("sparse", "sparse_", {"sparsity": 0.3}, (10, 7), torch.float32),
+    ("eye", "eye_", {}, (5, 7), torch.float32),
+    ("dirac", "dirac_", {}, (4, 2, 3), torch.float32),
+    ("constant", "constant_", {"val": 0.5}, (3, 5), torch.float32),
+    ("normal_bf16", "normal_", {}, (6, 5), torch.bfloat16),
+    ("normal_complex", "normal_", {"std": 2.0}, (5, 4), torch.complex64),
+]
+KEYED = {"eye_", "dirac_", "constant_"}  # no key argument
+
+# (name, mesh shape, placements) per world size; "SS0" is _StridedShard(0, split_factor=2).
+PLACEMENTS = {
+    2: [("S0", (2,), ("S0",)), ("S1", (2,), ("S1",)), ("R", (2,), ("R",))],
+    4: [("S0", (4,), ("S0",)), ("S1", (4,), ("S1",)), ("R", (4,), ("R",)),
+        ("S0S1", (2, 2), ("S0", "S1")), ("S1S0", (2, 2), ("S1", "S0")),
+        ("S0S0", (2, 2), ("S0", "S0")), ("RS1", (2, 2), ("R", "S1")),
+        ("SS0S0", (2, 2), ("SS0", "S0"))],
+}
+
+
+def call(fn: str, kwargs: dict, tensor: torch.Tensor, key: int) -> torch.Tensor:
+    if fn in KEYED:
+        return getattr(xt, fn)(tensor, **kwargs)
+    return getattr(xt, fn)(tensor, **kwargs, key=key)
+
+
+def mlp() -> nn.Module:
+    """A small model with uneven dims (10 rows over 4 ranks) and a norm."""
+    return nn.Sequential(nn.Linear(6, 10), nn.GELU(), nn.Linear(10, 7), nn.LayerNorm(7))
+
+
+TP_PLAN = {"0": "colwise", "2": "rowwise"}
+
+
+def reference() -> dict[str, torch.Tensor]:
+    """The single-process values of every case (plain tensors, the same calls and keys)."""
+    out = {}
+    for k, (name, fn, kwargs, shape, dtype) in enumerate(CALLS):
+        out[name] = call(fn, kwargs, torch.zeros(shape, dtype=dtype), 100 + k).clone()
+    torch.manual_seed(1000)  # rank 0's seed in the no-key case
+    out["nokey"] = xt.normal_(torch.zeros(9, 4))
+    torch.manual_seed(2000)
+    model = mlp()
+    xt.initialize(model, "transformer")
+    out.update({f"nokey_init.{n}": p.detach().clone() for n, p in model.named_parameters()})
+    for case, key in (("tp_init", 7), ("tp_meta", 8), ("fsdp", 9), ("fsdp_tp", 10)):
+        model = mlp()
+        xt.initialize(model, "transformer", key=key)
+        out.update({f"{case}.{n}": p.detach().clone() for n, p in model.named_parameters()})
+    return out
+
+
+# ---------------------------------------------------------------------- the worker
+
+
+def _placement(code: str):
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    if code == "R":
+        return Replicate()
+    if code.startswith("SS"):
+        return _StridedShard(int(code[2:]), split_factor=2)
+    return Shard(int(code[1:]))
+
+
+def _dtensor(shape, dtype, mesh, placements):
+    """A zero DTensor, built from its local shard alone (no communication)."""
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    local_shape, _ = compute_local_shape_and_global_offset(shape, mesh, placements)
+    stride = torch.empty(shape, device="meta").stride()
+    return DTensor.from_local(torch.zeros(local_shape, dtype=dtype), mesh, placements,
+                              run_check=False, shape=torch.Size(shape), stride=stride)
+
+
+def _parallelize(model, mesh):
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
+    return parallelize_module(model, mesh, {k: styles[v]() for k, v in TP_PLAN.items()})
+
+
+def _full(model, case, out):
+    """Every parameter's global values (a plain parameter is the same on every rank)."""
+    from torch.distributed.tensor import DTensor
+
+    for n, p in model.named_parameters():
+        out[f"{case}.{n}"] = (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
+
+
+def worker(path: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Partial
+
+    from xinit.core import engine
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    drawn: list[int] = []  # elements each engine.run draws
+    run = engine.run
+
+    def counting_run(requests, sink, **kw):
+        requests = list(requests)
+        drawn.append(sum(r.size for r in requests))
+        return run(requests, sink, **kw)
+
+    engine.run = counting_run
+    out, counts = {}, {}
+    for pname, mesh_shape, codes in PLACEMENTS[world]:
+        mesh = init_device_mesh("cpu", mesh_shape)
+        placements = tuple(_placement(c) for c in codes)
+        for k, (name, fn, kwargs, shape, dtype) in enumerate(CALLS):
+            dt = _dtensor(shape, dtype, mesh, placements)
+            local = dt.to_local()
+            ptr = local.data_ptr()
+            drawn.clear()
+            assert call(fn, kwargs, dt, 100 + k) is dt
+            assert dt.to_local().data_ptr() == ptr  # written in place
+            counts[f"{pname}/{name}"] = (sum(drawn), local.numel() * (2 if dtype.is_complex else 1))
+            out[f"{pname}/{name}"] = dt.full_tensor().clone()
+
+    mesh = init_device_mesh("cpu", (world,))
+    # without key: every rank seeds differently; all take rank 0's seed
+    torch.manual_seed(1000 + rank)
+    dt = _dtensor((9, 4), torch.float32, mesh, (_placement("S0"),))
+    xt.normal_(dt)
+    out["nokey"] = dt.full_tensor()
+    torch.manual_seed(2000 + rank)
+    model = _parallelize(mlp(), mesh)
+    xt.initialize(model, "transformer")
+    _full(model, "nokey_init", out)
+
+    # a Partial DTensor is refused, nothing consumed
+    partial = torch.distributed.tensor.DTensor.from_local(torch.ones(3, 3), mesh, (Partial(),))
+    state = torch.get_rng_state()
+    try:
+        xt.normal_(partial)
+        out["partial_error"] = ""
+    except ValueError as e:
+        out["partial_error"] = str(e)
+    out["partial_untouched"] = bool((partial.to_local() == 1).all() and torch.equal(state, torch.get_rng_state()))
+
+    # tensor parallel: real model, initialize
+    model = _parallelize(mlp(), mesh)
+    xt.initialize(model, "transformer", key=7)
+    _full(model, "tp_init", out)
+
+    # tensor parallel on meta, materialize
+    with torch.device("meta"):
+        model = mlp()
+    _parallelize(model, mesh)
+    xt.materialize(model, "cpu", "transformer", key=8)
+    _full(model, "tp_meta", out)
+
+    # FSDP2 on meta, materialize; then a training step runs on the FSDP storage
+    with torch.device("meta"):
+        model = mlp()
+    for layer in (model[0], model[2]):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    drawn.clear()
+    xt.materialize(model, "cpu", "transformer", key=9)
+    counts["fsdp"] = (sum(drawn), sum(p.to_local().numel() for p in model.parameters()))
+    _full(model, "fsdp", out)
+    torch.manual_seed(0)
+    x = torch.randn(3, 6)
+    y = model(x)
+    y.sum().backward()
+    out["fsdp_forward"] = y.detach().clone()
+
+    if world == 4:  # FSDP2 over tensor parallelism: _StridedShard
+        mesh2 = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+        with torch.device("meta"):
+            model = mlp()
+        _parallelize(model, mesh2["tp"])
+        fully_shard(model, mesh=mesh2["dp"])
+        xt.materialize(model, "cpu", "transformer", key=10)
+        out["fsdp_tp_placements"] = [str(p.placements) for p in model.parameters()]
+        _full(model, "fsdp_tp", out)
+
+    all_counts = [None] * world
+    dist.all_gather_object(all_counts, counts)
+    if rank == 0:
+        out["counts"] = all_counts
+        torch.save(out, path)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1])
+    os._exit(0)  # skip interpreter teardown (JAX and gloo threads)

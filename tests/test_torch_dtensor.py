@@ -1,0 +1,164 @@
+"""DTensor parameters on gloo (world sizes 2 and 4), against one process on plain tensors.
+
+Each world size is one job of subprocesses (``tests/dtensor_worker.py``): the
+drop-ins on DTensors of every family under ``Shard(0)``, ``Shard(1)``,
+``Replicate`` and 2-D meshes (``_StridedShard`` included), with uneven shards;
+``initialize`` on a tensor-parallel model; ``materialize`` on tensor-parallel,
+FSDP2 and FSDP2-over-TP models built on ``meta``. Every shard is gathered with
+torch's own ``full_tensor()`` and compared bit for bit with the single-process
+values of the same call and key.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import xinit.torch as xt
+
+HERE = Path(__file__).parent
+_spec = importlib.util.spec_from_file_location("dtensor_worker", HERE / "dtensor_worker.py")
+cases = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cases)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _job(world: int, out: Path) -> dict:
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "WORLD_SIZE": str(world),
+        "OMP_NUM_THREADS": "1",
+        "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+        "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    procs = [
+        subprocess.Popen([sys.executable, str(HERE / "dtensor_worker.py"), str(out)],
+                         env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for r in range(world)
+    ]
+    logs = []
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=600)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    if any(p.returncode for p in procs):
+        pytest.fail("a rank failed:\n" + "\n---\n".join(log[-4000:] for log in logs))
+    return torch.load(out, weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return cases.reference()
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=["world2", "world4"])
+def job(request, tmp_path_factory):
+    world = request.param
+    return world, _job(world, tmp_path_factory.mktemp(f"world{world}") / "out.pt")
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    t = torch.view_as_real(t) if t.is_complex() else t
+    return t.contiguous().view(torch.uint8)
+
+
+def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit (bf16 and complex included)."""
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(_bits(a), _bits(b))
+
+
+def test_dropins_write_each_shard_with_its_slice(job, reference):
+    world, out = job
+    for pname, _, _ in cases.PLACEMENTS[world]:
+        for name, *_ in cases.CALLS:
+            got, want = out[f"{pname}/{name}"], reference[name]
+            assert _equal(got, want), f"{pname}/{name}"
+
+
+def test_each_rank_draws_only_its_shard(job):
+    """The engine is asked for the local shard's elements and no more (orthogonal draws
+    the whole matrix inside its request: its region is still the shard's)."""
+    world, out = job
+    for rank_counts in out["counts"]:
+        for case, (drawn, local) in rank_counts.items():
+            if case.endswith("/constant"):
+                assert drawn == 0, case  # written with fill_, nothing drawn
+            else:
+                assert drawn == local, case
+
+
+def test_replicate_gives_the_full_values_on_every_rank(job, reference):
+    world, out = job
+    # full_tensor() of a Replicate DTensor is rank 0's local tensor; the counts show every
+    # rank drew its whole (replicated) tensor
+    for rank_counts in out["counts"]:
+        for name, *_ in cases.CALLS:
+            drawn, local = rank_counts[f"R/{name}"]
+            assert local == reference[name].numel() * (2 if reference[name].is_complex() else 1)
+
+
+def test_without_key_every_rank_takes_rank_0s_seed(job, reference):
+    _, out = job
+    assert _equal(out["nokey"], reference["nokey"])
+    for n, _ in cases.mlp().named_parameters():
+        assert _equal(out[f"nokey_init.{n}"], reference[f"nokey_init.{n}"]), n
+
+
+def test_partial_placement_is_refused_untouched(job):
+    _, out = job
+    assert "Partial" in out["partial_error"]
+    assert out["partial_untouched"]
+
+
+@pytest.mark.parametrize("case", ["tp_init", "tp_meta", "fsdp"])
+def test_models_equal_the_single_process_model(job, reference, case):
+    _, out = job
+    for n, _ in cases.mlp().named_parameters():
+        assert _equal(out[f"{case}.{n}"], reference[f"{case}.{n}"]), n
+
+
+def test_fsdp_materialize_trains_on_the_written_storage(job, reference):
+    """After materialize, FSDP2's forward all-gathers the written shards: the output is
+    the single-process model's."""
+    _, out = job
+    model = cases.mlp()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(reference[f"fsdp.{n}"])
+    torch.manual_seed(0)
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(out["fsdp_forward"], model(x).detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_fsdp_over_tensor_parallel(job, reference):
+    world, out = job
+    if world != 4:
+        pytest.skip("a 2x2 mesh needs 4 ranks")
+    assert any("_StridedShard" in p for p in out["fsdp_tp_placements"])
+    for n, _ in cases.mlp().named_parameters():
+        assert _equal(out[f"fsdp_tp.{n}"], reference[f"fsdp_tp.{n}"]), n
+
+
+def test_plain_tensors_take_no_collective():
+    """Outside torch.distributed (no process group), the drop-ins and initialize work as before."""
+    w = torch.empty(4, 3)
+    assert xt.normal_(w, key=0) is w
+    xt.initialize(torch.nn.Linear(3, 2))
