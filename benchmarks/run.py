@@ -179,13 +179,13 @@ def flax_pairs():
         import xinit.flax as xf
     except ImportError:
         return None
-    ji = jax.nn.initializers
-    return [
-        ("uniform [0,1)", xf.uniform(0.0, 1.0), ji.uniform(1.0)),
-        ("normal", xf.normal(0.0, 0.02), ji.normal(0.02)),
+    ji, ti = jax.nn.initializers, xf.torch_init
+    return [  # the same name on both sides: xinit.flax's (JAX's semantics) vs JAX's own
+        ("uniform [0,1)", xf.uniform(1.0), ji.uniform(1.0)),
+        ("normal", xf.normal(0.02), ji.normal(0.02)),
         ("truncated_normal", xf.truncated_normal(0.02), ji.truncated_normal(0.02)),
-        ("xavier_uniform / glorot_uniform", xf.xavier_uniform(), ji.glorot_uniform()),
-        ("kaiming_uniform(relu) / he_uniform", xf.kaiming_uniform(nonlinearity="relu"),
+        ("xavier_uniform / glorot_uniform", ti.xavier_uniform(), ji.glorot_uniform()),
+        ("kaiming_uniform(relu) / he_uniform", ti.kaiming_uniform(nonlinearity="relu"),
          ji.he_uniform()),
         ("glorot_normal", xf.glorot_normal(), ji.glorot_normal()),
         ("he_normal", xf.he_normal(), ji.he_normal()),
@@ -251,7 +251,7 @@ def bench_models_warm(names, repeats: int) -> list[Row]:
         fns["xinit.torch per tensor"] = lambda m=model: models.torch_default_by_hand(m, xt)
         fns["torch reset_parameters"] = lambda m=model: models.reset_parameters(m)
         fns["torch.nn.init by hand"] = lambda m=model: models.torch_default_by_hand(m, torch.nn.init)
-        before = xinit.core.compile_count()
+        before = xinit.core.debug.compile_count()
         res = interleaved(fns, repeats)
         ours = "xinit initialize" if initialize is not None else "xinit.torch per tensor"
         note = "" if initialize is not None else "xinit.torch.model.initialize not available yet"
@@ -261,7 +261,7 @@ def bench_models_warm(names, repeats: int) -> list[Row]:
                 continue
             rows.append(Row("models", f"{name} ({ours})", shape, "float32", res[ours], peer,
                             res[peer], note,
-                            {"compiles_during": xinit.core.compile_count() - before}))
+                            {"compiles_during": xinit.core.debug.compile_count() - before}))
             print(f"  {name} warm vs {peer}: {_fmt_row(rows[-1])}", flush=True)
     return rows
 
@@ -329,9 +329,9 @@ def bench_flax_models_warm(names, repeats: int, eager: bool = True) -> list[Row]
         # the first call compiles what this process has not compiled yet; the second none
         counts = []
         for _ in range(2):
-            before = (xinit.core.compile_count(), jax_compile_count())
+            before = (xinit.core.debug.compile_count(), jax_compile_count())
             ours()
-            counts.append((xinit.core.compile_count() - before[0], jax_compile_count() - before[1]))
+            counts.append((xinit.core.debug.compile_count() - before[0], jax_compile_count() - before[1]))
         res = interleaved(fns, repeats)
         shape = f"{flax_models.parameter_count(abstract) / 1e6:.1f}M params"
         for peer in fns:
@@ -620,7 +620,7 @@ def render(rows, meta, notes: str) -> str:
                   "torch's defaults written with `jax.nn.initializers` (the distributions "
                   "xinit draws), and flax's eager `model.init`. All wait for the arrays "
                   "(`jax.block_until_ready`). Compilations during xinit's first call in this "
-                  "process: xinit's own programs (`xinit.core.compile_count()`) / every XLA "
+                  "process: xinit's own programs (`xinit.core.debug.compile_count()`) / every XLA "
                   "compilation JAX ran (eager slices, concatenations and transposes "
                   "included); warm: XLA compilations in a later call. The `nnx` rows: GPT-2 "
                   "written as an nnx module (`flax_models.NnxGPT`); xinit initializes the "

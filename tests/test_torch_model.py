@@ -11,7 +11,8 @@ import torch
 from scipy import stats
 from torch import nn
 
-from xinit.core import _batch, _kernels, compile_count
+from xinit.core import _batch, _kernels
+from xinit.core.debug import compile_count
 from xinit.core.recipes import Recipe, Rule, UnmatchedError, gpt2, resnet
 from xinit.core.specs import Normal
 from xinit.torch.model import apply_fn, initialize, materialize, no_init, plan
@@ -210,6 +211,8 @@ def test_unmatched_parameters_error_lists_all_and_writes_nothing():
     assert not torch.equal(m.alpha, torch.full((2,), 7.0))
     with pytest.raises(ValueError, match="unmatched must be one of"):
         initialize(m, key=0, unmatched="skip")
+    initialize(m, key=0, unmatched="zeros")
+    assert torch.equal(m.alpha, torch.zeros(2)) and torch.equal(m.beta, torch.zeros(2))
 
 
 def test_lazy_parameters_are_an_error():
@@ -411,10 +414,18 @@ def test_materialize_reports_uncovered_buffers_by_name():
         materialize(m, key=0)
     del m.scale
     assert m.weight.is_meta  # nothing allocated
-    with pytest.warns(UserWarning, match="mask, pos"):
+    with pytest.warns(UserWarning, match="mask, pos.*stay on the meta device"):
+        materialize(m, key=0, unmatched="ignore")
+    assert m.mask.is_meta and m.pos.is_meta and not m.weight.is_meta
+    with torch.device("meta"):
+        m = nn.Linear(4, 4)
+        m.register_buffer("mask", torch.ones(4, 4))
+        m.register_buffer("pos", torch.ones(4), persistent=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # asked for: no warning
         materialize(m, key=0, unmatched="zeros")
     assert torch.equal(m.mask, torch.zeros(4, 4)) and "pos" not in m.state_dict()
-    assert not m.weight.is_meta
+    assert torch.equal(m.pos, torch.zeros(4)) and not m.weight.is_meta
 
 
 def test_materialize_leaves_real_tensors_alone():

@@ -61,7 +61,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in _report.TORCH_NAMES:
         table.add_row(*_cells(
             name, _report.FORMULAS[name], f"{name}_",
-            _where(flax, name), f"torch.nn.init.{name}_",
+            _where(flax, name, "torch_init."), f"torch.nn.init.{name}_",
         ))
     for name in _report.JAX_NAMES:
         table.add_row(*_cells(
@@ -72,10 +72,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _where(module, name: str) -> str:
+def _where(module, name: str, namespace: str = "") -> str:
+    """Where ``xinit.flax`` has ``name``: torch's semantics in ``torch_init.``, JAX's at the top."""
     if module is None:
         return "(xinit.flax not installed)"
-    return name if hasattr(module, name) else "(not yet)"
+    home = module.torch_init if namespace else module
+    return namespace + name if hasattr(home, name) else "(not yet)"
 
 
 # ------------------------------------------------------------------ recipes

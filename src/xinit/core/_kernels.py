@@ -41,6 +41,8 @@ __all__ = [
     "run_elementwise",
     "run_orthogonal",
     "run_sparse",
+    "run_unitary",
+    "run_sparse_complex",
     "compile_count",
     "self_check",
 ]
@@ -68,7 +70,11 @@ FAMILIES = {
     "constant": Family(1, 0, False),  # (value,)
     "eye": Family(0, 1, False),  # (cols,)
     "dirac": Family(0, 4, False),  # (in_per_group... see _dirac)
+    # complex values drawn on their real view (see _complex_pair_values)
+    "complex_disk": Family(1, 0, True),  # (scale,): uniform on the disk of radius scale*sqrt(2)
+    "complex_trunc_normal": Family(2, 0, True),  # (scale, upper): modulus truncated at upper
 }
+COMPLEX_PAIR_FAMILIES = ("complex_disk", "complex_trunc_normal")
 
 
 class Piece(NamedTuple):
@@ -311,6 +317,8 @@ def _family_values(family, cdt, out_dtype, idx_u32, k1, k2, hi, lo, fp, ip, fast
         stride = ip(0).astype(np.uint32) + _U32(1)
         r = _small_quotient(idx_u32, stride) if fast_div else idx_u32 // stride
         return ((idx_u32 == r * stride) & (r < stride - _U32(1))).astype(out_dtype)
+    if family in COMPLEX_PAIR_FAMILIES:
+        return _complex_pair_values(family, cdt, out_dtype, k1, k2, hi, lo, fp)
     if family == "dirac":
         # canonical (out, in, *k) flattened; ip = (in, K=prod(k), centre, out_per_group)
         n_in, k, centre, opg = (ip(j).astype(np.uint32) for j in range(4))
@@ -320,6 +328,35 @@ def _family_values(family, cdt, out_dtype, idx_u32, k1, k2, hi, lo, fp, ip, fast
         i = q - o * n_in
         return ((spatial == centre) & (i == o % opg)).astype(out_dtype)
     raise AssertionError(family)
+
+
+def _complex_pair_values(family, cdt, out_dtype, k1, k2, hi, lo, fp):
+    """One part of complex values in polar form, on the real view (real, imag, real, ...).
+
+    The element at real-view counters ``(2p, 2p + 1)`` takes its modulus from the
+    uniform at ``2p`` and its angle ``2 pi u`` from the uniform at ``2p + 1``;
+    counter ``c`` yields the real part (``cos``) when even, the imaginary part
+    (``sin``) when odd. So each counter's value depends on its own pair only: any
+    slice of the real view is the same slice of the whole. As JAX's
+    ``_complex_uniform`` / ``_complex_truncated_normal``:
+
+    * ``complex_disk``: modulus ``sqrt(2 u)``: uniform on the disk of radius
+      ``sqrt(2)`` (``E|z|^2 = 1``), times ``scale``;
+    * ``complex_trunc_normal``: modulus ``sqrt(-log(1 - t))`` with
+      ``t = (1 - exp(-upper^2)) u``: a standard complex normal whose modulus is
+      truncated at ``upper``, times ``scale``.
+    """
+    u_mod = _unit_uniform(k1, k2, hi, lo & _U32(0xFFFFFFFE), cdt)
+    u_arg = _unit_uniform(k1, k2, hi, lo | _U32(1), cdt)
+    if family == "complex_disk":
+        modulus = jnp.sqrt(cdt.type(2) * u_mod)
+    else:
+        upper = fp(1)
+        t = -jnp.expm1(-(upper * upper)) * u_mod
+        modulus = jnp.sqrt(-jnp.log1p(-t))
+    angle = cdt.type(2 * np.pi) * u_arg
+    part = jnp.where((lo & _U32(1)) == 0, jnp.cos(angle), jnp.sin(angle))
+    return (fp(0) * modulus * part).astype(out_dtype)
 
 
 def counter_words(base_lo, base_hi, local):
@@ -533,6 +570,26 @@ def run_orthogonal(kd, rows, cols, out_dtype, gain):
     return [Piece(out.reshape(-1), rows * cols)]
 
 
+def selection_mask(u, zeros):
+    """Which entries of each column are zeroed: exactly ``zeros`` rows per column.
+
+    Selection sampling (Knuth's Algorithm S), row by row and vectorized over
+    columns: row ``i`` is chosen with probability ``need / remaining``, from the
+    unit uniforms ``u`` (``(rows, cols)``). Every subset is equally likely; no sort.
+    """
+    rows, cols = u.shape
+
+    def step(need, xs):
+        ui, remaining = xs
+        chosen = (need >= remaining) | (ui * remaining.astype(u.dtype) < need.astype(u.dtype))
+        chosen = chosen & (need > 0)
+        return need - chosen.astype(need.dtype), chosen
+
+    remaining = jnp.arange(rows, 0, -1, dtype=np.int32)
+    _, mask = lax.scan(step, jnp.full((cols,), zeros, dtype=np.int32), (u, remaining))
+    return mask
+
+
 @functools.cache
 def _sparse_program(rows: int, cols: int, out_dtype: np.dtype, vvalids, svalids):
     def program(zeros, *chunks):
@@ -541,20 +598,7 @@ def _sparse_program(rows: int, cols: int, out_dtype: np.dtype, vvalids, svalids)
         vals = _concat_prefix([Piece(c, v) for c, v in zip(chunks[:nv], vvalids, strict=True)], rows * cols)
         sel = _concat_prefix([Piece(c, v) for c, v in zip(chunks[nv:], svalids, strict=True)], rows * cols)
         vals = vals.reshape(rows, cols)
-        sel = sel.reshape(rows, cols)
-
-        # Selection sampling (Knuth's Algorithm S), row by row and vectorized over
-        # columns: row i is chosen with probability need/remaining. Exactly
-        # `zeros` rows per column, each subset equally likely, no sort.
-        def step(need, xs):
-            u, remaining = xs
-            chosen = (need >= remaining) | (u * remaining.astype(u.dtype) < need.astype(u.dtype))
-            chosen = chosen & (need > 0)
-            return need - chosen.astype(need.dtype), chosen
-
-        remaining = jnp.arange(rows, 0, -1, dtype=np.int32)
-        need0 = jnp.full((cols,), zeros, dtype=np.int32)
-        _, mask = lax.scan(step, need0, (sel, remaining))
+        mask = selection_mask(sel.reshape(rows, cols), zeros)
         return jnp.where(mask, jnp.zeros((), vals.dtype), vals).astype(out_dtype)
 
     return _Program(program)
@@ -577,19 +621,7 @@ def _sparse_fused_program(rows: int, cols: int, out_dtype: np.dtype):
         k1, k2 = kd[0], kd[1]
         lo = lax.iota(np.uint32, n).reshape(rows, cols)
         hi = jnp.zeros((rows, cols), np.uint32)
-        sel = _unit_uniform(k1, k2, hi, lo + _U32(n), cdt)
-
-        # Selection sampling (Knuth's Algorithm S), row by row and vectorized over
-        # columns: row i is chosen with probability need/remaining. Exactly
-        # `zeros` rows per column, each subset equally likely, no sort.
-        def step(need, xs):
-            u, remaining = xs
-            chosen = (need >= remaining) | (u * remaining.astype(cdt) < need.astype(cdt))
-            chosen = chosen & (need > 0)
-            return need - chosen.astype(need.dtype), chosen
-
-        remaining = jnp.arange(rows, 0, -1, dtype=np.int32)
-        _, mask = lax.scan(step, jnp.full((cols,), zeros, dtype=np.int32), (sel, remaining))
+        mask = selection_mask(_unit_uniform(k1, k2, hi, lo + _U32(n), cdt), zeros)
         z = _standard_normal(lambda: _unit_uniform(k1, k2, hi, lo, cdt), cdt)
         vals = fparams[0] + fparams[1] * z
         return jnp.where(mask, jnp.zeros((), cdt), vals).astype(out_dtype).reshape(-1)
@@ -617,6 +649,73 @@ def run_sparse(kd, rows, cols, out_dtype, zeros, std):
     args = (rows, cols, out_dtype, tuple(p.valid for p in vals), tuple(p.valid for p in sel))
     out = _sparse_program(*args)(np.int32(zeros), *(p.array for p in vals), *(p.array for p in sel))
     return [Piece(out.reshape(-1), n)]
+
+
+@functools.cache
+def _unitary_program(rows: int, cols: int, out_dtype: np.dtype, valids: tuple[int, ...]):
+    def program(gain, *chunks):
+        _count_trace()
+        parts = _concat_prefix([Piece(c, v) for c, v in zip(chunks, valids, strict=True)],
+                               2 * rows * cols).reshape(rows, cols, 2)
+        a = lax.complex(parts[..., 0], parts[..., 1])
+        if rows < cols:
+            a = a.T
+        q = _qr_haar(a)  # complex: columns times sign(R[k, k]) = R[k, k] / |R[k, k]|
+        if rows < cols:
+            q = q.T
+        q = q * gain.astype(q.dtype)
+        return jnp.stack([q.real, q.imag], axis=-1).astype(out_dtype).reshape(-1)
+
+    return _Program(program)
+
+
+def run_unitary(kd, rows, cols, out_dtype, gain):
+    """A Haar-random complex matrix with orthonormal rows or columns, times ``gain``,
+    as its real view ``(rows, cols, 2)`` in ``out_dtype`` (float32 or float64).
+
+    A complex normal ``(rows, cols)`` draw (the real view drawn as normals),
+    transposed when ``rows < cols``, is QR-factorized; column ``k`` of ``Q`` is
+    multiplied by the phase of ``R[k, k]`` (Mezzadri 2007), which makes ``Q``
+    exactly Haar distributed on the unitary group, as ``jax.random.orthogonal``
+    does for complex dtypes.
+    """
+    out_dtype = np.dtype(out_dtype)
+    normal = run_elementwise("normal", out_dtype, 2 * rows * cols, kd, (0.0, 1.0))
+    valids = tuple(p.valid for p in normal)
+    out = _unitary_program(rows, cols, out_dtype, valids)(np.asarray(gain, out_dtype),
+                                                          *(p.array for p in normal))
+    return [Piece(out, 2 * rows * cols)]
+
+
+@functools.cache
+def _sparse_complex_program(rows: int, cols: int, out_dtype: np.dtype, vvalids, svalids):
+    def program(zeros, *chunks):
+        _count_trace()
+        nv, n = len(vvalids), rows * cols
+        vals = _concat_prefix([Piece(c, v) for c, v in zip(chunks[:nv], vvalids, strict=True)], 2 * n)
+        sel = _concat_prefix([Piece(c, v) for c, v in zip(chunks[nv:], svalids, strict=True)], n)
+        mask = selection_mask(sel.reshape(rows, cols), zeros)[..., None]
+        vals = vals.reshape(rows, cols, 2)
+        return jnp.where(mask, jnp.zeros((), vals.dtype), vals).astype(out_dtype).reshape(-1)
+
+    return _Program(program)
+
+
+def run_sparse_complex(kd, rows, cols, out_dtype, zeros, std):
+    """:func:`run_sparse` for complex values, as their real view ``(rows, cols, 2)``.
+
+    The values are a complex normal with ``E|w|^2 = std^2`` (each part
+    ``N(0, std^2 / 2)``, real-view counters ``[0, 2n)``); the zero pattern uses
+    uniforms at counters ``[2n, 3n)``, one per element, and zeroes whole elements.
+    """
+    out_dtype = np.dtype(out_dtype)
+    n = rows * cols
+    vals = run_elementwise("normal", out_dtype, 2 * n, kd, (0.0, std / np.sqrt(2)))
+    sel = run_elementwise("uniform", out_dtype, n, kd, (0.0, 1.0), offset=2 * n)
+    args = (rows, cols, out_dtype, tuple(p.valid for p in vals), tuple(p.valid for p in sel))
+    out = _sparse_complex_program(*args)(np.int32(zeros), *(p.array for p in vals),
+                                         *(p.array for p in sel))
+    return [Piece(out, 2 * n)]
 
 
 def self_check() -> bool:

@@ -16,19 +16,32 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from . import _host, _kernels
 from ._keys import key_data
 from .errors import DtypeError
-from .layout import TORCH, Layout, canonical_shape
-from .specs import Elementwise, OrthogonalPlan, SparsePlan, Spec
+from .layout import TORCH, Layout, as_shape, canonical_shape
+from .specs import (
+    ComplexSparsePlan,
+    Elementwise,
+    OrthogonalPlan,
+    RealView,
+    SparsePlan,
+    Spec,
+    UnitaryPlan,
+)
 
-__all__ = ["draw", "draw_plan", "iter_plan", "sample", "canonical_dtype", "x64_scope", "FLOAT_DTYPES", "DTYPES"]
+__all__ = ["draw", "draw_plan", "iter_plan", "sample", "canonical_dtype", "real_dtype", "x64_scope",
+           "FLOAT_DTYPES", "COMPLEX_DTYPES", "DTYPES"]
 
 FLOAT_DTYPES = tuple(np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
+# Complex dtypes: random draws on their real view (see specs.RealView), fills directly.
+COMPLEX_DTYPES = (np.dtype(np.complex64), np.dtype(np.complex128))
 # Dtypes the deterministic families (constant, ones, zeros, eye, dirac) also fill.
-DTYPES = FLOAT_DTYPES + tuple(
-    np.dtype(d) for d in (np.bool_, np.uint8, np.int8, np.int16, np.int32, np.int64)
+DTYPES = FLOAT_DTYPES + COMPLEX_DTYPES + tuple(
+    np.dtype(d) for d in (np.bool_, np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int16,
+                          np.int32, np.int64)
 )
 
 
@@ -47,10 +60,16 @@ def canonical_dtype(dtype) -> np.dtype:
     return dt
 
 
+def real_dtype(dtype) -> np.dtype:
+    """The real dtype of a complex one's parts (complex64 -> float32); others as they are."""
+    dtype = np.dtype(dtype)
+    return np.dtype(f"f{dtype.itemsize // 2}") if dtype.kind == "c" else dtype
+
+
 @contextlib.contextmanager
 def x64_scope(dtype):
     """Enable 64-bit types locally for a 64-bit dtype; the user's config is untouched."""
-    if np.dtype(dtype).itemsize == 8 and not jax.config.jax_enable_x64:
+    if real_dtype(dtype).itemsize == 8 and not jax.config.jax_enable_x64:
         with jax.enable_x64(True):
             yield
     else:
@@ -68,7 +87,13 @@ def draws_random(plan) -> bool:
 
 
 def _checked_plan(spec: Spec, shape: tuple[int, ...], dtype: np.dtype):
-    """``spec``'s plan for the canonical ``shape``, its dtype checked (raises before any draw)."""
+    """``spec``'s plan for the canonical ``shape``, its dtype checked (raises before any draw).
+
+    For a complex dtype: the spec's :meth:`~xinit.core.Spec.complex_plan` (a
+    :class:`~xinit.core.specs.RealView` for random values, drawn in the real dtype).
+    """
+    if dtype in COMPLEX_DTYPES:
+        return spec.complex_plan(shape)
     plan = spec.plan(shape)
     if draws_random(plan) and dtype not in FLOAT_DTYPES:
         raise DtypeError(
@@ -84,19 +109,29 @@ def draw(spec: Spec, key, shape, dtype=None, *, device=None) -> list[_kernels.Pi
 
     Validates everything before anything runs. Returns ``[]`` for zero elements.
     """
-    shape = tuple(int(d) for d in shape)
+    shape = as_shape(shape)
     dtype = canonical_dtype(dtype)
     return draw_plan(_checked_plan(spec, shape, dtype), key, shape, dtype, device=device)
 
 
 def draw_plan(plan, key, shape, dtype, *, device=None) -> list[_kernels.Piece]:
-    """Run an already validated plan (see :meth:`Spec.plan`) on the canonical ``shape``."""
+    """Run an already validated plan (see :meth:`Spec.plan`) on the canonical ``shape``.
+
+    A :class:`~xinit.core.specs.RealView` plan of a complex ``dtype`` yields the
+    pieces of its real view ``(*shape, 2)`` in the real dtype.
+    """
+    if isinstance(plan, RealView):
+        return draw_plan(plan.plan, key, (*shape, 2), real_dtype(dtype), device=device)
     n = math.prod(shape)
     kd = key_data(key)
     if n == 0:
         return []
     _kernels.ensure_checked()
     with x64_scope(dtype), device_scope(device):
+        if isinstance(plan, UnitaryPlan):  # the real view (rows, cols, 2) of a complex matrix
+            return _kernels.run_unitary(kd, plan.rows, plan.cols, dtype, plan.gain)
+        if isinstance(plan, ComplexSparsePlan):
+            return _kernels.run_sparse_complex(kd, shape[0], shape[1], dtype, plan.zeros, plan.std)
         if isinstance(plan, Elementwise):
             return _kernels.run_elementwise(plan.family, dtype, n, kd, plan.fparams, plan.iparams)
         if isinstance(plan, OrthogonalPlan):
@@ -152,16 +187,21 @@ def sample(spec: Spec, key, shape, dtype=None, *, layout: Layout = TORCH, device
     transpose: ``sample(s, k, (3, 3, 8, 16), layout=FLAX)`` equals
     ``sample(s, k, (16, 8, 3, 3)).transpose(2, 3, 1, 0)`` bit for bit.
 
+    Complex dtypes draw the spec's complex form (see
+    :meth:`~xinit.core.Spec.complex_plan`).
+
     >>> from xinit.core import Uniform
     >>> sample(Uniform(-1, 1), 0, (4, 3)).shape
     (4, 3)
     """
-    shape = tuple(int(d) for d in shape)
+    shape = as_shape(shape)
     dtype = canonical_dtype(dtype)
     canon = canonical_shape(shape, layout)
     inv = layout.inverse_permutation(len(shape))
     plan = _checked_plan(spec, canon, dtype)
     n = math.prod(shape)
+    if isinstance(plan, RealView):
+        return _sample_complex(plan, key, shape, canon, layout, dtype, device)
     identity = inv == tuple(range(len(shape)))
     if n and device is None and _host.on_host() and not _kernels._is_tracer(key_data(key)):
         return _sample_on_host(plan, key, shape, canon, layout, dtype, identity)
@@ -175,6 +215,31 @@ def sample(spec: Spec, key, shape, dtype=None, *, layout: Layout = TORCH, device
         if len(pieces) == 1 and pieces[0].valid == pieces[0].array.shape[0] and identity:
             return pieces[0].array.reshape(shape)
         return _assembler(tuple(p.valid for p in pieces), canon, inv)(*(p.array for p in pieces))
+
+
+def _sample_complex(plan: RealView, key, shape, canon, layout: Layout, dtype, device) -> jax.Array:
+    """:func:`sample` for a complex ``dtype``: the real view ``(*canon, 2)`` drawn in the
+    real dtype, moved into ``layout`` (the parts axis stays last), read as complex.
+
+    On the CPU the pieces are written straight into the real view of the
+    complex result's host buffer, which JAX adopts; elsewhere (and under a
+    trace) ``lax.complex`` joins the parts."""
+    ndim, n = len(shape), math.prod(shape)
+    perm = (*layout.permutation(ndim), ndim)
+    inv = (*layout.inverse_permutation(ndim), ndim)
+    real = real_dtype(dtype)
+    on_host = device is None and _host.on_host() and not _kernels._is_tracer(key_data(key))
+    with x64_scope(dtype):
+        if n == 0:
+            return jnp.zeros(shape, dtype)
+        pieces = draw_plan(plan, key, canon, dtype, device=device)
+        if on_host:
+            out = _host.aligned_empty(shape, dtype)
+            parts = out.reshape(-1).view(real).reshape(*shape, 2)
+            _host.write_flat(parts.transpose(perm), [np.asarray(p.array)[: p.valid] for p in pieces])
+            return _host.adopt(out)
+        parts = _kernels._concat_prefix(pieces, 2 * n).reshape(*canon, 2).transpose(inv)
+        return lax.complex(parts[..., 0], parts[..., 1])
 
 
 def _sample_on_host(plan, key, shape, canon, layout: Layout, dtype, identity: bool) -> jax.Array:

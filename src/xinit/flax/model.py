@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -38,7 +39,8 @@ from xinit.core import _batch, _host
 from xinit.core._keys import key_data, stable_hash
 from xinit.core.engine import canonical_dtype, x64_scope
 from xinit.core.layout import FLAX, TORCH, Layout, canonical_shape
-from xinit.core.recipes import Param, Plan, UnmatchedError, as_layer, get_recipe
+from xinit.core.recipes import Param, Plan, Resolved, as_layer, check_unmatched, get_recipe
+from xinit.core.specs import Zeros
 
 __all__ = ["initialize", "plan", "describe", "canonical_name"]
 
@@ -76,10 +78,15 @@ class _Leaf:
 
 
 def _unbox(x):
+    """The leaf's value and its metadata box (``nn.Partitioned``), if any.
+
+    The value is read from the box as it is: ``unbox()`` would apply the box's
+    sharding constraint, which under an Explicit mesh asserts that the (abstract)
+    value is already sharded so."""
     from flax.core import meta
 
     if isinstance(x, meta.AxisMetadata):
-        return x.unbox(), x
+        return (x.value if hasattr(x, "value") else x.unbox()), x
     return x, None
 
 
@@ -309,29 +316,39 @@ def _assemble_on_device(params, layouts, resolved, items) -> list[jax.Array]:
     return out
 
 
-def initialize(tree, recipe, *, key, unmatched: str = "error",
+def initialize(tree, recipe="torch_default", *, key=None, unmatched: str = "error",
                rename: Callable[[str], str] | None = None):
     """Initialize a whole flax model by ``recipe``.
+
+    The same arguments as ``xinit.torch.initialize``; for the same recipe, key and
+    canonical names the values are the torch model's (in flax layout).
 
     Args:
         tree: a linen variables dict (``{"params": ..., "batch_stats": ...}``), a
             linen params dict (no collection level), either of them abstract
             (``jax.eval_shape(model.init, ...)``: ``ShapeDtypeStruct`` leaves) or
             boxed (``nn.Partitioned``); an ``nnx.State``; or an ``nnx.Module``.
-        recipe: a :class:`~xinit.core.recipes.Recipe` or a built-in's name.
+        recipe: a :class:`~xinit.core.recipes.Recipe` or a built-in's name
+            (default ``"torch_default"``).
         key: root key (``jax.random.key``, ``uint32[2]`` key or int seed).
-        unmatched: ``"error"`` (default): params no rule matches raise
-            :class:`~xinit.core.recipes.UnmatchedError` listing them all;
-            ``"ignore"``: they are returned as they are (abstract leaves stay
-            abstract). Non-param leaves (batch stats) no rule matches are
-            always left as they are.
+            Required: JAX has no global random state to draw one from, so
+            ``key=None`` raises ``TypeError``.
+        unmatched: what happens to params no rule matches (see
+            :data:`~xinit.core.recipes.UNMATCHED`): ``"error"`` (default) raises
+            :class:`~xinit.core.recipes.UnmatchedError` listing them all, before
+            anything is drawn; ``"ignore"`` leaves them as they are (an abstract
+            leaf stays abstract, with a warning naming it); ``"zeros"`` fills them
+            with zeros. Non-param leaves (batch stats) no rule matches are always
+            left as they are.
         rename: maps each canonical name before keying and matching (e.g. to
             match a torch model's names).
 
     A mapping whose top level has a ``"params"`` key and only mappings as values is
     read as a variables dict (collections at the top); any other mapping as a
-    params dict. Arrays are made on JAX's default device. This runs xinit's own
-    compiled programs: call it outside ``jax.jit``.
+    params dict. Arrays are made on JAX's default device; under ``jax.set_mesh``
+    each boxed (``nn.Partitioned``) leaf is placed by its partition spec on the
+    mesh, and the boxes keep their metadata. This runs xinit's own compiled
+    programs: call it outside ``jax.jit``.
 
     Returns:
         a new tree of the same structure with real arrays (the input is never
@@ -344,23 +361,48 @@ def initialize(tree, recipe, *, key, unmatched: str = "error",
     >>> initialize(abstract, "torch_default", key=0)["params"]["kernel"].shape
     (4, 3)
     """
-    if unmatched not in ("error", "ignore"):
-        raise ValueError(f"unmatched must be one of ['error', 'ignore']; got {unmatched!r}")
+    if key is None:
+        raise TypeError(
+            "xinit.flax.initialize needs key=: JAX has no global random state to draw a key "
+            "from (xinit.torch draws one from torch's); pass key=jax.random.key(0) or an int seed"
+        )
+    check_unmatched(unmatched)
     recipe = get_recipe(recipe)
     kind, leaves, classified, collections = _prepare(tree, rename)
     params = [p for p, _ in classified]
     pl = recipe.plan(params)
-    missing = [e.param.name for e in pl.entries if e.rule is None and not e.param.buffer]
-    if missing and unmatched == "error":
-        raise UnmatchedError(
-            f"recipe {pl.recipe!r} has no rule for {len(missing)} parameter(s): "
-            f"{', '.join(missing)}. Add rules (Recipe(...) + recipe) or pass unmatched='ignore'"
+    missing = [i for i, e in enumerate(pl.entries) if e.rule is None and not e.param.buffer]
+    pl.raise_unmatched([params[i].name for i in missing], unmatched, "parameter")
+    resolved = [e.resolved for e in pl.entries]
+    if unmatched == "zeros":
+        for i in missing:
+            resolved[i] = Resolved(Zeros())
+    elif missing and any(_is_abstract(leaves[i].value) for i in missing):
+        warnings.warn(
+            f"xinit.flax.initialize: recipe {pl.recipe!r} has no rule for "
+            f"{', '.join(params[i].name for i in missing if _is_abstract(leaves[i].value))}; "
+            "with unmatched='ignore' these stay abstract (jax.ShapeDtypeStruct)",
+            stacklevel=2,
         )
-    todo = [i for i, e in enumerate(pl.entries) if e.resolved is not None]
+    todo = [i for i, r in enumerate(resolved) if r is not None]
     arrays = _draw([params[i] for i in todo], [classified[i][1] for i in todo],
-                   [pl.entries[i].resolved for i in todo], key)
+                   [resolved[i] for i in todo], key)
     new = {i: a for i, a in zip(todo, arrays, strict=True)}
     return _rebuild(tree, kind, leaves, new, collections)
+
+
+def _is_abstract(value) -> bool:
+    return isinstance(value, jax.ShapeDtypeStruct)
+
+
+def _place_boxed(value, box):
+    """Under ``jax.set_mesh``, ``value`` placed by ``box``'s partition spec (its names
+    resolved through flax's logical axis rules); else as it is."""
+    mesh = jax.sharding.get_mesh()
+    if mesh.empty or not hasattr(box, "get_partition_spec"):
+        return value
+    spec = box.get_partition_spec()
+    return jax.device_put(value, jax.sharding.NamedSharding(mesh, spec))
 
 
 def _rebuild(tree, kind, leaves, new: dict[int, Any], collections):
@@ -383,6 +425,8 @@ def _rebuild(tree, kind, leaves, new: dict[int, Any], collections):
     for i, lf in enumerate(leaves):
         value = new.get(i, lf.value)
         if lf.box is not None:
+            if i in new:
+                value = _place_boxed(value, lf.box)
             value = lf.box.replace_boxed(value)
         path = (lf.collection, *lf.path) if collections else lf.path
         flat[path] = value

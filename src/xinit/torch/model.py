@@ -18,9 +18,11 @@ copied into the tensors in place via DLPack.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,7 +32,8 @@ from torch import nn
 from xinit.core import _batch, _host
 from xinit.core._keys import key_data
 from xinit.core.errors import DtypeError
-from xinit.core.recipes import Param, Plan, UnmatchedError, as_layer, get_recipe
+from xinit.core.recipes import Param, Plan, Resolved, as_layer, check_unmatched, get_recipe
+from xinit.core.specs import Zeros
 
 from . import _bridge
 
@@ -136,34 +139,44 @@ def _collect(module: nn.Module, *, buffers: bool = True) -> list[Entry]:
     return out
 
 
-def plan(module: nn.Module, recipe="torch_default") -> Plan:
+def _renamed(entries: list[Entry], rename: Callable[[str], str] | None) -> list[Entry]:
+    """``entries`` with ``rename`` applied to each canonical name (keys and matching use it)."""
+    if rename is None:
+        return entries
+    return [e._replace(param=dataclasses.replace(e.param, name=rename(e.param.name)))
+            for e in entries]
+
+
+def plan(module: nn.Module, recipe="torch_default", *,
+         rename: Callable[[str], str] | None = None) -> Plan:
     """The dry run: every parameter and buffer -> rule -> initializer, nothing written.
 
     ``print(plan(model, "gpt2"))`` shows a table; ``.unmatched`` lists names no
     rule matches (buffers a recipe does not cover are left alone by
-    :func:`initialize`).
+    :func:`initialize`). ``rename`` as :func:`initialize`.
     """
-    return get_recipe(recipe).plan([e.param for e in _collect(module)])
+    return get_recipe(recipe).plan([e.param for e in _renamed(_collect(module), rename)])
 
 
-def describe(module: nn.Module) -> list[Param]:
+def describe(module: nn.Module, *, rename: Callable[[str], str] | None = None) -> list[Param]:
     """The :class:`~xinit.core.recipes.Param` records recipes see for ``module`` (for writing rules)."""
-    return [e.param for e in _collect(module)]
+    return [e.param for e in _renamed(_collect(module), rename)]
 
 
 # --------------------------------------------------------------------- drawing
 
 
-def _check_unmatched(p: Plan, unmatched: str, allowed: tuple[str, ...], *, buffers_too: bool) -> None:
-    if unmatched not in allowed:
-        raise ValueError(f"unmatched must be one of {list(allowed)}; got {unmatched!r}")
-    missing = [e.param.name for e in p.entries if e.rule is None and (buffers_too or not e.param.buffer)]
-    if missing and unmatched == "error":
-        raise UnmatchedError(
-            f"recipe {p.recipe!r} has no rule for {len(missing)} "
-            f"{'tensor' if buffers_too else 'parameter'}(s): {', '.join(missing)}. Add rules "
-            f"(Recipe(...) + recipe) or pass unmatched={allowed[1]!r}"
-        )
+def _todo(p: Plan, unmatched: str, *, buffers_too: bool) -> list[Resolved | None]:
+    """What each plan entry gets: its resolved spec; zeros for an unmatched parameter
+    (or buffer, with ``buffers_too``) under ``unmatched="zeros"``; None to leave it.
+
+    Raises :class:`~xinit.core.recipes.UnmatchedError` under ``"error"``, before anything
+    is written."""
+    missing = [e.rule is None and (buffers_too or not e.param.buffer) for e in p.entries]
+    p.raise_unmatched([e.param.name for e, m in zip(p.entries, missing, strict=True) if m],
+                      unmatched, "tensor" if buffers_too else "parameter")
+    return [Resolved(Zeros()) if m and unmatched == "zeros" else e.resolved
+            for e, m in zip(p.entries, missing, strict=True)]
 
 
 def _fold_keys(root_key, names: list[str]) -> list[np.ndarray]:
@@ -245,8 +258,12 @@ def _root_key(key):
     return key if key is not None else _bridge.seed_from_torch(None)
 
 
-def initialize(module: nn.Module, recipe="torch_default", *, key=None, unmatched: str = "error"):
+def initialize(module: nn.Module, recipe="torch_default", *, key=None, unmatched: str = "error",
+               rename: Callable[[str], str] | None = None):
     """Initialize every parameter of ``module`` (and the buffers the recipe covers) in place.
+
+    The same arguments as ``xinit.flax.initialize``; for the same recipe, key and
+    canonical names the values are the flax model's.
 
     Args:
         module: any ``torch.nn.Module``.
@@ -256,10 +273,15 @@ def initialize(module: nn.Module, recipe="torch_default", *, key=None, unmatched
         key: root key (``jax.random.key``, ``uint32[2]`` key or int seed). Without
             it a seed is drawn from torch's global RNG (``torch.manual_seed``
             makes runs repeatable).
-        unmatched: ``"error"`` (default): a parameter no rule matches raises
+        unmatched: what happens to parameters no rule matches (see
+            :data:`~xinit.core.recipes.UNMATCHED`): ``"error"`` (default) raises
             :class:`~xinit.core.recipes.UnmatchedError` listing every such name,
-            before anything is written; ``"ignore"``: leave those as they are.
-            Buffers no rule matches are always left alone.
+            before anything is written; ``"ignore"`` leaves them as they are;
+            ``"zeros"`` fills them with zeros. Buffers no rule matches are always
+            left alone.
+        rename: maps each canonical name (``named_parameters()``'s) before keying
+            and matching, exactly as ``xinit.flax.initialize``'s ``rename``: e.g. to
+            give a torch model the values of a flax model with other names.
 
     Parameter objects, their storage and ``requires_grad`` are kept; a tensor
     shared by several modules is initialized once, under its first name. Meta
@@ -273,11 +295,12 @@ def initialize(module: nn.Module, recipe="torch_default", *, key=None, unmatched
     >>> initialize(m, key=0).weight is w
     True
     """
+    check_unmatched(unmatched)
     recipe = get_recipe(recipe)
-    entries = _collect(module)
+    entries = _renamed(_collect(module), rename)
     p = recipe.plan([e.param for e in entries])
-    _check_unmatched(p, unmatched, ("error", "ignore"), buffers_too=False)
-    todo = [(e, pe.resolved) for e, pe in zip(entries, p.entries, strict=True) if pe.resolved is not None]
+    todo = [(e, r) for e, r in zip(entries, _todo(p, unmatched, buffers_too=False), strict=True)
+            if r is not None]
     _write_all([e for e, _ in todo], [r for _, r in todo], _root_key(key), [e.tensor for e, _ in todo])
     return module
 
@@ -298,7 +321,8 @@ def _apply_root(skip: int = 2) -> nn.Module | None:
     return root
 
 
-def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error"):
+def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error",
+             rename: Callable[[str], str] | None = None):
     """A function for ``model.apply(fn)`` that gives the same values as :func:`initialize`.
 
     ``Module.apply`` calls ``fn`` on every submodule, children first, and never
@@ -312,10 +336,12 @@ def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error"):
 
     Without ``key``, one seed is drawn from torch's global RNG when ``apply_fn``
     is called, so every pass of the same ``fn`` gives the same values.
+    ``unmatched`` and ``rename`` as :func:`initialize`.
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
     >>> _ = net.apply(apply_fn("torch_default", key=0))
     """
+    check_unmatched(unmatched)
     recipe = get_recipe(recipe)
     root_key = _root_key(key)
     passes: dict[int, tuple[nn.Module, dict[int, list]]] = {}
@@ -323,17 +349,16 @@ def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error"):
     def init_fn(module: nn.Module) -> None:
         root = _apply_root()
         if root is None:
-            initialize(module, recipe, key=root_key, unmatched=unmatched)
+            initialize(module, recipe, key=root_key, unmatched=unmatched, rename=rename)
             return
         state = passes.get(id(root))
         if state is None or state[0] is not root:
-            entries = _collect(root)
+            entries = _renamed(_collect(root), rename)
             p = recipe.plan([e.param for e in entries])
-            _check_unmatched(p, unmatched, ("error", "ignore"), buffers_too=False)
             by_owner: dict[int, list] = {}
-            for e, pe in zip(entries, p.entries, strict=True):
-                if pe.resolved is not None:
-                    by_owner.setdefault(id(e.owner), []).append((e, pe.resolved))
+            for e, r in zip(entries, _todo(p, unmatched, buffers_too=False), strict=True):
+                if r is not None:
+                    by_owner.setdefault(id(e.owner), []).append((e, r))
             state = passes[id(root)] = (root, by_owner)
         todo = state[1].pop(id(module), [])
         if todo:
@@ -350,7 +375,7 @@ def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error"):
 
 
 def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=None,
-                unmatched: str = "error") -> nn.Module:
+                unmatched: str = "error", rename: Callable[[str], str] | None = None) -> nn.Module:
     """Give a module built on the ``meta`` device real, initialized tensors on ``device``.
 
     Torch's own initialization never runs. Every meta parameter and buffer is
@@ -367,12 +392,13 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
     Args:
         module: a module whose tensors are (partly) on ``meta``.
         device: where the new tensors live.
-        recipe, key: as :func:`initialize`.
-        unmatched: ``"error"`` (default): parameters *or buffers* no rule matches
-            (e.g. a causal-mask buffer made in ``__init__``) raise
-            :class:`~xinit.core.recipes.UnmatchedError` naming every one, before
-            anything is allocated; ``"zeros"``: they are zero-filled, with a
-            warning naming them. Nothing is left holding ``empty`` garbage.
+        recipe, key, rename: as :func:`initialize`.
+        unmatched: for meta parameters *and buffers* no rule matches (e.g. a
+            causal-mask buffer made in ``__init__``): ``"error"`` (default)
+            raises :class:`~xinit.core.recipes.UnmatchedError` naming every one,
+            before anything is allocated; ``"ignore"`` leaves them on ``meta``
+            (ties kept), with a warning naming them; ``"zeros"`` fills them with
+            zeros. Nothing is left holding ``empty`` garbage.
 
     Returns:
         ``module``.
@@ -382,41 +408,40 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
     >>> materialize(net, key=0).weight.device.type
     'cpu'
     """
+    check_unmatched(unmatched)
     recipe = get_recipe(recipe)
     device = torch.device(device)
-    entries = [e for e in _collect(module) if e.tensor.is_meta]
+    entries = [e for e in _renamed(_collect(module), rename) if e.tensor.is_meta]
     p = recipe.plan([e.param for e in entries])
-    _check_unmatched(p, unmatched, ("error", "zeros"), buffers_too=True)
+    resolved = _todo(p, unmatched, buffers_too=True)
+    left = {id(e.tensor) for e, r in zip(entries, resolved, strict=True) if r is None}
     root_key = _root_key(key)
     new: dict[int, torch.Tensor] = {}
     for m in module.modules():
         for attr, t in list(m._parameters.items()):
-            if t is not None and t.is_meta:
+            if t is not None and t.is_meta and id(t) not in left:
                 if id(t) not in new:
                     new[id(t)] = nn.Parameter(torch.empty_like(t, device=device),
                                               requires_grad=t.requires_grad)
                 setattr(m, attr, new[id(t)])
         for attr, t in list(m._buffers.items()):
-            if t is not None and t.is_meta:
+            if t is not None and t.is_meta and id(t) not in left:
                 if id(t) not in new:
                     new[id(t)] = torch.empty_like(t, device=device)
                 setattr(m, attr, new[id(t)])
         if isinstance(m, nn.RNNBase):
             m._init_flat_weights()
-    todo = [(e, pe.resolved) for e, pe in zip(entries, p.entries, strict=True) if pe.resolved is not None]
+    todo = [(e, r) for e, r in zip(entries, resolved, strict=True) if r is not None]
     # One chunk in flight (not two): materialize is where peak memory matters most.
     _write_all([e for e, _ in todo], [r for _, r in todo], root_key,
                [new[id(e.tensor)] for e, _ in todo], ahead=False)
-    zeros = [e for e, pe in zip(entries, p.entries, strict=True) if pe.resolved is None]
-    if zeros:
+    if left:
         warnings.warn(
-            f"materialize: recipe {recipe.name!r} has no rule for {', '.join(e.param.name for e in zeros)}; "
-            "they were filled with zeros",
+            f"materialize: recipe {recipe.name!r} has no rule for "
+            f"{', '.join(e.param.name for e, r in zip(entries, resolved, strict=True) if r is None)}; "
+            "with unmatched='ignore' they stay on the meta device",
             stacklevel=2,
         )
-        with torch.no_grad():
-            for e in zeros:
-                new[id(e.tensor)].zero_()
     return module
 
 
