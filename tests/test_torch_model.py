@@ -14,8 +14,8 @@ from torch import nn
 from xinit.core import _batch, _kernels
 from xinit.core.debug import compile_count
 from xinit.core.recipes import Recipe, Rule, UnmatchedError, gpt2, resnet
-from xinit.core.specs import Normal
-from xinit.torch.model import apply_fn, initialize, materialize, no_init, plan
+from xinit.core.specs import Normal, Zeros
+from xinit.torch.model import apply_fn, describe, initialize, materialize, no_init, plan
 
 P_MIN = 1e-4
 
@@ -617,3 +617,32 @@ def test_initialize_marks_parameters_modified_for_autograd():
     assert lin.weight._version > w_version and lin.bias._version > b_version
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+class _Named(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+
+
+def _fc_rename(name: str) -> str:
+    return name.replace("0.", "fc.", 1)
+
+
+def test_rename_maps_canonical_names_before_keying_and_matching():
+    named = initialize(_Named(), key=5)
+    seq = initialize(nn.Sequential(nn.Linear(3, 4)), key=5, rename=_fc_rename)
+    assert torch.equal(seq[0].weight, named.fc.weight) and torch.equal(seq[0].bias, named.fc.bias)
+    assert [p.name for p in describe(seq, rename=_fc_rename)] == ["fc.weight", "fc.bias"]
+    assert plan(seq, rename=_fc_rename).entries[0].param.name == "fc.weight"
+    zero_fc = Recipe("zero-fc", (Rule(Zeros(), name="fc.*"),))
+    initialize(seq, zero_fc, key=0, rename=_fc_rename)  # rules see the renamed names
+    assert not seq[0].weight.any() and not seq[0].bias.any()
+
+    with torch.device("meta"):
+        meta = nn.Sequential(nn.Linear(3, 4))
+    materialize(meta, key=5, rename=_fc_rename)
+    applied = nn.Sequential(nn.Linear(3, 4))
+    applied.apply(apply_fn(key=5, rename=_fc_rename))
+    for m in (meta, applied):
+        assert torch.equal(m[0].weight, named.fc.weight) and torch.equal(m[0].bias, named.fc.bias)

@@ -100,13 +100,15 @@ class UnmatchedError(LookupError, ValueError):
     """Parameters that no rule of a recipe matches (the message lists every name)."""
 
 
-#: What model-level initialization does with tensors no rule matches, in every
-#: adapter (``xinit.torch.initialize``/``materialize``/``apply_fn``,
-#: ``xinit.flax.initialize``): ``"error"`` (the default) raises
-#: :class:`UnmatchedError` listing them all before anything is written;
-#: ``"ignore"`` leaves them as they are (``materialize``: they stay on ``meta``,
-#: with a warning naming them); ``"zeros"`` fills them with zeros.
 UNMATCHED = ("error", "ignore", "zeros")
+"""What model-level initialization does with tensors no rule matches, in every adapter.
+
+``xinit.torch.initialize``/``materialize``/``apply_fn`` and ``xinit.flax.initialize``
+take ``unmatched=`` one of: ``"error"`` (the default) raises :class:`UnmatchedError`
+listing them all before anything is written; ``"ignore"`` leaves them as they are
+(``materialize``: they stay on ``meta``, with a warning naming them;
+``xinit.flax.initialize``: an abstract leaf stays abstract, with a warning);
+``"zeros"`` fills them with zeros."""
 
 
 def check_unmatched(unmatched) -> str:

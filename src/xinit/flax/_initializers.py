@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from xinit.core import _kernels, specs
 from xinit.core.engine import sample, x64_scope
@@ -81,8 +82,11 @@ def place(x: jax.Array, out_sharding, api_name: str) -> jax.Array:
 
     target = canonicalize_sharding(out_sharding, api_name)
     if target is None:
-        if jax.sharding.get_abstract_mesh().empty:
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty:
             return x
+        if mesh.explicit_axes:  # typed replicated along every dimension, as JAX's ops type it
+            return jax.sharding.reshard(x, PartitionSpec(*([None] * x.ndim)))
         return _replicate(x)
     return jax.sharding.auto_axes(_identity, out_sharding=target, axes=target.mesh.explicit_axes)(x)
 
@@ -91,7 +95,7 @@ def _identity(x):
     return x
 
 
-_replicate = jax.jit(_identity)
+_replicate = jax.jit(_identity)  # an uncommitted array onto the ambient (Auto) mesh, replicated
 
 
 def _fill_key(key):

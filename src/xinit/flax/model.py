@@ -224,14 +224,14 @@ def _prepare(tree, rename):
     )
 
 
-def describe(tree, *, rename: Callable[[str], str] | None = None) -> list[Param]:
-    """The :class:`~xinit.core.recipes.Param` records recipes see for ``tree``."""
-    return [p for p, _ in _prepare(tree, rename)[2]]
+def describe(model, *, rename: Callable[[str], str] | None = None) -> list[Param]:
+    """The :class:`~xinit.core.recipes.Param` records recipes see for ``model``."""
+    return [p for p, _ in _prepare(model, rename)[2]]
 
 
-def plan(tree, recipe="torch_default", *, rename: Callable[[str], str] | None = None) -> Plan:
-    """The dry run for a flax tree: every leaf -> rule -> initializer, nothing drawn."""
-    return get_recipe(recipe).plan(describe(tree, rename=rename))
+def plan(model, recipe="torch_default", *, rename: Callable[[str], str] | None = None) -> Plan:
+    """The dry run for a flax tree or nnx module: every leaf -> rule -> initializer, nothing drawn."""
+    return get_recipe(recipe).plan(describe(model, rename=rename))
 
 
 # -------------------------------------------------------------------- drawing
@@ -316,7 +316,7 @@ def _assemble_on_device(params, layouts, resolved, items) -> list[jax.Array]:
     return out
 
 
-def initialize(tree, recipe="torch_default", *, key=None, unmatched: str = "error",
+def initialize(model, recipe="torch_default", *, key=None, unmatched: str = "error",
                rename: Callable[[str], str] | None = None):
     """Initialize a whole flax model by ``recipe``.
 
@@ -324,7 +324,7 @@ def initialize(tree, recipe="torch_default", *, key=None, unmatched: str = "erro
     canonical names the values are the torch model's (in flax layout).
 
     Args:
-        tree: a linen variables dict (``{"params": ..., "batch_stats": ...}``), a
+        model: a linen variables dict (``{"params": ..., "batch_stats": ...}``), a
             linen params dict (no collection level), either of them abstract
             (``jax.eval_shape(model.init, ...)``: ``ShapeDtypeStruct`` leaves) or
             boxed (``nn.Partitioned``); an ``nnx.State``; or an ``nnx.Module``.
@@ -368,7 +368,7 @@ def initialize(tree, recipe="torch_default", *, key=None, unmatched: str = "erro
         )
     check_unmatched(unmatched)
     recipe = get_recipe(recipe)
-    kind, leaves, classified, collections = _prepare(tree, rename)
+    kind, leaves, classified, collections = _prepare(model, rename)
     params = [p for p, _ in classified]
     pl = recipe.plan(params)
     missing = [i for i, e in enumerate(pl.entries) if e.rule is None and not e.param.buffer]
@@ -388,7 +388,7 @@ def initialize(tree, recipe="torch_default", *, key=None, unmatched: str = "erro
     arrays = _draw([params[i] for i in todo], [classified[i][1] for i in todo],
                    [resolved[i] for i in todo], key)
     new = {i: a for i, a in zip(todo, arrays, strict=True)}
-    return _rebuild(tree, kind, leaves, new, collections)
+    return _rebuild(model, kind, leaves, new, collections)
 
 
 def _is_abstract(value) -> bool:

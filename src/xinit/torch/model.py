@@ -147,7 +147,7 @@ def _renamed(entries: list[Entry], rename: Callable[[str], str] | None) -> list[
             for e in entries]
 
 
-def plan(module: nn.Module, recipe="torch_default", *,
+def plan(model: nn.Module, recipe="torch_default", *,
          rename: Callable[[str], str] | None = None) -> Plan:
     """The dry run: every parameter and buffer -> rule -> initializer, nothing written.
 
@@ -155,12 +155,12 @@ def plan(module: nn.Module, recipe="torch_default", *,
     rule matches (buffers a recipe does not cover are left alone by
     :func:`initialize`). ``rename`` as :func:`initialize`.
     """
-    return get_recipe(recipe).plan([e.param for e in _renamed(_collect(module), rename)])
+    return get_recipe(recipe).plan([e.param for e in _renamed(_collect(model), rename)])
 
 
-def describe(module: nn.Module, *, rename: Callable[[str], str] | None = None) -> list[Param]:
-    """The :class:`~xinit.core.recipes.Param` records recipes see for ``module`` (for writing rules)."""
-    return [e.param for e in _renamed(_collect(module), rename)]
+def describe(model: nn.Module, *, rename: Callable[[str], str] | None = None) -> list[Param]:
+    """The :class:`~xinit.core.recipes.Param` records recipes see for ``model`` (for writing rules)."""
+    return [e.param for e in _renamed(_collect(model), rename)]
 
 
 # --------------------------------------------------------------------- drawing
@@ -258,15 +258,15 @@ def _root_key(key):
     return key if key is not None else _bridge.seed_from_torch(None)
 
 
-def initialize(module: nn.Module, recipe="torch_default", *, key=None, unmatched: str = "error",
+def initialize(model: nn.Module, recipe="torch_default", *, key=None, unmatched: str = "error",
                rename: Callable[[str], str] | None = None):
-    """Initialize every parameter of ``module`` (and the buffers the recipe covers) in place.
+    """Initialize every parameter of ``model`` (and the buffers the recipe covers) in place.
 
     The same arguments as ``xinit.flax.initialize``; for the same recipe, key and
     canonical names the values are the flax model's.
 
     Args:
-        module: any ``torch.nn.Module``.
+        model: any ``torch.nn.Module``.
         recipe: a :class:`~xinit.core.recipes.Recipe` or a built-in's name
             (``"torch_default"``, ``"resnet"``, ``"transformer"``, ``"gpt2"``,
             ``"dcgan"``, ``"vit"``).
@@ -288,7 +288,7 @@ def initialize(module: nn.Module, recipe="torch_default", *, key=None, unmatched
     tensors are skipped (see :func:`materialize`).
 
     Returns:
-        ``module``.
+        ``model``.
 
     >>> m = torch.nn.Linear(3, 2)
     >>> w = m.weight
@@ -297,12 +297,12 @@ def initialize(module: nn.Module, recipe="torch_default", *, key=None, unmatched
     """
     check_unmatched(unmatched)
     recipe = get_recipe(recipe)
-    entries = _renamed(_collect(module), rename)
+    entries = _renamed(_collect(model), rename)
     p = recipe.plan([e.param for e in entries])
     todo = [(e, r) for e, r in zip(entries, _todo(p, unmatched, buffers_too=False), strict=True)
             if r is not None]
     _write_all([e for e, _ in todo], [r for _, r in todo], _root_key(key), [e.tensor for e, _ in todo])
-    return module
+    return model
 
 
 # --------------------------------------------------------------------- apply_fn
