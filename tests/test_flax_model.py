@@ -263,3 +263,21 @@ def test_initialize_compiles_nothing_per_shape():
     run((3, 5, 7, 11, 13))
     total, ours = run((17, 19, 23, 29, 31, 37, 41))
     assert total == ours <= 2
+
+
+def test_boxed_leaves_inside_an_explicit_mesh_keep_their_boxes_and_are_placed():
+    # xinit 0.1 raised here: unboxing applied the box's sharding constraint to the abstract leaf
+    class M(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(4, kernel_init=nn.with_partitioning(nn.initializers.zeros, (None, "m")))(x)
+
+    abstract = jax.eval_shape(M().init, jax.random.key(0), jnp.ones((1, 3)))
+    mesh = jax.make_mesh((1,), ("m",), axis_types=(jax.sharding.AxisType.Explicit,))
+    with jax.set_mesh(mesh):
+        out = initialize(abstract, key=0)
+    k = out["params"]["Dense_0"]["kernel"]
+    assert isinstance(k, nn.Partitioned) and k.names == (None, "m")
+    assert k.value.sharding.spec == jax.sharding.PartitionSpec(None, "m")
+    plain = initialize(abstract, key=0)["params"]["Dense_0"]["kernel"].value
+    np.testing.assert_array_equal(k.value, plain)

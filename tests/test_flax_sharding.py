@@ -40,17 +40,16 @@ meshes = {
 }
 # One initializer per way JAX builds its result (a sampler, variance scaling, a
 # complex normal, jnp.full, jnp.zeros, orthogonal's refusal, delta_orthogonal's
-# scatter) and torch_init's initializers, which place their results the same way.
+# scatter), and a torch_init initializer, placed the same way (compared with JAX's uniform).
 INITS = {
     "uniform": lambda m: m.uniform(),
-    "truncated_normal": lambda m: m.truncated_normal(),
     "lecun_normal": lambda m: m.lecun_normal(),
     "vs_normal_complex": lambda m: m.variance_scaling(1.0, "fan_in", "normal", dtype=jnp.complex64),
     "constant": lambda m: m.constant(-7),
     "zeros": lambda m: m.zeros,
     "orthogonal": lambda m: m.orthogonal(),
     "delta_orthogonal": lambda m: m.delta_orthogonal(),
-    "torch_init.uniform": lambda m: m.torch_init.uniform(-1.0, 1.0) if m is xf else m.uniform(),
+    "torch_init.linear_kernel": lambda m: m.torch_init.linear_kernel() if m is xf else m.uniform(),
 }
 JIT = ("uniform", "lecun_normal", "zeros", "orthogonal")  # also traced in the user's jit
 SHAPES = {"delta_orthogonal": (3, 8, 8)}
@@ -134,6 +133,18 @@ for mesh_name in ("explicit", "auto"):
           and np.array_equal(np.asarray(k.value), np.asarray(reference["params"]["Dense_0"]["kernel"].value))
           and out["params"]["Dense_0"]["bias"].value.sharding.spec == P("x"))
     model_checks.append((f"initialize Partitioned under {mesh_name} mesh", bool(ok)))
+
+class L(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        init = nn.with_logical_partitioning(ji.lecun_normal(), ("embed", "mlp"))
+        return nn.Dense(8, kernel_init=init)(x)
+
+abstract = jax.eval_shape(L().init, jax.random.key(0), jnp.zeros((1, 4)))
+with jax.set_mesh(meshes["explicit"]), nn.logical_axis_rules((("embed", None), ("mlp", "x"))):
+    k = xf.initialize(abstract, key=0)["params"]["Dense_0"]["kernel"]
+model_checks.append(("initialize LogicallyPartitioned under a mesh and axis rules",
+                     k.names == ("embed", "mlp") and k.value.sharding.spec == P(None, "x")))
 
 with jax.set_mesh(meshes["explicit"]):
     ours = nnx.Linear(4, 8, kernel_init=xf.lecun_normal(), kernel_metadata={"out_sharding": (None, "x")},

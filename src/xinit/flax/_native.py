@@ -485,7 +485,7 @@ class DeltaOrthogonal:
                 "delta_orthogonal raises NotImplementedError here too)"
             )
         shape = as_shape(shape)
-        dtype = self.ortho.resolve_dtype(self.dtype if dtype is None else dtype)
+        dtype = self.ortho.resolve_dtype(dtype)  # the factory's dtype when None
         if len(shape) not in (3, 4, 5):
             raise ShapeError(
                 f"Delta orthogonal initializer requires a 3D, 4D or 5D shape.; got shape {shape}"

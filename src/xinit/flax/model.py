@@ -396,12 +396,21 @@ def _is_abstract(value) -> bool:
 
 
 def _place_boxed(value, box):
-    """Under ``jax.set_mesh``, ``value`` placed by ``box``'s partition spec (its names
-    resolved through flax's logical axis rules); else as it is."""
-    mesh = jax.sharding.get_mesh()
-    if mesh.empty or not hasattr(box, "get_partition_spec"):
+    """``value`` placed by ``box``'s partition spec on the box's mesh or, under
+    ``jax.set_mesh``, the ambient one (as Flax's ``unbox`` constrains it); logical
+    names (``nn.with_logical_partitioning``) are resolved by the box's rules or
+    those of ``nn.logical_axis_rules`` (unassigned names: replicated). Without a
+    mesh, ``value`` as it is."""
+    from flax.core import meta
+    from flax.linen import spmd
+
+    mesh = getattr(box, "mesh", None) or jax.sharding.get_mesh()
+    if mesh.empty or not isinstance(box, meta.Partitioned):
         return value
-    spec = box.get_partition_spec()
+    if isinstance(box, spmd.LogicallyPartitioned):
+        spec = spmd.logical_to_mesh_axes(box.names, box.rules)
+    else:
+        spec = box.get_partition_spec()
     return jax.device_put(value, jax.sharding.NamedSharding(mesh, spec))
 
 
