@@ -405,8 +405,10 @@ def test_nothing_is_drawn_when_a_call_is_rejected():
 # ------------------------------------------------------------ keys, values, objects
 
 
-def test_same_key_same_values_different_key_different_values():
-    init = xf.he_uniform()
+@pytest.mark.parametrize("make", [xf.he_uniform, xf.torch_init.kaiming_uniform],
+                         ids=["he_uniform", "torch_init.kaiming_uniform"])
+def test_same_key_same_values_different_key_different_values(make):
+    init = make()
     a, b = init(KEY, (30, 20)), init(KEY, (30, 20))
     c = init(jax.random.key(1), (30, 20))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
@@ -513,32 +515,50 @@ def test_flax_layers_with_their_defaults_swapped_for_xinit():
     assert r.stdout.strip() == "ok"
 
 
+# The same small model with JAX's names and with torch_init's: the same expected statistics
+# (he_normal and torch's kaiming_normal(relu) share their std, glorot_uniform and
+# xavier_uniform their bound).
+VOCABULARIES = {
+    "jax-names": lambda: dict(conv=xf.he_normal(), conv_bias=xf.zeros, embed=xf.normal(0.02),
+                              d1=xf.glorot_uniform(), d1_bias=xf.constant(0.1),
+                              d2=xf.lecun_normal(), d2_bias=xf.zeros_init()),
+    "torch_init": lambda: dict(conv=xf.torch_init.kaiming_normal(nonlinearity="relu"),
+                               conv_bias=xf.torch_init.zeros(),
+                               embed=xf.torch_init.normal(0.0, 0.02, layout=xf.torch_init.IDENTITY),
+                               d1=xf.torch_init.xavier_uniform(),
+                               d1_bias=xf.torch_init.constant(0.1),
+                               d2=xf.lecun_normal(), d2_bias=xf.torch_init.zeros()),
+}
+
+
 class LinenNet(nn.Module):
-    """Conv -> Dense -> Dense with an embedding, every parameter from xinit.flax (JAX's names)."""
+    """Conv -> Dense -> Dense with an embedding, every parameter from xinit.flax."""
+
+    inits: dict
 
     @nn.compact
     def __call__(self, images, tokens):
-        x = nn.Conv(32, (3, 3), kernel_init=xf.he_normal(), bias_init=xf.zeros)(images)
+        i = self.inits
+        x = nn.Conv(32, (3, 3), kernel_init=i["conv"], bias_init=i["conv_bias"])(images)
         x = nn.relu(x).mean(axis=(1, 2))
-        e = nn.Embed(1000, 32, embedding_init=xf.normal(0.02))(tokens)
-        x = x + e.mean(axis=1)
-        x = nn.Dense(400, kernel_init=xf.glorot_uniform(), bias_init=xf.constant(0.1))(x)
-        x = nn.tanh(x)
-        return nn.Dense(10, kernel_init=xf.lecun_normal(), bias_init=xf.zeros_init())(x)
+        x = x + nn.Embed(1000, 32, embedding_init=i["embed"])(tokens).mean(axis=1)
+        x = nn.Dense(400, kernel_init=i["d1"], bias_init=i["d1_bias"])(x)
+        return nn.Dense(10, kernel_init=i["d2"], bias_init=i["d2_bias"])(nn.tanh(x))
 
 
 def _check_model_stats(conv_k, conv_b, table, d1_k, d1_b, d2_k, out, batch):
     assert conv_k.shape == (3, 3, 16, 32) and np.all(conv_b == 0)
-    assert abs(conv_k.std() / math.sqrt(2 / 144) - 1) < 0.1  # he_normal, fan_in 3*3*16
+    assert abs(conv_k.std() / math.sqrt(2 / 144) - 1) < 0.1  # He / kaiming(relu), fan_in 3*3*16
     assert abs(table.std() / 0.02 - 1) < 0.03
     assert d1_k.shape == (32, 400) and np.all(d1_b == np.float32(0.1))
-    assert np.abs(d1_k).max() <= math.sqrt(6 / 432)  # glorot uniform, fans 32 + 400
+    assert np.abs(d1_k).max() <= math.sqrt(6 / 432)  # Glorot / Xavier uniform, fans 32 + 400
     assert abs(d2_k.std() / math.sqrt(1 / 400) - 1) < 0.1  # lecun, fan_in 400
     assert out.shape == (batch, 10) and np.isfinite(out).all()
 
 
-def test_linen_model_initializes_runs_and_has_the_expected_statistics():
-    model = LinenNet()
+@pytest.mark.parametrize("vocabulary", VOCABULARIES)
+def test_linen_model_initializes_runs_and_has_the_expected_statistics(vocabulary):
+    model = LinenNet(VOCABULARIES[vocabulary]())
     images, tokens = jnp.ones((4, 8, 8, 16)), jnp.arange(12).reshape(4, 3)
     params = jax.jit(model.init)(KEY, images, tokens)["params"]
     out = np.asarray(jax.jit(model.apply)({"params": params}, images, tokens))
@@ -548,21 +568,22 @@ def test_linen_model_initializes_runs_and_has_the_expected_statistics():
 
 
 class NnxNet(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(16, 32, (3, 3), kernel_init=xf.he_normal(), bias_init=xf.zeros,
+    def __init__(self, inits: dict, rngs: nnx.Rngs):
+        i = inits
+        self.conv = nnx.Conv(16, 32, (3, 3), kernel_init=i["conv"], bias_init=i["conv_bias"],
                              rngs=rngs)
-        self.embed = nnx.Embed(1000, 32, embedding_init=xf.normal(0.02), rngs=rngs)
-        self.d1 = nnx.Linear(32, 400, kernel_init=xf.glorot_uniform(),
-                             bias_init=xf.constant(0.1), rngs=rngs)
-        self.d2 = nnx.Linear(400, 10, kernel_init=xf.lecun_normal(), bias_init=xf.zeros, rngs=rngs)
+        self.embed = nnx.Embed(1000, 32, embedding_init=i["embed"], rngs=rngs)
+        self.d1 = nnx.Linear(32, 400, kernel_init=i["d1"], bias_init=i["d1_bias"], rngs=rngs)
+        self.d2 = nnx.Linear(400, 10, kernel_init=i["d2"], bias_init=i["d2_bias"], rngs=rngs)
 
     def __call__(self, images, tokens):
         x = nnx.relu(self.conv(images)).mean(axis=(1, 2)) + self.embed(tokens).mean(axis=1)
         return self.d2(nnx.tanh(self.d1(x)))
 
 
-def test_nnx_model_initializes_runs_and_has_the_expected_statistics():
-    model = NnxNet(nnx.Rngs(params=0))
+@pytest.mark.parametrize("vocabulary", VOCABULARIES)
+def test_nnx_model_initializes_runs_and_has_the_expected_statistics(vocabulary):
+    model = NnxNet(VOCABULARIES[vocabulary](), nnx.Rngs(params=0))
     images, tokens = jnp.ones((4, 8, 8, 16)), jnp.arange(12).reshape(4, 3)
     out = np.asarray(nnx.jit(lambda m, x, t: m(x, t))(model, images, tokens))
     v = lambda p: np.asarray(p[...])  # noqa: E731
@@ -571,7 +592,7 @@ def test_nnx_model_initializes_runs_and_has_the_expected_statistics():
 
 
 def test_nnx_model_under_nnx_eval_shape():
-    abstract = nnx.eval_shape(lambda: NnxNet(nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: NnxNet(VOCABULARIES["jax-names"](), nnx.Rngs(0)))
     assert abstract.d1.kernel.shape == (32, 400)
 
 
