@@ -25,7 +25,9 @@ Three families, all returning a :class:`SpecInitializer` (a jax
   ``truncated_normal``, ``delta_orthogonal``: ``jax.nn.initializers``' names,
   arguments and distributions (equal in distribution, not in bits).
 * **whole param trees** — ``initialize``, ``plan``, ``describe``, ``canonical_name``
-  (from :mod:`xinit.flax.model`): a recipe over a linen tree or an nnx module.
+  (from :mod:`xinit.flax.model`): a recipe over a linen tree or an nnx module;
+  ``trace`` reads a model's layer structure (linen: traced on example inputs,
+  nothing computed) so that layer kinds come from its classes.
 * **torch layer defaults** — ``torch_linear_kernel``/``_bias``,
   ``torch_conv_kernel``/``_bias``, ``torch_conv_transpose_kernel``/``_bias``,
   ``torch_embedding``: what ``reset_parameters`` of torch's Linear, Conv,
@@ -102,10 +104,12 @@ from ._native import lecun_normal as lecun_normal
 from ._native import lecun_uniform as lecun_uniform
 from ._native import truncated_normal as truncated_normal
 from ._native import variance_scaling as variance_scaling
+from .model import Traced as Traced
 from .model import canonical_name as canonical_name
 from .model import describe as describe
 from .model import initialize as initialize
 from .model import plan as plan
+from .model import trace as trace
 
 #: The torch drop-ins: ``xinit.flax.<name>`` for ``torch.nn.init.<name>_``.
 DROP_INS = (
@@ -123,5 +127,5 @@ __all__ = [
     "torch_linear_kernel", "torch_linear_bias", "torch_conv_kernel", "torch_conv_bias",
     "torch_conv_transpose_kernel", "torch_conv_transpose_bias", "torch_embedding",
     # whole param trees (xinit.flax.model)
-    "initialize", "plan", "describe", "canonical_name",
+    "initialize", "plan", "describe", "canonical_name", "trace", "Traced",
 ]
