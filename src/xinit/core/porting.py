@@ -651,9 +651,9 @@ class NameResolver:
 
         ``infos[i]``: (kind, class name, automatic index) of the Flax module at
         ``segments[:i+1]`` (None if unknown); ``siblings[prefix]``: the segment
-        names the Flax modules under canonical ``prefix`` use.
+        names the Flax modules under the (unresolved) canonical ``prefix`` use.
         """
-        prefix = ""
+        prefix = raw = ""
         for seg, info in zip(segments, infos, strict=True):
             cands = [seg]
             m = _INDEXED.match(seg)
@@ -661,15 +661,25 @@ class NameResolver:
                 cands.append(f"{m['base']}.{m['index']}")
             found = next((c for c in cands if self._join(prefix, c) in self.modules), None)
             if found is None and info is not None and info[2] is not None:
-                found = self._structural(prefix, info, siblings.get(prefix, set()))
+                taken = {self._resolve_sibling(prefix, s) for s in siblings.get(raw, set()) if s != seg}
+                found = self._structural(prefix, info, taken)
             prefix = self._join(prefix, found or seg)
+            raw = self._join(raw, seg)
         return prefix
+
+    def _resolve_sibling(self, prefix: str, seg: str) -> str:
+        """The torch child a Flax sibling named ``seg`` takes by name (itself if none)."""
+        m = _INDEXED.match(seg)
+        if m is not None and self._join(prefix, f"{m['base']}.{m['index']}") in self.modules:
+            return f"{m['base']}.{m['index']}"
+        return seg
 
     def _structural(self, prefix: str, info, taken: set[str]) -> str | None:
         kind, type_name, index = info
         same = []
+        taken_heads = {t.split(".")[0] for t in taken}
         for child in self.children.get(prefix, []):
-            if child in taken:
+            if child in taken_heads:
                 continue
             c_kind, c_type = self.modules[self._join(prefix, child)]
             if (kind != "other" and c_kind == kind) or (kind == "other" and c_type == type_name):
