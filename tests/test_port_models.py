@@ -78,17 +78,18 @@ class LinenBlock(linen.Module):
     cin: int
     cout: int
     stride: int
+    eps: float = 1e-5
 
     def setup(self):
         s = (self.stride, self.stride)
         self.conv1 = linen.Conv(self.cout, (3, 3), s, padding=1, use_bias=False)
-        self.bn1 = linen.BatchNorm(use_running_average=True, epsilon=1e-5)
+        self.bn1 = linen.BatchNorm(use_running_average=True, epsilon=self.eps)
         self.conv2 = linen.Conv(self.cout, (3, 3), padding=1, use_bias=False)
-        self.bn2 = linen.BatchNorm(use_running_average=True, epsilon=1e-5)
+        self.bn2 = linen.BatchNorm(use_running_average=True, epsilon=self.eps)
         if self.stride != 1 or self.cin != self.cout:  # downsample/layers_0 is torch's downsample.0
             self.downsample = linen.Sequential([
                 linen.Conv(self.cout, (1, 1), s, use_bias=False),
-                linen.BatchNorm(use_running_average=True, epsilon=1e-5)])
+                linen.BatchNorm(use_running_average=True, epsilon=self.eps)])
 
     def __call__(self, x):
         y = linen.relu(self.bn1(self.conv1(x)))
@@ -99,15 +100,16 @@ class LinenBlock(linen.Module):
 class LinenResNet(linen.Module):
     width: int = 8
     classes: int = 5
+    eps: float = 1e-5
 
     @linen.compact
     def __call__(self, x):
         w = self.width
         x = linen.Conv(w, (3, 3), padding=1, use_bias=False, name="conv1")(x)
-        x = linen.relu(linen.BatchNorm(use_running_average=True, epsilon=1e-5, name="bn1")(x))
-        x = LinenBlock(w, w, 1, name="layer1_0")(x)   # torch's layer1.0: matched automatically
-        x = LinenBlock(w, w, 1, name="layer1_1")(x)
-        x = LinenBlock(w, 2 * w, 2, name="layer2_0")(x)
+        x = linen.relu(linen.BatchNorm(use_running_average=True, epsilon=self.eps, name="bn1")(x))
+        x = LinenBlock(w, w, 1, self.eps, name="layer1_0")(x)  # torch's layer1.0: matched by name
+        x = LinenBlock(w, w, 1, self.eps, name="layer1_1")(x)
+        x = LinenBlock(w, 2 * w, 2, self.eps, name="layer2_0")(x)
         return linen.Dense(self.classes, name="fc")(x.mean(axis=(1, 2)))
 
 
@@ -465,7 +467,7 @@ def test_automatic_names_map_onto_torch(flax_model):
     expected = {
         LinenMLPSetup: "params/body/layers_2/kernel",
         LinenMLPAuto: "params/body/Dense_1/kernel",
-        NnxMLP: "params/body/layers/2/kernel",
+        NnxMLP: "body/layers/2/kernel",  # nnx.to_pure_dict's keys: no collection
     }[flax_model]
     assert rows["body.2.weight"] == expected
 
@@ -592,8 +594,10 @@ def test_type_errors():
         xp.torch_to_flax(object(), LinenTwo(), X4)
     with pytest.raises(TypeError, match="linen Module"):
         xp.torch_to_flax(TorchTwo(), object(), X4)
+    with pytest.raises(TypeError, match="mapping or a checkpoint path"):
+        xp.flax_to_torch(NnxMLP(), 42, TorchMLP())
     with pytest.raises(TypeError, match="variables=None"):
-        xp.flax_to_torch(NnxMLP(), {"params": {}}, TorchMLP())
+        xp.compare(TorchMLP(), NnxMLP(), {"body": {}}, X4)
     with pytest.raises(ValueError, match="to must be"):
         xp.plan(TorchTwo(), LinenTwo(), X4, to="jax")
 

@@ -157,6 +157,8 @@ def compare(torch_model: nn.Module, flax_model, variables, *inputs, input_map=No
         ``nnx.capture`` in nnx).
     """
     traced = trace(flax_model, *inputs) if not hasattr(flax_model, "framework") else flax_model
+    if traced.framework == "nnx" and variables is not None:
+        raise TypeError("compare: an nnx module runs with its own state; pass variables=None")
     to_torch = _as_map(input_map)
     default_out = _layout_map(_inverse_spec(input_map)) if isinstance(input_map, str) else None
     to_flax = _as_map(output_map, default_out)

@@ -36,7 +36,7 @@ class _TorchSource:
         for e in entries.values():
             self.groups.setdefault(e.alias_of or e.name, []).append(e.name)
         if isinstance(state_dict, (str, Path)):
-            state_dict = _files.load_torch_state(state_dict)
+            state_dict = _files.load_torch_state(state_dict, framework="numpy")
         if state_dict is not None and not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping or a path; got {type(state_dict).__name__}")
         self.state = state_dict
@@ -291,8 +291,9 @@ def _then(expr, ops: tuple):
     raise PortError(PortReport("flax_to_torch"), "a custom torch layout on a packed tensor is not supported")
 
 
-def _flax_jobs(pr: _Pairing, cast: bool, skip_bad: bool):
-    """Per Flax variable: (FlaxVar, expression over torch names, dtype) for every convertible one."""
+def _flax_jobs(pr: _Pairing, cast: bool):
+    """Per convertible Flax variable: (unit, move, FlaxVar, expression over state-dict keys,
+    dtype, the canonical names it reads)."""
     jobs = []
     for unit in pr.units:
         if unit.conversion.problems:
@@ -307,8 +308,7 @@ def _flax_jobs(pr: _Pairing, cast: bool, skip_bad: bool):
             srcs = porting.sources(move.expr)
             names = [unit.names[s] for s in srcs]
             if any(n not in pr.matched or n in pr.bad for n in names):
-                if skip_bad:
-                    continue
+                continue
             var = unit.variables[move.target]
             expr = _substitute(move.expr, sub)
             src_dtype = pr.source.dtype(pr.torch[names[0]]) if names else var.dtype
@@ -412,7 +412,7 @@ def torch_to_flax(torch_model: nn.Module, flax_model, *example_args, state_dict=
     pr = _pair(torch_model, flax_model, example_args, example_kwargs, state_dict=state_dict,
                rename=rename)
     extra = _zero_checks(pr) if (pr.source.state is not None or not pr.source.is_meta) else []
-    jobs = _flax_jobs(pr, cast, skip_bad=True)
+    jobs = _flax_jobs(pr, cast)
     report = _report(pr, "torch_to_flax", [j[2].key for j in jobs], extra)
     if strict and not report.ok:
         raise PortError(report, _HINT)
@@ -470,29 +470,42 @@ def _plain_dict(tree):
 # ------------------------------------------------------------- flax -> torch
 
 
+def _flatten_keys(tree, prefix=()) -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        path = (*prefix, str(k))
+        if isinstance(v, Mapping):
+            out.update(_flatten_keys(v, path))
+        else:
+            out["/".join(path)] = v
+    return out
+
+
 def _flax_values(traced: Traced, variables) -> tuple[Any, Callable[[str], np.ndarray]]:
-    """The Flax values to read (linen: the given variables; nnx: the module's state)."""
+    """The Flax values to read: (the variables to pair with, ``read(key)``).
+
+    linen: the given variables dict (or its ``params``), or a checkpoint path.
+    nnx: None (the module's own state), or a pure dict (``nnx.to_pure_dict``)
+    or checkpoint path with those values.
+    """
+    if isinstance(variables, (str, Path)):
+        variables = _files.load_flax_variables(variables)
+    if variables is not None and not isinstance(variables, Mapping):
+        raise TypeError(f"variables must be a mapping or a checkpoint path; got "
+                        f"{type(variables).__name__}")
     if traced.framework == "nnx":
         if variables is not None:
-            raise TypeError("flax_to_torch: for an nnx module pass variables=None; its own state is read")
-        flat = variables_of(traced)
-    else:
-        if variables is None:
-            raise TypeError("flax_to_torch: a linen model needs its variables (a dict or a checkpoint path)")
-        if isinstance(variables, (str, Path)):
-            variables = _files.load_flax_variables(variables)
-        if not isinstance(variables, Mapping):
-            raise TypeError(f"flax_to_torch: variables must be a mapping or a path; got "
-                            f"{type(variables).__name__}")
-        if "params" not in variables:
-            variables = {"params": variables}
-        flat = variables_of(traced, variables)
+            by_key = _flatten_keys(variables)
+        else:
+            by_key = {var.key: leaf[1] for var, leaf in variables_of(traced).values()}
+        return None, lambda key: np.asarray(by_key[key])
+    if variables is None:
+        raise TypeError("a linen model needs its variables (a dict or a checkpoint path)")
+    if "params" not in variables:
+        variables = {"params": variables}
     by_key = {}
-    for var, leaf in flat.values():
-        value = leaf[1] if isinstance(leaf, tuple) else leaf
-        if hasattr(value, "unbox"):
-            value = value.unbox()
-        by_key[var.key] = value
+    for var, leaf in variables_of(traced, variables).values():
+        by_key[var.key] = leaf.unbox() if hasattr(leaf, "unbox") else leaf
     return variables, lambda key: np.asarray(by_key[key])
 
 
@@ -523,7 +536,9 @@ def flax_to_torch(flax_model, variables, torch_model: nn.Module, *example_args, 
         flax_model: a linen Module (traced from ``example_args``), an nnx Module
             (its own state is read), or ``xinit.flax.trace(...)``'s result.
         variables: linen: the variables dict (or its ``params``), or a checkpoint
-            path (``.msgpack``, ``.safetensors``, an Orbax directory); nnx: None.
+            path (``.msgpack``, ``.safetensors``, an Orbax directory). nnx: None
+            (the module's own state is read), or values in ``nnx.to_pure_dict``'s
+            layout (a dict or a checkpoint path).
         torch_model: the destination ``nn.Module`` (not on ``meta``).
         rename, strict: as :func:`torch_to_flax`.
         cast: False (default): a Flax array whose dtype differs from its torch
@@ -612,7 +627,7 @@ def plan(torch_model: nn.Module, flax_model, *example_args, state_dict=None, ren
                rename=rename)
     rows = []
     if to == "flax":
-        for unit, move, var, expr, dtype, names in _flax_jobs(pr, False, skip_bad=True):
+        for unit, move, var, expr, dtype, names in _flax_jobs(pr, False):
             srcs = porting.sources(expr)
             shapes = ", ".join(str(pr.source.shape(pr.torch[n])) for n in names)
             rows.append(PlanRow(", ".join(srcs), var.key, unit.kind, porting.describe(expr), shapes,
@@ -663,7 +678,7 @@ def convert_file(src, dst, torch_model: nn.Module, flax_model, *example_args, to
         pr = _pair(torch_model, flax_model, example_args, example_kwargs, state_dict=src,
                    rename=rename)
         extra = _zero_checks(pr)
-        jobs = _flax_jobs(pr, False, skip_bad=False)
+        jobs = _flax_jobs(pr, False)
         report = _report(pr, "torch_to_flax", [j[2].key for j in jobs], extra)
         if not report.ok:
             raise PortError(report, _HINT)

@@ -11,6 +11,7 @@ and Orbax need the whole tree in memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -48,15 +49,18 @@ def format_of(path, *, flax: bool) -> str:
 
 
 class LazySafetensors(Mapping):
-    """A ``.safetensors`` file as a mapping name -> numpy array, read one tensor at a time.
+    """A ``.safetensors`` file as a mapping name -> array, read one tensor at a time.
 
-    ``shape(name)``/``dtype(name)`` come from the header without reading data.
+    ``framework``: ``"numpy"`` (numpy arrays, bfloat16 via ml_dtypes) or ``"pt"``
+    (torch tensors). ``shape(name)``/``dtype(name)`` come from the header
+    without reading data.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, framework: str = "numpy"):
         from safetensors import safe_open
 
         self.path = str(path)
+        self.framework = framework
         self._meta: dict[str, tuple[tuple[int, ...], str]] = {}
         with safe_open(self.path, "numpy") as f:
             for k in f.keys():
@@ -68,7 +72,7 @@ class LazySafetensors(Mapping):
 
         if name not in self._meta:
             raise KeyError(name)
-        with safe_open(self.path, "numpy") as f:  # no mapping outlives the read
+        with safe_open(self.path, self.framework) as f:  # no mapping outlives the read
             return f.get_tensor(name)
 
     def __iter__(self):
@@ -89,13 +93,19 @@ class LazySafetensors(Mapping):
         return np.dtype(name_of)
 
 
-def load_torch_state(path) -> Mapping:
-    """A torch checkpoint as a flat mapping name -> tensor (torch) or array (safetensors)."""
+def load_torch_state(path, *, framework: str = "pt") -> Mapping:
+    """A torch checkpoint as a flat mapping name -> tensor.
+
+    ``.pt``/``.pth``/``.bin``: ``torch.load(weights_only=True)``, memory-mapped
+    where the file allows (a ``{"state_dict": ...}`` or ``{"model": ...}``
+    wrapper is opened); ``.safetensors``: read lazily, one tensor per access
+    (``framework="numpy"`` gives numpy arrays instead of torch tensors).
+    """
     kind = format_of(path, flax=False)
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     if kind == "safetensors":
-        return LazySafetensors(path)
+        return LazySafetensors(path, framework)
     import torch
 
     try:
@@ -145,6 +155,19 @@ def load_flax_variables(path) -> dict:
 # ---------------------------------------------------------------------- writers
 
 
+@contextlib.contextmanager
+def _replacing(tmp: Path, path):
+    """Write ``tmp``, then move it to ``path``; on an error remove it (``path`` untouched)."""
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+
 def _st_dtype(dtype: np.dtype) -> str:
     try:
         return _ST_DTYPES[np.dtype(dtype).name]
@@ -175,7 +198,7 @@ def write_safetensors(path, layout: list[tuple[str, tuple[int, ...], np.dtype]],
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     tmp = Path(str(path) + ".partial")
-    with open(tmp, "wb") as f:
+    with _replacing(tmp, path) as f:
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
         for name, shape, dtype in layout:
@@ -186,7 +209,6 @@ def write_safetensors(path, layout: list[tuple[str, tuple[int, ...], np.dtype]],
             f.write(memoryview(arr.reshape(-1).view(np.uint8)))
             if progress is not None:
                 progress(arr.nbytes)
-    os.replace(tmp, path)
 
 
 def write_msgpack(path, tree_paths: list[tuple[str, ...]],
@@ -210,7 +232,7 @@ def write_msgpack(path, tree_paths: list[tuple[str, ...]],
         node[p[-1]] = None
     packer = msgpack.Packer()
     tmp = Path(str(path) + ".partial")
-    with open(tmp, "wb") as f:
+    with _replacing(tmp, path) as f:
 
         def emit(node, prefix):
             f.write(packer.pack_map_header(len(node)))
@@ -225,7 +247,6 @@ def write_msgpack(path, tree_paths: list[tuple[str, ...]],
                     emit(child, (*prefix, key))
 
         emit(tree, ())
-    os.replace(tmp, path)
 
 
 def save_orbax(path, tree: Mapping) -> None:

@@ -18,16 +18,22 @@ _SKIP_COLLECTIONS = ("intermediates",)
 
 @dataclass(frozen=True)
 class FlaxVar:
-    """One variable of a Flax model: its full path, collection, shape and dtype."""
+    """One variable of a Flax model: its full path, collection, shape and dtype.
+
+    ``key`` is how checkpoints name it: ``params/conv1/kernel`` in linen's
+    variables dict; ``conv1/kernel`` in nnx's (``nnx.to_pure_dict`` has no
+    collection level).
+    """
 
     path: tuple[str, ...]
     collection: str
     shape: tuple[int, ...]
     dtype: np.dtype
+    nnx: bool = False
 
     @property
     def key(self) -> str:
-        return "/".join((self.collection, *self.path))
+        return "/".join(self.path if self.nnx else (self.collection, *self.path))
 
 
 @dataclass
@@ -86,7 +92,8 @@ def variables_of(traced: Traced, values=None) -> dict[tuple[str, ...], tuple[Fla
             else:
                 coll = type(var).__name__
             p = tuple(str(x) for x in path)
-            out[p] = (FlaxVar(p, coll, tuple(value.shape), np.dtype(value.dtype)), (var, value))
+            out[p] = (FlaxVar(p, coll, tuple(value.shape), np.dtype(value.dtype), nnx=True),
+                      (var, value))
         return out
     from flax import traverse_util
     from flax.core import meta
