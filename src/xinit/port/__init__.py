@@ -33,6 +33,7 @@ from xinit.core.porting import PortReport as PortReport
 from xinit.core.porting import Problem as Problem
 
 from ._compare import Comparison as Comparison
+from ._compare import OutputDiff as OutputDiff
 from ._compare import compare as compare
 from ._convert import convert_file as convert_file
 from ._convert import flax_to_torch as flax_to_torch
@@ -55,4 +56,5 @@ __all__ = [
     "PlanRow",
     "Problem",
     "Comparison",
+    "OutputDiff",
 ]

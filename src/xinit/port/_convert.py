@@ -143,7 +143,7 @@ class _Pairing:
     warnings: list[str] = field(default_factory=list)
 
 
-def _declare_hint(entry: TorchEntry, kind: str, expected: tuple[int, ...]) -> str:
+def _declare_hint(entry: TorchEntry, expected: tuple[int, ...], kind: str) -> str:
     layout = ""
     shape = entry.shape
     if len(shape) == 2 and len(expected) == 2 and shape == expected[::-1] and shape != expected:
@@ -188,7 +188,7 @@ def _pair(torch_model: nn.Module, flax_model, example_args, example_kwargs, *, s
                 pr.flax_only.append(Problem("", full, detail=f"Flax {flax_side} -> torch {expected}"))
                 continue
             consumed.add(entry.alias_of or full)
-            problem = _check_pair(entry, unit, expected, source, flax_side)
+            problem = _check_pair(entry, unit, expected, source, flax_side, _weight_of(table, unit, entry))
             if problem is not None:
                 pr.mismatched.append(problem)
                 pr.bad.add(full)
@@ -222,17 +222,28 @@ def _unit_type(table, entry: TorchEntry) -> str:
     return entry.type_name
 
 
-def _check_pair(entry: TorchEntry, unit: Unit, expected, source: _TorchSource, flax_side: str):
+def _weight_of(table, unit: Unit, entry: TorchEntry):
+    """(torch weight entry, the Flax side's canonical weight shape) of ``entry``'s layer, for
+    declaration hints; None when either is missing."""
+    weight = table.get(f"{entry.name.rpartition('.')[0]}.weight" if "." in entry.name else "weight")
+    move = next((m for m in unit.conversion.to_canonical if m.target == "weight"), None)
+    if weight is None or move is None:
+        return None
+    return weight, porting.shape_of(move.expr, unit.shapes())
+
+
+def _check_pair(entry: TorchEntry, unit: Unit, expected, source: _TorchSource, flax_side: str,
+                weight=None):
     stored = source.shape(entry)
     if stored is None:
         return Problem("mismatched", entry.name, destination=flax_side,
                        detail="not in the state dict")
     if entry.kind != unit.kind:
         if entry.kind == "other":
+            hint = _declare_hint(*weight, unit.kind) if weight else _declare_hint(entry, expected, unit.kind)
             return Problem("mismatched", entry.name, f"torch {entry.type_name} {stored}", flax_side,
                            f"{entry.type_name} is not a known layer, while Flax's {unit.type_name} is "
-                           f"a {unit.kind} layer: declare it, e.g. "
-                           f"{_declare_hint(entry, unit.kind, expected)}")
+                           f"a {unit.kind} layer: declare it, e.g. {hint}")
         if unit.kind == "other":
             qual = unit.layer.qualname if unit.layer is not None else unit.type_name
             return Problem("mismatched", entry.name, f"torch {entry.type_name} {stored}", flax_side,
@@ -248,7 +259,7 @@ def _check_pair(entry: TorchEntry, unit: Unit, expected, source: _TorchSource, f
         detail = f"canonical shapes differ: torch {tuple(canonical)} vs Flax {tuple(expected)}"
         if sorted(canonical) == sorted(expected) and len(stored) >= 2:
             detail += (f"; if {entry.type_name} stores this weight in another order, declare it: "
-                       f"{_declare_hint(entry, entry.kind, expected)} (now read with layout "
+                       f"{_declare_hint(entry, expected, entry.kind)} (now read with layout "
                        f"{entry.layout!r})")
         return Problem("mismatched", entry.name, f"torch {entry.type_name} {tuple(stored)}", flax_side, detail)
     return None
