@@ -216,7 +216,7 @@ def layer_of(cls: type) -> RegisteredLayer | None:
         pass
     found = None
     for c in getattr(cls, "__mro__", (cls,)):
-        found = _qualified.get(qualified_name(c)) or _bare.get(c.__qualname__)
+        found = _qualified.get(qualified_name(c)) or _bare.get(c.__name__)
         if found is not None:
             break
     try:

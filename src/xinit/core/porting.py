@@ -708,9 +708,8 @@ def _torch_pads(attrs: Mapping, n: int):
     return tuple((p, p) for p in _tuple(padding, n, 0))
 
 
-def _flax_conv_pads(attrs: Mapping, n: int):
+def _flax_conv_pads(attrs: Mapping, n: int, k: tuple):
     padding = attrs.get("padding", "SAME")
-    k = _tuple(attrs.get("kernel_size"), n)
     d = _tuple(attrs.get("kernel_dilation"), n)
     s = _tuple(attrs.get("strides"), n)
     if isinstance(padding, str):
@@ -727,9 +726,8 @@ def _flax_conv_pads(attrs: Mapping, n: int):
     return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
 
 
-def _flax_conv_transpose_pads(attrs: Mapping, n: int):
+def _flax_conv_transpose_pads(attrs: Mapping, n: int, k: tuple):
     padding = attrs.get("padding", "SAME")
-    k = _tuple(attrs.get("kernel_size"), n)
     d = _tuple(attrs.get("kernel_dilation"), n)
     s = _tuple(attrs.get("strides"), n)
     if isinstance(padding, int):
@@ -810,7 +808,7 @@ def hyper_parameter_warnings(name: str, kind: str, torch_type: str, torch_attrs:
             if torch_attrs.get("padding_mode", "zeros") not in ("zeros", "circular") or t_circ != f_circ:
                 warn("padding mode", f"padding_mode={torch_attrs.get('padding_mode')!r}",
                      f"padding={flax_attrs.get('padding')!r}")
-            tp, fp = _torch_pads(torch_attrs, n), _flax_conv_pads(flax_attrs, n)
+            tp, fp = _torch_pads(torch_attrs, n), _flax_conv_pads(flax_attrs, n, tuple(k))
             if fp is not None and tp != fp:
                 warn("padding", f"padding={torch_attrs.get('padding')} (pads {tp})",
                      f"padding={flax_attrs.get('padding')!r} (pads {fp})",
@@ -819,7 +817,7 @@ def hyper_parameter_warnings(name: str, kind: str, torch_type: str, torch_attrs:
             op = _tuple(torch_attrs.get("output_padding"), n, 0)
             want = tuple((dd * (kk - 1) - p, dd * (kk - 1) - p + o) for kk, dd, p, o
                          in zip(k, td, _tuple(torch_attrs.get("padding"), n, 0), op, strict=True))
-            got = _flax_conv_transpose_pads(flax_attrs, n)
+            got = _flax_conv_transpose_pads(flax_attrs, n, tuple(k))
             if got is not None and got != want:
                 warn("padding", f"padding={torch_attrs.get('padding')} output_padding={op}",
                      f"padding={flax_attrs.get('padding')!r} (pads {got})",
