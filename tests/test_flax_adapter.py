@@ -86,7 +86,7 @@ def ks(a, b):
 
 def test_every_public_factory_is_in_the_table():
     public = {n for n in xf.__all__ if callable(getattr(xf, n)) and n[0].islower()}
-    model_level = {"initialize", "plan", "describe", "canonical_name"}
+    model_level = {"initialize", "plan", "describe", "canonical_name", "trace"}
     assert public - model_level == set(FACTORIES)
 
 

@@ -155,7 +155,10 @@ def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("framework", ["linen", "nnx"])
+@pytest.mark.parametrize("framework", [
+    "linen",
+    pytest.param("nnx", marks=pytest.mark.slow),  # eager nnx, ~20 s; docs/porting.md runs it too
+])
 def test_resnet_with_batchnorm_to_flax_and_back(framework):
     torch.manual_seed(0)
     tm = randomize(TorchResNet())
