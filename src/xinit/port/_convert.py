@@ -16,11 +16,10 @@ from xinit.core import _host, porting
 from xinit.core.engine import x64_scope
 from xinit.core.porting import PlanRow, PortError, PortPlan, PortReport, Problem, Tensor, Zeros
 from xinit.flax._structure import Traced, trace
-from xinit.torch import _bridge
 
 from . import _files
 from ._flax import Unit, canonical_path, units_of, variables_of
-from ._torch import TORCH_ONLY, TorchEntry, entries, from_numpy, to_numpy
+from ._torch import TORCH_ONLY, TorchEntry, entries, from_numpy, read_only_sources, to_numpy
 
 __all__ = ["torch_to_flax", "flax_to_torch", "plan", "convert_file"]
 
@@ -383,6 +382,10 @@ def _copy_into(out: np.ndarray, value: np.ndarray) -> None:
 def _materialize(value: np.ndarray, dtype: np.dtype) -> jax.Array:
     """A new jax.Array with ``value``'s contents in ``dtype`` (one copy on the CPU)."""
     dtype = np.dtype(dtype)
+    if (value.dtype == dtype and value.ndim >= 2 and not value.flags.c_contiguous
+            and all(s > 0 for s in value.strides)):
+        with x64_scope(dtype):  # XLA's own transposing copy (a permuted kernel)
+            return jax.device_put(value)
     if _host.on_host():
         out = _host.aligned_empty(value.shape, dtype)
         _copy_into(out, value)
@@ -603,27 +606,10 @@ def flax_to_torch(flax_model, variables, torch_model: nn.Module, *example_args, 
             raise PortError(report, _HINT)
         bad = {p.name for p in conflicts}
         arrays = [(e, a) for e, a in arrays if e.name not in bad]
-    with torch.no_grad():
+    with torch.no_grad(), read_only_sources():
         for entry, value in arrays:
-            _write_tensor(entry.tensor, value)
+            entry.tensor.copy_(from_numpy(value))
     return torch_model if strict else (torch_model, report)
-
-
-def _write_tensor(tensor: torch.Tensor, value: np.ndarray) -> None:
-    """``tensor.copy_(value)``; a contiguous CPU tensor of the same dtype is written through
-    a numpy view in source memory order (a transposed kernel: 64 rows at a time)."""
-    if (tensor.device.type == "cpu" and tensor.is_contiguous() and value.dtype == entry_dtype(tensor)
-            and tensor.dtype != torch.bfloat16):
-        _copy_into(tensor.detach().numpy(), value)
-        _bridge.bump_version(tensor)
-        return
-    tensor.copy_(from_numpy(value))
-
-
-def entry_dtype(tensor: torch.Tensor) -> np.dtype:
-    from ._torch import numpy_dtype
-
-    return numpy_dtype(tensor.dtype)
 
 
 def _expr_dtype(expr, pr: _Pairing, unit: Unit) -> np.dtype:
@@ -787,7 +773,7 @@ def convert_file(src, dst, torch_model: nn.Module, flax_model, *example_args, to
     else:
         state = {}
         for name in by_name:
-            state[name] = from_numpy(np.array(produce_t(name)))
+            state[name] = from_numpy(np.array(produce_t(name)))  # a copy: writable
             tick_t(state[name].numel() * state[name].element_size())
         _files.save_torch(dst, state)
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,15 +65,22 @@ def from_numpy(a: np.ndarray) -> torch.Tensor:
     """A torch tensor sharing ``a``'s memory where torch can (positive strides), else a copy.
 
     ``a`` may be read-only (a JAX array's memory): the result is only ever a
-    source to copy from.
+    source to copy from (call under :func:`read_only_sources`).
     """
     if any(s < 0 for s in a.strides):
         a = np.ascontiguousarray(a)
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+@contextlib.contextmanager
+def read_only_sources():
+    """Silence torch's warning about tensors made from read-only numpy arrays (JAX's
+    memory), which :func:`from_numpy` only ever copies from."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        if a.dtype.name == "bfloat16":
-            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-        return torch.from_numpy(a)
+        yield
 
 
 def _plain_attrs(module: nn.Module) -> dict[str, Any]:
