@@ -119,12 +119,14 @@ def bench_speed(name: str = "gpt2", repeats: int = 5) -> list[dict]:
     ref = fns["xinit"]()
     assert jax.tree.all(jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()),
                                      ref, fns["peer"]()))
-    times = _interleaved(fns, repeats)
+    from run import interleaved
+
+    times = interleaved(fns, repeats, warmup=1)
     back = {
         "xinit": lambda: xp.flax_to_torch(traced, ref, tm),
         "peer": lambda: by_hand_to_torch(ref, tm, mapping),
     }
-    back_times = _interleaved(back, repeats)
+    back_times = interleaved(back, repeats, warmup=1)
     params = sum(p.numel() for p in tm.parameters())
     size = f"{params / 1e6:.1f}M params"
     return [
@@ -134,21 +136,6 @@ def bench_speed(name: str = "gpt2", repeats: int = 5) -> list[dict]:
         {"case": f"{name} flax_to_torch (in place)", "shape": size, "xinit_s": back_times["xinit"],
          "peer": "per-tensor copy_ loop", "peer_s": back_times["peer"], "trace_s": trace_s},
     ]
-
-
-def _interleaved(fns, repeats: int, warmup: int = 1) -> dict[str, float]:
-    import statistics
-
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 # --------------------------------------------------------------------- memory

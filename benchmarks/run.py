@@ -520,6 +520,14 @@ TARGETS = [
 ]
 
 
+MEMORY_TARGETS = [
+    # (section, label, denominator, its extra key, limit, label when not measured)
+    ("memory", "{case}", "parameter bytes", "state_bytes", 1.15, "materialize ~1B"),
+    ("port_memory", "port {case}", "checkpoint bytes", "checkpoint_bytes", 1.25,
+     "port >= 1 GiB file to file"),
+]
+
+
 def _find(rows, section, case, shape, dtype, peer):
     for r in rows:
         if (r.section == section and r.case == case and (shape is None or r.shape == shape)
@@ -537,22 +545,15 @@ def target_lines(rows) -> list[str]:
         else:
             out.append(f"| {label} | {need:g}x | {r.ratio:.2f}x | "
                        f"{'yes' if r.ratio >= need else '**no**'} |")
-    mem = [r for r in rows if r.section == "memory"]
-    for r in mem:
-        frac = r.extra["peak_rss"] / r.extra["state_bytes"]
-        out.append(f"| {r.case}: peak RSS / parameter bytes | <= 1.15 | {frac:.2f} | "
-                   f"{'yes' if frac <= 1.15 else '**no**'} |")
-    if not mem:
-        out.append("| materialize ~1B: peak RSS / parameter bytes | <= 1.15 | not measured "
-                   "(full run only) | - |")
-    port_mem = [r for r in rows if r.section == "port_memory"]
-    for r in port_mem:
-        frac = r.extra["peak_rss"] / r.extra["checkpoint_bytes"]
-        out.append(f"| port {r.case}: peak RSS / checkpoint bytes | <= 1.25 | {frac:.2f} | "
-                   f"{'yes' if frac <= 1.25 else '**no**'} |")
-    if not port_mem:
-        out.append("| port >= 1 GiB file to file: peak RSS / checkpoint bytes | <= 1.25 | not "
-                   "measured (full run only) | - |")
+    for section, label, per, bytes_key, limit, missing in MEMORY_TARGETS:
+        mem = [r for r in rows if r.section == section]
+        for r in mem:
+            frac = r.extra["peak_rss"] / r.extra[bytes_key]
+            out.append(f"| {label.format(case=r.case)}: peak RSS / {per} | <= {limit:g} | "
+                       f"{frac:.2f} | {'yes' if frac <= limit else '**no**'} |")
+        if not mem:
+            out.append(f"| {missing}: peak RSS / {per} | <= {limit:g} | not measured "
+                       "(full run only) | - |")
     out.append("| GPU targets | - | no GPU in this run | - |")
     return out
 

@@ -15,18 +15,6 @@ from xinit.core import porting
 from xinit.core.layout import FLAX, TORCH, Layout
 from xinit.core.porting import Concat, Flip, Permute, Reshape, Rows, Sum, Tensor, Zeros
 
-
-@pytest.fixture
-def restore_registry():
-    qualified, bare = dict(registry._qualified), dict(registry._bare)
-    yield
-    registry._qualified.clear()
-    registry._qualified.update(qualified)
-    registry._bare.clear()
-    registry._bare.update(bare)
-    registry._cache.clear()
-
-
 # -------------------------------------------------------------- the registry
 
 

@@ -25,19 +25,6 @@ import xinit.torch as xt  # noqa: E402
 from test_port_pairs import randomize  # noqa: E402
 from xinit.core import layers as registry  # noqa: E402
 
-
-@pytest.fixture
-def restore_registry():
-    """Registrations made by a test are undone after it."""
-    qualified, bare = dict(registry._qualified), dict(registry._bare)
-    yield
-    registry._qualified.clear()
-    registry._qualified.update(qualified)
-    registry._bare.clear()
-    registry._bare.update(bare)
-    registry._cache.clear()
-
-
 # ------------------------------------------------------------------ ResNet
 
 
