@@ -550,6 +550,17 @@ def test_strict_false_converts_what_matches_and_returns_the_report():
     assert torch.equal(back.fc1.weight, fc1)  # mismatched: left alone
 
 
+def test_converted_arrays_are_copies_not_views_of_torch_memory():
+    torch.manual_seed(0)
+    tm = randomize(TorchMLP())
+    variables = xp.torch_to_flax(tm, LinenMLPSetup(), X4)
+    before = jax.tree.map(lambda a: np.array(a), variables)
+    with torch.no_grad():
+        for p in tm.parameters():
+            p.add_(1.0)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), before, variables))
+
+
 def test_nnx_gru_refuses_a_hidden_n_bias_it_cannot_hold():
     class Torch(nn.Module):
         def __init__(self):

@@ -197,7 +197,7 @@ def _pair(torch_model: nn.Module, flax_model, example_args, example_kwargs, *, s
             if key not in seen_units:
                 seen_units.add(key)
                 pr.warnings += porting.hyper_parameter_warnings(
-                    entry.unit or "(root)", unit.kind, _unit_type(table, entry), entry.attrs,
+                    entry.unit or "(root)", unit.kind, entry.unit_type, entry.attrs,
                     unit.type_name, unit.attrs)
     for name, entry in table.items():
         primary = entry.alias_of or name
@@ -213,12 +213,6 @@ def _pair(torch_model: nn.Module, flax_model, example_args, example_kwargs, *, s
             continue
         pr.torch_only.append(Problem("", key, detail="in the state dict, not in the torch model"))
     return pr
-
-
-def _unit_type(table, entry: TorchEntry) -> str:
-    if entry.unit != entry.name.rpartition(".")[0]:
-        return "MultiheadAttention"
-    return entry.type_name
 
 
 def _weight_of(table, unit: Unit, entry: TorchEntry):
@@ -295,11 +289,13 @@ def _substitute(expr, sub: Callable[[str], tuple[str, tuple]]):
 
 
 def _then(expr, ops: tuple):
+    """``expr`` followed by ``ops`` (a torch layout applied to a canonical tensor)."""
     if not ops:
         return expr
     if isinstance(expr, Tensor):
         return Tensor(expr.name, expr.ops + tuple(ops))
-    raise PortError(PortReport("flax_to_torch"), "a custom torch layout on a packed tensor is not supported")
+    raise NotImplementedError("xinit.port: a declared torch layout on a tensor Flax keeps in "
+                              "several pieces (attention, recurrent cells) is not supported")
 
 
 def _flax_jobs(pr: _Pairing, cast: bool):
@@ -339,13 +335,9 @@ def _zero_checks(pr: _Pairing) -> list[Problem]:
             values = porting.evaluate(Tensor(pr.source.key(entry), entry.ops + t.ops), _reader(pr))
             if np.any(values != 0):
                 out.append(Problem("mismatched", full, detail=(
-                    f"{describe_rows(t)} is not zero, and Flax's {unit.type_name} has no place for it "
+                    f"{' '.join(str(op) for op in t.ops)} is not zero, and Flax's {unit.type_name} has no place for it "
                     "(its forward pass would differ); use linen's GRUCell, which keeps it")))
     return out
-
-
-def describe_rows(t: Tensor) -> str:
-    return " ".join(str(op) for op in t.ops) or "it"
 
 
 def _reader(pr: _Pairing):
@@ -589,7 +581,7 @@ def flax_to_torch(flax_model, variables, torch_model: nn.Module, *example_args, 
                 "the torch tensor is on the meta device: materialize the model first "
                 "(e.g. torch_model.to_empty(device='cpu')) or write a file with convert_file")))
             continue
-        src = _expr_dtype(expr, pr, unit)
+        src = _expr_dtype(expr, unit)
         if src != entry.dtype and not cast:
             extra.append(Problem("mismatched", entry.name, f"Flax {src}", f"torch {entry.dtype}",
                                  "dtypes differ; pass cast=True to convert"))
@@ -612,7 +604,8 @@ def flax_to_torch(flax_model, variables, torch_model: nn.Module, *example_args, 
     return torch_model if strict else (torch_model, report)
 
 
-def _expr_dtype(expr, pr: _Pairing, unit: Unit) -> np.dtype:
+def _expr_dtype(expr, unit: Unit) -> np.dtype:
+    """The dtype of what ``expr`` (over the unit's Flax keys) evaluates to: its first source's."""
     keys = porting.sources(expr)
     by_key = {v.key: v for v in unit.variables.values()}
     return by_key[keys[0]].dtype if keys else np.dtype(np.float32)
@@ -755,7 +748,7 @@ def convert_file(src, dst, torch_model: nn.Module, flax_model, *example_args, to
     if not report.ok:
         raise PortError(report, _HINT)
     by_name = {e.name: (e, expr, u) for e, expr, u in jobs}
-    total = sum(int(np.prod(e.shape)) * _expr_dtype(x, pr, u).itemsize for e, x, u in jobs)
+    total = sum(int(np.prod(e.shape)) * _expr_dtype(x, u).itemsize for e, x, u in jobs)
     done = [0]
 
     def produce_t(name):
@@ -768,7 +761,7 @@ def convert_file(src, dst, torch_model: nn.Module, flax_model, *example_args, to
             progress(done[0], total)
 
     if out_kind == "safetensors":
-        layout = [(e.name, e.shape, _expr_dtype(x, pr, u)) for e, x, u in jobs]
+        layout = [(e.name, e.shape, _expr_dtype(x, u)) for e, x, u in jobs]
         _files.write_safetensors(dst, layout, produce_t, {"format": "pt"}, tick_t)
     else:
         state = {}

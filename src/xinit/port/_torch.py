@@ -106,6 +106,7 @@ class TorchEntry:
 
     name: str
     unit: str  # the layer a port treats it in (MultiheadAttention for out_proj.*)
+    unit_type: str  # that layer's class name
     kind: str
     type_name: str
     qualname: str
@@ -163,7 +164,8 @@ def entries(model: nn.Module) -> tuple[dict[str, TorchEntry], dict[str, tuple[st
             if name in out:
                 continue
             out[name] = TorchEntry(
-                name=name, unit=unit, kind=kind, type_name=type(m).__name__,
+                name=name, unit=unit, unit_type=type(unit_module).__name__, kind=kind,
+                type_name=type(m).__name__,
                 qualname=f"{type(m).__module__}.{type(m).__qualname__}",
                 layout=layout if attr == "weight" else TORCH,
                 shape=tuple(t.shape), dtype=numpy_dtype(t.dtype), buffer=is_buffer, tensor=t,
