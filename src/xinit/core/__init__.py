@@ -18,6 +18,7 @@ from .engine import sample as sample
 from .errors import XinitError as XinitError
 from .gains import NONLINEARITIES as NONLINEARITIES
 from .gains import calculate_gain as calculate_gain
+from .layers import register_layer as register_layer
 from .layout import FLAX as FLAX
 from .layout import TORCH as TORCH
 from .layout import Fans as Fans
@@ -92,6 +93,7 @@ __all__ = [
     "Fans",
     "canonical_shape",
     "compute_fans",
+    "register_layer",
     "uniform",
     "normal",
     "trunc_normal",

@@ -27,7 +27,9 @@ Three parts, all returning initializers with jax's ``Initializer`` signature
   flax kernel equals ``xinit.torch``'s weight permuted into flax layout, bit for bit.
 * **whole param trees**: :func:`initialize`, :func:`plan`, :func:`describe`,
   :func:`canonical_name`: a recipe over a linen tree or an nnx module, with the
-  values ``xinit.torch.initialize`` gives a torch model of the same names.
+  values ``xinit.torch.initialize`` gives a torch model of the same names;
+  :func:`trace` reads a model's layer structure (linen: traced on example inputs,
+  nothing computed) so that layer kinds come from its classes.
 
 This module needs only JAX and Flax; it never imports torch.
 """
@@ -66,10 +68,12 @@ from ._native import xavier_normal as xavier_normal
 from ._native import xavier_uniform as xavier_uniform
 from ._native import zeros as zeros
 from ._native import zeros_init as zeros_init
+from .model import Traced as Traced
 from .model import canonical_name as canonical_name
 from .model import describe as describe
 from .model import initialize as initialize
 from .model import plan as plan
+from .model import trace as trace
 
 #: Every name ``jax.nn.initializers`` exports, in its order: each is here with JAX's meaning.
 JAX_NAMES = (
@@ -85,7 +89,7 @@ __all__ = [
     "torch_init", "calculate_gain",
     "SpecInitializer", "JaxInitializer", "DeltaOrthogonal",
     # whole param trees (xinit.flax.model)
-    "initialize", "plan", "describe", "canonical_name",
+    "initialize", "plan", "describe", "canonical_name", "trace", "Traced",
 ]
 
 # Names of xinit 0.1 that moved to torch_init (0.2.0 renamed them; see CHANGELOG.md).

@@ -13,9 +13,19 @@ BatchNorm's ``batch_stats/bn/mean`` and ``.../var`` are ``bn.running_mean`` and
 give ``blocks.0.weight``. Linen names list submodules ``blocks_0``; pass
 ``rename=`` to map names onto a torch model's (e.g. ``blocks_0`` -> ``blocks.0``).
 
-Layer kinds are inferred from the tree: ``kernel`` of rank 2 is ``linear``, of
-rank >= 3 ``conv`` (``conv_transpose`` when its module's name or class starts
-with ``ConvTranspose``); ``embedding`` is ``embedding``; ``scale`` and its sibling
+Layer kinds and kernel layouts come from the model's structure where it is
+given: an nnx module's graph, or a linen module traced with
+:func:`~xinit.flax.trace` (``initialize(trace(model, x), ...)``), each module's
+class looked up in the layer registry (:mod:`xinit.core.layers`, extended with
+:func:`xinit.register_layer`). The sub-layers of an attention or recurrent layer
+take its kind, with roles ``query_weight``... (attention) and
+``weight_ih``/``weight_hh``/``bias_ih``/``bias_hh`` (recurrent cells, with the
+layer attribute ``hidden_size``).
+
+Only for a bare tree (a variables dict without its module, an ``nnx.State``)
+are kinds guessed from the leaves: ``kernel`` of rank 2 is ``linear``, of rank
+>= 3 ``conv`` (``conv_transpose`` when its module's name starts with
+``ConvTranspose``); ``embedding`` is ``embedding``; ``scale`` and its sibling
 ``bias`` (or a module with batch stats) are ``norm``; a ``bias`` next to a kernel
 has the kernel's kind and takes its fan-in. Kernels are canonicalized with
 :data:`xinit.core.FLAX` (``(*k, in, out)`` -> ``(out, in, *k)``); a
@@ -38,13 +48,16 @@ import numpy as np
 from xinit.core import _batch, _host
 from xinit.core._keys import key_data, stable_hash
 from xinit.core.engine import canonical_dtype, x64_scope
+from xinit.core.layers import FLAX_CONV_TRANSPOSE
 from xinit.core.layout import FLAX, TORCH, Layout, canonical_shape
 from xinit.core.recipes import Param, Plan, Resolved, as_layer, check_unmatched, get_recipe
 from xinit.core.specs import Zeros
 
-__all__ = ["initialize", "plan", "describe", "canonical_name"]
+from ._structure import FlaxLayer, Traced, trace
 
-CONV_TRANSPOSE = Layout(in_axis=-1, out_axis=-2, name="FLAX_CONV_TRANSPOSE")
+__all__ = ["initialize", "plan", "describe", "canonical_name", "trace", "Traced"]
+
+CONV_TRANSPOSE = FLAX_CONV_TRANSPOSE
 _WEIGHT_LEAVES = {"kernel": "weight", "embedding": "weight", "scale": "weight"}
 _STAT_LEAVES = {"mean": "running_mean", "var": "running_var"}
 _AUTO_NAME = re.compile(r"^(.*?)_\d+$")
@@ -147,7 +160,44 @@ def _kernel_kind(k: _Leaf, ltype: str) -> tuple[str, Layout]:
     return "other", TORCH
 
 
-def _classify(leaves: list[_Leaf], types: Mapping, rename) -> list[tuple[Param, Layout]]:
+_COMPOSITE = ("attention", "recurrent")  # layers whose sub-modules' variables are theirs
+_LEAF_ROLES = {"kernel": "weight", "embedding": "weight", "scale": "weight",
+               "negative_slope": "weight"}
+
+
+def _registered(lf: _Leaf, layers: Mapping[tuple, FlaxLayer]):
+    """(kind, role, layout, layer type, attrs) of a leaf whose module the structure knows;
+    None when it does not (then the tree alone is read)."""
+    mod = tuple(str(p) for p in lf.path[:-1])
+    leaf = str(lf.path[-1])
+    owner = next((layers[mod[:d]] for d in range(len(mod) + 1)
+                  if mod[:d] in layers and layers[mod[:d]].kind in _COMPOSITE), None)
+    if owner is not None and owner.path != mod:  # a sub-layer of an attention or recurrent layer
+        sub = mod[len(owner.path)]
+        base = "weight" if leaf == "kernel" else leaf
+        if owner.kind == "recurrent":
+            role = f"{base}_{'ih' if sub.startswith('i') or sub == 'dense_i' else 'hh'}"
+            hidden = owner.attrs.get("features", owner.attrs.get("hidden_features"))
+            attrs = {"hidden_size": hidden}
+        else:
+            role, attrs = f"{sub}_{base}", {}
+        layout = FLAX if leaf == "kernel" else TORCH
+        return owner.kind, role, layout, owner.type_name, attrs
+    layer = layers.get(mod)
+    if layer is None:
+        return None
+    if lf.collection == "batch_stats" and leaf in _STAT_LEAVES:
+        return layer.kind, _STAT_LEAVES[leaf], TORCH, layer.type_name, {}
+    layout = TORCH
+    if leaf == "kernel":
+        layout = FLAX if layer.attrs.get("transpose_kernel") else layer.layout
+    return layer.kind, _LEAF_ROLES.get(leaf, leaf), layout, layer.type_name, {}
+
+
+def _classify(leaves: list[_Leaf], layers: Mapping[tuple, FlaxLayer],
+              rename) -> list[tuple[Param, Layout]]:
+    """The Param record and layout of every leaf: from the model's structure (``layers``,
+    see :func:`xinit.flax.trace`) where it has the leaf's module, else guessed from the tree."""
     by_module: dict[tuple, dict[str, _Leaf]] = {}
     stats_modules = set()
     for lf in leaves:
@@ -160,33 +210,41 @@ def _classify(leaves: list[_Leaf], types: Mapping, rename) -> list[tuple[Param, 
     for lf in leaves:
         mod, leaf = lf.path[:-1], str(lf.path[-1])
         siblings = by_module.get(mod, {})
-        ltype = _layer_type(mod, types)
         stats = lf.collection == "batch_stats" and leaf in _STAT_LEAVES
         layout, attrs, role = TORCH, {}, leaf
         kernel = siblings.get("kernel")
-
-        if stats:
-            kind, role = "norm", _STAT_LEAVES[leaf]
-        elif not lf.is_param:
-            kind = "other"
-        elif leaf == "kernel":
-            kind, layout = _kernel_kind(lf, ltype)
-            role = "weight"
-        elif leaf == "embedding":
-            kind, role = "embedding", "weight"
-        elif leaf == "scale":
-            kind, role = "norm", "weight"
-        elif leaf == "negative_slope":
-            kind, role = "prelu", "weight"
-        elif leaf == "bias" and kernel is not None:
-            kind, _ = _kernel_kind(kernel, ltype)
-        elif leaf == "bias" and ("scale" in siblings or mod in stats_modules or "Norm" in ltype):
-            kind = "norm"
-        else:
-            kind = "other"
-        if kernel is not None and kind in ("linear", "conv", "conv_transpose"):
-            _, klayout = _kernel_kind(kernel, ltype)
-            attrs["weight_shape"] = canonical_shape(kernel.shape, klayout)
+        known = _registered(lf, layers) if layers else None
+        if known is not None:
+            kind, role, layout, ltype, attrs = known
+            if kernel is not None and kind in ("linear", "conv", "conv_transpose") and lf is not kernel:
+                klayout = _registered(kernel, layers)[2]
+                attrs = {**attrs, "weight_shape": canonical_shape(kernel.shape, klayout)}
+            elif kind in ("linear", "conv", "conv_transpose") and lf is kernel:
+                attrs = {**attrs, "weight_shape": canonical_shape(kernel.shape, layout)}
+        else:  # a bare tree: the kind is guessed from the leaf's name and rank
+            ltype = _layer_type(mod, {})
+            if stats:
+                kind, role = "norm", _STAT_LEAVES[leaf]
+            elif not lf.is_param:
+                kind = "other"
+            elif leaf == "kernel":
+                kind, layout = _kernel_kind(lf, ltype)
+                role = "weight"
+            elif leaf == "embedding":
+                kind, role = "embedding", "weight"
+            elif leaf == "scale":
+                kind, role = "norm", "weight"
+            elif leaf == "negative_slope":
+                kind, role = "prelu", "weight"
+            elif leaf == "bias" and kernel is not None:
+                kind, _ = _kernel_kind(kernel, ltype)
+            elif leaf == "bias" and ("scale" in siblings or mod in stats_modules or "Norm" in ltype):
+                kind = "norm"
+            else:
+                kind = "other"
+            if kernel is not None and kind in ("linear", "conv", "conv_transpose"):
+                _, klayout = _kernel_kind(kernel, ltype)
+                attrs["weight_shape"] = canonical_shape(kernel.shape, klayout)
         name = canonical_name(lf.path, stats=stats)
         if rename is not None:
             name = rename(name)
@@ -205,22 +263,27 @@ def _classify(leaves: list[_Leaf], types: Mapping, rename) -> list[tuple[Param, 
 
 
 def _prepare(tree, rename):
-    """(kind of input, leaves, params with layouts, nnx module types)."""
+    """(kind of input, leaves, params with layouts, linen collections flag, the input tree)."""
     from flax import nnx
 
+    if isinstance(tree, Traced):
+        if tree.framework == "nnx":
+            leaves = _leaves_nnx(nnx.state(tree.module))
+            return "nnx_module", leaves, _classify(leaves, tree.layers, rename), None, tree.module
+        leaves, collections = _leaves_linen(tree.variables)
+        return "linen", leaves, _classify(leaves, tree.layers, rename), collections, tree.variables
     if isinstance(tree, nnx.Module):
-        types = {tuple(p): type(m).__name__ for p, m in nnx.iter_modules(tree)}
         leaves = _leaves_nnx(nnx.state(tree))
-        return "nnx_module", leaves, _classify(leaves, types, rename), None
+        return "nnx_module", leaves, _classify(leaves, trace(tree).layers, rename), None, tree
     if isinstance(tree, nnx.State):
         leaves = _leaves_nnx(tree)
-        return "nnx_state", leaves, _classify(leaves, {}, rename), None
+        return "nnx_state", leaves, _classify(leaves, {}, rename), None, tree
     if isinstance(tree, Mapping):
         leaves, collections = _leaves_linen(tree)
-        return "linen", leaves, _classify(leaves, {}, rename), collections
+        return "linen", leaves, _classify(leaves, {}, rename), collections, tree
     raise TypeError(
-        "initialize expects a linen variables/params dict (or FrozenDict), an nnx.State or an "
-        f"nnx.Module; got {type(tree).__name__}"
+        "initialize expects a linen variables/params dict (or FrozenDict), xinit.flax.trace(...)'s "
+        f"result, an nnx.State or an nnx.Module; got {type(tree).__name__}"
     )
 
 
@@ -327,7 +390,10 @@ def initialize(model, recipe="torch_default", *, key=None, unmatched: str = "err
         model: a linen variables dict (``{"params": ..., "batch_stats": ...}``), a
             linen params dict (no collection level), either of them abstract
             (``jax.eval_shape(model.init, ...)``: ``ShapeDtypeStruct`` leaves) or
-            boxed (``nn.Partitioned``); an ``nnx.State``; or an ``nnx.Module``.
+            boxed (``nn.Partitioned``); an ``nnx.State``; an ``nnx.Module``; or
+            :func:`~xinit.flax.trace`'s result for a linen module (then layer
+            kinds come from the module's classes, not from the tree; the result
+            is a new variables dict).
         recipe: a :class:`~xinit.core.recipes.Recipe` or a built-in's name
             (default ``"torch_default"``).
         key: root key (``jax.random.key``, ``uint32[2]`` key or int seed).
@@ -368,7 +434,7 @@ def initialize(model, recipe="torch_default", *, key=None, unmatched: str = "err
         )
     check_unmatched(unmatched)
     recipe = get_recipe(recipe)
-    kind, leaves, classified, collections = _prepare(model, rename)
+    kind, leaves, classified, collections, tree = _prepare(model, rename)
     params = [p for p, _ in classified]
     pl = recipe.plan(params)
     missing = [i for i, e in enumerate(pl.entries) if e.rule is None and not e.param.buffer]
@@ -388,7 +454,7 @@ def initialize(model, recipe="torch_default", *, key=None, unmatched: str = "err
     arrays = _draw([params[i] for i in todo], [classified[i][1] for i in todo],
                    [resolved[i] for i in todo], key)
     new = {i: a for i, a in zip(todo, arrays, strict=True)}
-    return _rebuild(model, kind, leaves, new, collections)
+    return _rebuild(tree, kind, leaves, new, collections)
 
 
 def _is_abstract(value) -> bool:

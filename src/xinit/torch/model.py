@@ -32,6 +32,8 @@ from torch import nn
 from xinit.core import _batch, _host
 from xinit.core._keys import key_data
 from xinit.core.errors import DtypeError
+from xinit.core.layers import layer_of
+from xinit.core.layout import TORCH, Layout, canonical_shape
 from xinit.core.recipes import Param, Plan, Resolved, as_layer, check_unmatched, get_recipe
 from xinit.core.specs import Zeros
 
@@ -43,32 +45,29 @@ __all__ = ["initialize", "plan", "apply_fn", "materialize", "no_init", "describe
 # --------------------------------------------------------------- classification
 
 _RNN_ROLE = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)(_l\d+)?(_reverse)?$")
-_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
+
+#: Layer attributes that layer-dependent rules read, per kind (read with getattr,
+#: so a registered custom layer without them simply lacks them).
+_KIND_ATTRS = {
+    "bilinear": ("in1_features",),
+    "embedding": ("padding_idx",),
+    "recurrent": ("hidden_size",),
+    "prelu": ("init",),
+}
 
 
-def _layer(module: nn.Module, parent: tuple[nn.Module, str] | None) -> tuple[str, dict[str, Any]]:
-    """The layer kind of ``module`` and the attributes layer-dependent rules read."""
-    if isinstance(module, nn.Linear):
-        if parent is not None and isinstance(parent[0], nn.MultiheadAttention) and parent[1] == "out_proj":
-            return "attention", {}
-        return "linear", {}
-    if isinstance(module, nn.Bilinear):
-        return "bilinear", {"in1_features": module.in1_features}
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        return "conv_transpose", {}
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return "conv", {}
-    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
-        return "embedding", {"padding_idx": module.padding_idx}
-    if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
-        return "recurrent", {"hidden_size": module.hidden_size}
-    if isinstance(module, nn.MultiheadAttention):
-        return "attention", {}
-    if isinstance(module, _NORMS):
-        return "norm", {}
-    if isinstance(module, nn.PReLU):
-        return "prelu", {"init": module.init}
-    return "other", {}
+def classify(module: nn.Module, parent: tuple[nn.Module, str] | None
+           ) -> tuple[str, dict[str, Any], Layout]:
+    """The layer kind of ``module``, the attributes layer-dependent rules read, and the
+    layout of its weight, from the layer registry (:mod:`xinit.core.layers`)."""
+    if (isinstance(module, nn.Linear) and parent is not None
+            and isinstance(parent[0], nn.MultiheadAttention) and parent[1] == "out_proj"):
+        return "attention", {}, TORCH
+    entry = layer_of(type(module))
+    if entry is None:
+        return "other", {}, TORCH
+    attrs = {a: getattr(module, a, None) for a in _KIND_ATTRS.get(entry.kind, ())}
+    return entry.kind, attrs, entry.layout
 
 
 def _role(kind: str, attr: str, module: nn.Module, parent) -> str:
@@ -84,6 +83,14 @@ class Entry(NamedTuple):
     param: Param  # what the recipe sees
     tensor: torch.Tensor
     owner: nn.Module  # the first module found holding the tensor
+    layout: Layout = TORCH  # how ``tensor`` stores the canonical ``param.shape``
+
+
+def canonical_view(tensor: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """``tensor`` seen in the canonical ``(out, in, *k)`` order: a view, writes go through."""
+    if layout.is_identity(tensor.dim()):
+        return tensor
+    return tensor.permute(layout.permutation(tensor.dim()))
 
 
 def _np_dtype(t: torch.Tensor, name: str) -> np.dtype:
@@ -105,13 +112,13 @@ def _collect(module: nn.Module, *, buffers: bool = True) -> list[Entry]:
             parents.setdefault(id(child), (m, cname))
             ancestors.setdefault(id(child), (*above, type(m).__name__))
         parent = parents.get(id(m))
-        kind, attrs = _layer(m, parent)
+        kind, attrs, layout = classify(m, parent)
         if above:
             attrs = {**attrs, "ancestors": above}
         weight = m._parameters.get("weight")
         if (weight is not None and kind in ("linear", "conv", "conv_transpose", "attention")
                 and not isinstance(weight, nn.parameter.UninitializedTensorMixin)):
-            attrs = {**attrs, "weight_shape": tuple(weight.shape)}
+            attrs = {**attrs, "weight_shape": canonical_shape(weight.shape, layout)}
         members = [(n, t, False) for n, t in m._parameters.items()]
         if buffers:
             members += [(n, t, True) for n, t in m._buffers.items()]
@@ -125,17 +132,18 @@ def _collect(module: nn.Module, *, buffers: bool = True) -> list[Entry]:
                     f"{name!r} of {type(m).__name__} is an uninitialized lazy parameter or buffer; "
                     "run a forward pass (or call the module once) before initializing it"
                 )
+            own = layout if attr == "weight" else TORCH
             p = Param(
                 name=name,
                 kind=kind,
                 role=_role(kind, attr, m, parent),
-                shape=tuple(t.shape),
+                shape=canonical_shape(t.shape, own),
                 dtype=_np_dtype(t, name).name,
                 layer_type=type(m).__name__,
                 layer=as_layer(attrs),
                 buffer=is_buffer,
             )
-            out.append(Entry(p, t, m))
+            out.append(Entry(p, t, m, own))
     return out
 
 
@@ -301,7 +309,8 @@ def initialize(model: nn.Module, recipe="torch_default", *, key=None, unmatched:
     p = recipe.plan([e.param for e in entries])
     todo = [(e, r) for e, r in zip(entries, _todo(p, unmatched, buffers_too=False), strict=True)
             if r is not None]
-    _write_all([e for e, _ in todo], [r for _, r in todo], _root_key(key), [e.tensor for e, _ in todo])
+    _write_all([e for e, _ in todo], [r for _, r in todo], _root_key(key),
+               [canonical_view(e.tensor, e.layout) for e, _ in todo])
     return model
 
 
@@ -363,7 +372,7 @@ def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error",
         todo = state[1].pop(id(module), [])
         if todo:
             _write_all([e for e, _ in todo], [r for _, r in todo], root_key,
-                       [e.tensor for e, _ in todo])
+                       [canonical_view(e.tensor, e.layout) for e, _ in todo])
         if module is root:
             del passes[id(root)]
 
@@ -434,7 +443,7 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
     todo = [(e, r) for e, r in zip(entries, resolved, strict=True) if r is not None]
     # One chunk in flight (not two): materialize is where peak memory matters most.
     _write_all([e for e, _ in todo], [r for _, r in todo], root_key,
-               [new[id(e.tensor)] for e, _ in todo], ahead=False)
+               [canonical_view(new[id(e.tensor)], e.layout) for e, _ in todo], ahead=False)
     if left:
         warnings.warn(
             f"materialize: recipe {recipe.name!r} has no rule for "
