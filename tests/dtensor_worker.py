@@ -105,7 +105,11 @@ def _dtensor(shape, dtype, mesh, placements):
 
 
 def _parallelize(model, mesh):
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
 
     styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
     return parallelize_module(model, mesh, {k: styles[v]() for k, v in TP_PLAN.items()})

@@ -43,7 +43,11 @@ __all__ = ["Part", "is_dtensor", "parts", "agreed_seed", "meshes", "adopt_fsdp"]
 try:
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor
-    from torch.distributed.tensor.placement_types import Shard, _StridedShard, _StridedShardOffsetMode
+    from torch.distributed.tensor.placement_types import (
+        Shard,
+        _StridedShard,
+        _StridedShardOffsetMode,
+    )
 except ImportError:  # a torch build without torch.distributed
     DTensor = None
 
