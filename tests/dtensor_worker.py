@@ -12,6 +12,7 @@ process computes the same recipes single-process, on plain tensors
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -34,6 +35,8 @@ CALLS = [
     ("constant", "constant_", {"val": 0.5}, (3, 5), torch.float32),
     ("normal_bf16", "normal_", {}, (6, 5), torch.bfloat16),
     ("normal_complex", "normal_", {"std": 2.0}, (5, 4), torch.complex64),
+    ("sparse_complex", "sparse_", {"sparsity": 0.5}, (6, 5), torch.complex64),
+    ("eye_complex", "eye_", {}, (5, 6), torch.complex128),
 ]
 KEYED = {"eye_", "dirac_", "constant_"}  # no key argument
 
@@ -61,6 +64,33 @@ def mlp() -> nn.Module:
 TP_PLAN = {"0": "colwise", "2": "rowwise"}
 
 
+@contextlib.contextmanager
+def conv1d_registered():
+    """Hugging Face's Conv1D (weight stored ``(in, out)``) registered as a linear layer."""
+    from xinit.core import layers
+    from xinit.core.layout import Layout
+
+    saved = dict(layers._qualified), dict(layers._bare)
+    layers.register_layer("Conv1D", kind="linear", layout=Layout(in_axis=0, out_axis=1))
+    try:
+        yield
+    finally:
+        for table, old in zip((layers._qualified, layers._bare), saved, strict=True):
+            table.clear()
+            table.update(old)
+        layers._cache.clear()
+
+
+def conv1d_model() -> nn.Module:
+    from transformers.pytorch_utils import Conv1D
+
+    return nn.Sequential(Conv1D(10, 6), nn.GELU(), Conv1D(7, 10))  # weights (6, 10), (10, 7)
+
+
+#: Conv1D weights sharded on their stored dims: dim 1 (canonical out), dim 0 (canonical in).
+CONV1D_PLAN = {"0.weight": "S1", "0.bias": "S0", "2.weight": "S0", "2.bias": "R"}
+
+
 def reference() -> dict[str, torch.Tensor]:
     """The single-process values of every case (plain tensors, the same calls and keys)."""
     out = {}
@@ -76,6 +106,11 @@ def reference() -> dict[str, torch.Tensor]:
         model = mlp()
         xt.initialize(model, "transformer", key=key)
         out.update({f"{case}.{n}": p.detach().clone() for n, p in model.named_parameters()})
+    with conv1d_registered():
+        for case, key in (("conv1d_init", 11), ("conv1d_meta", 12)):
+            model = conv1d_model()
+            xt.initialize(model, key=key)
+            out.update({f"{case}.{n}": p.detach().clone() for n, p in model.named_parameters()})
     return out
 
 
@@ -134,12 +169,12 @@ def worker(path: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    drawn: list[int] = []  # elements each engine.run draws
+    drawn: list[int] = []  # elements each engine.run draws (complex: pairs of parts)
     run = engine.run
 
     def counting_run(requests, sink, **kw):
         requests = list(requests)
-        drawn.append(sum(r.size for r in requests))
+        drawn.append(sum(r.size // (1 if r.complex_dtype is None else 2) for r in requests))
         return run(requests, sink, **kw)
 
     engine.run = counting_run
@@ -154,7 +189,7 @@ def worker(path: str) -> None:
             drawn.clear()
             assert call(fn, kwargs, dt, 100 + k) is dt
             assert dt.to_local().data_ptr() == ptr  # written in place
-            counts[f"{pname}/{name}"] = (sum(drawn), local.numel() * (2 if dtype.is_complex else 1))
+            counts[f"{pname}/{name}"] = (sum(drawn), local.numel())
             out[f"{pname}/{name}"] = dt.full_tensor().clone()
 
     mesh = init_device_mesh("cpu", (world,))
@@ -167,6 +202,10 @@ def worker(path: str) -> None:
     model = _parallelize(mlp(), mesh)
     xt.initialize(model, "transformer")
     _full(model, "nokey_init", out)
+    torch.manual_seed(2000 + rank)
+    model = _parallelize(mlp(), mesh)
+    model.apply(xt.apply_fn("transformer"))
+    _full(model, "nokey_apply", out)
 
     # a Partial DTensor is refused, nothing consumed
     partial = torch.distributed.tensor.DTensor.from_local(torch.ones(3, 3), mesh, (Partial(),))
@@ -205,6 +244,23 @@ def worker(path: str) -> None:
     y = model(x)
     y.sum().backward()
     out["fsdp_forward"] = y.detach().clone()
+
+    # layouts: Conv1D's (in, out) weights sharded on either stored dim
+    from torch.distributed.tensor import distribute_tensor
+
+    with conv1d_registered():
+        for case, key, device in (("conv1d_init", 11, "cpu"), ("conv1d_meta", 12, "meta")):
+            with torch.device(device):
+                model = conv1d_model()
+            for n, p in list(model.named_parameters()):
+                owner, attr = model.get_submodule(n.rsplit(".", 1)[0]), n.rsplit(".", 1)[1]
+                setattr(owner, attr, nn.Parameter(
+                    distribute_tensor(p.detach(), mesh, (_placement(CONV1D_PLAN[n]),))))
+            if device == "meta":
+                xt.materialize(model, "cpu", key=key)
+            else:
+                xt.initialize(model, key=key)
+            _full(model, case, out)
 
     if world == 4:  # FSDP2 over tensor parallelism: _StridedShard
         mesh2 = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))

@@ -12,7 +12,7 @@ import torch
 
 from xinit.core import engine
 from xinit.core.errors import DtypeError
-from xinit.core.specs import Elementwise, Orthogonal, Spec
+from xinit.core.specs import Elementwise, Orthogonal, RealView, Spec
 
 from . import _dtensor
 from ._sink import TorchSink
@@ -193,10 +193,13 @@ def fill_(tensor: torch.Tensor, spec: Spec, key, generator, fn: str) -> torch.Te
         key = _dtensor.agreed_seed(resolve_key(None, generator), _dtensor.meshes([tensor]))
     key = resolve_key(key, generator)
     device = jax_device(tensor.device)
-    complex_ = tensor.is_complex()
-    if complex_:  # random values on the real view (torch.view_as_real)
+    real_view = False
+    if tensor.is_complex():
         plan = complex_plan(tensor, spec, fn)
+        real_view = isinstance(plan, RealView)  # random values on torch.view_as_real(tensor)
+        if not real_view:  # a shard's eye or dirac: filled in the complex dtype
+            np_dtype = np.result_type(np_dtype, np.complex64)
     reqs = [engine.request(plan, key, shape, np_dtype, region=b.region, device=device) for b in blocks]
-    targets = [torch.view_as_real(b.target) if complex_ else b.target for b in blocks]
+    targets = [torch.view_as_real(b.target) if real_view else b.target for b in blocks]
     engine.run(reqs, TorchSink(reqs, targets))
     return tensor

@@ -316,8 +316,9 @@ def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error",
     ``Module.apply``, ``fn(module)`` initializes the whole ``module``.
 
     Without ``key``, one seed is drawn from torch's global RNG when ``apply_fn``
-    is called, so every pass of the same ``fn`` gives the same values.
-    ``unmatched`` and ``rename`` as :func:`initialize`.
+    is called, so every pass of the same ``fn`` gives the same values; with
+    DTensor parameters, the first pass takes the seed of the mesh's first rank
+    (as :func:`initialize`). ``unmatched`` and ``rename`` as :func:`initialize`.
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
     >>> _ = net.apply(apply_fn("torch_default", key=0))
@@ -325,16 +326,25 @@ def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error",
     check_unmatched(unmatched)
     recipe = get_recipe(recipe)
     root_key = _root_key(key)
+    agreed = key is not None  # the seed, once agreed with the other ranks of a mesh
     passes: dict[int, tuple[nn.Module, dict[int, list]]] = {}
+
+    def agree(tensors) -> None:
+        nonlocal root_key, agreed
+        meshes = _dtensor.meshes(tensors)
+        if not agreed and meshes:
+            root_key, agreed = _dtensor.agreed_seed(root_key, meshes), True
 
     def init_fn(module: nn.Module) -> None:
         root = _apply_root()
         if root is None:
+            agree(list(module.parameters()))
             initialize(module, recipe, key=root_key, unmatched=unmatched, rename=rename)
             return
         state = passes.get(id(root))
         if state is None or state[0] is not root:
             entries = _renamed(_collect(root), rename)
+            agree([e.tensor for e in entries])
             p = recipe.plan([e.param for e in entries])
             by_owner: dict[int, list] = {}
             for e, r in zip(entries, _todo(p, unmatched, buffers_too=False), strict=True):
