@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/run.py            # everything (make bench), ~10 min here
     .venv/bin/python benchmarks/run.py --quick    # a subset, < 3 min on 2 cores
     .venv/bin/python benchmarks/run.py --out /tmp/bench --sections single,models
+    .venv/bin/python benchmarks/run.py --sections torch_sharding  # FSDP2 materialize, 4 gloo ranks
 
 Writes ``performance.md`` (tables of medians and ratios, the machine, the targets)
 and ``performance.png`` (a bar chart of the ratios) into ``--out`` (``docs/``).
@@ -469,6 +470,28 @@ def bench_materialize_memory(name: str = "transformer_1b") -> list[Row]:
     return [row]
 
 
+def bench_torch_sharding(world: int = 4, **shape) -> list[Row]:
+    """FSDP2 materialize on ``world`` gloo ranks vs to_empty + reset_parameters
+    (``sharding_torch.py``): the first call in fresh processes, then a warm one."""
+    import sharding_torch
+
+    summary, setup = sharding_torch.bench(world, **shape)
+    rows = []
+    for run_name in ("first", "second"):
+        ours, peer = (next(r for r in summary if r["side"] == side and r["run"] == run_name)
+                      for side in ("xinit", "torch"))
+        size = f"{setup['layers']} layers x {setup['width']}, {setup['global_param_bytes'] / 2**20:.0f} MiB"
+        row = Row("torch_sharding", f"FSDP2 materialize, {world} ranks, {run_name} call", size, "float32",
+                  ours["seconds"], "to_empty + reset_parameters", peer["seconds"],
+                  "compiles included" if run_name == "first" else "warm",
+                  {"local_bytes": ours["local_param_bytes"], "rise": ours["peak_increase"],
+                   "peer_rise": peer["peak_increase"], "cpu": setup["cpu"]})
+        print(f"  {row.case}: {_fmt_row(row)} rise xinit {ours['worst_ratio']:.2f}x "
+              f"torch {peer['worst_ratio']:.2f}x local", flush=True)
+        rows.append(row)
+    return rows
+
+
 def bench_port(name: str = "gpt2", repeats: int = 5) -> list[Row]:
     """xinit.port on GPT-2 small's state dict in memory, both directions (``port.py``)."""
     import port
@@ -747,6 +770,23 @@ def render(rows, meta, notes: str) -> str:
             ("peak / checkpoint", lambda r: f"{r.extra['peak_rss'] / r.extra['checkpoint_bytes']:.2f}"),
             ("seconds", lambda r: f"{r.xinit_s:.1f}")])
         lines.append("")
+    tshard = [r for r in rows if r.section == "torch_sharding"]
+    if tshard:
+        lines += ["## FSDP2 materialize on gloo ranks", "",
+                  "A GPT-2-shaped model (`benchmarks/sharding_torch.py`; float32) built on `meta` "
+                  "and sharded with `fully_shard` over 4 CPU ranks (the case says), each side in its own fresh "
+                  "processes: `xinit.torch.materialize(model, \"cpu\", \"torch_default\", key=0)` "
+                  "against `model.to_empty(device=\"cpu\")` and every module's "
+                  "`reset_parameters()`. Times: the slowest rank; peak RSS rise: the largest "
+                  "rank's peak over its RSS before the call, per local parameter byte.", ""]
+        rise = lambda key: lambda r: f"{r.extra[key] / r.extra['local_bytes']:.2f}"  # noqa: E731
+        lines += _table(tshard, [
+            ("case", lambda r: r.case), ("model", lambda r: r.shape),
+            ("local MiB", lambda r: f"{r.extra['local_bytes'] / 2**20:.0f}"),
+            ("xinit peak RSS rise", rise("rise")), ("torch peak RSS rise", rise("peer_rise")),
+            ("torch s", lambda r: f"{r.peer_s:.2f}"), ("xinit s", lambda r: f"{r.xinit_s:.2f}"),
+            ratio, ("CPU", lambda r: r.extra.get("cpu", ""))])
+        lines.append("")
     lines += ["## Chart", "", "![ratios](performance.png)", ""]
     if notes:
         lines += [notes.strip(), ""]
@@ -791,13 +831,14 @@ def chart(rows, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- main
 SECTIONS = ("single", "flax", "models", "flax_models", "cold", "flax_cold", "memory", "port",
-            "port_memory")
+            "port_memory", "torch_sharding")
 
 
 def run(quick=False, out=HERE.parent / "docs", sections=SECTIONS, repeats=None,
         sizes=None, dtypes=None, model_names=None, cold_models=None, cold_repeats=None,
         memory_model="transformer_1b", notes_path=HERE / "notes.md",
-        flax_limit=None, port_model="gpt2", port_gib=1.05, port_shape=None) -> list[Row]:
+        flax_limit=None, port_model="gpt2", port_gib=1.05, port_shape=None,
+        torch_sharding_shape=None) -> list[Row]:
     t0 = time.perf_counter()
     machine_lines = machine()  # the load average at the start
     repeats = repeats or (3 if quick else 5)
@@ -836,6 +877,9 @@ def run(quick=False, out=HERE.parent / "docs", sections=SECTIONS, repeats=None,
     if "port_memory" in sections and not quick:
         print("checkpoint porting memory (file to file)", flush=True)
         rows += bench_port_memory(port_gib, **(port_shape or {}))
+    if "torch_sharding" in sections and not quick:
+        print("FSDP2 materialize on gloo ranks (GPT-2 small shape by default, fresh processes per side)", flush=True)
+        rows += bench_torch_sharding(**(torch_sharding_shape or {}))
     meta = {"quick": quick, "repeats": repeats, "seconds": time.perf_counter() - t0,
             "cold_repeats": cold_repeats or (1 if quick else 3), "machine": machine_lines,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

@@ -284,3 +284,16 @@ def test_port_sections_on_a_tiny_model(run, tmp_path):
     assert "## Checkpoint porting (`xinit.port`)" in md
     assert "| gpt_tiny torch_to_flax (in memory) |" in md
     assert "port safetensors -> Flax safetensors: peak RSS / checkpoint bytes | <= 1.25 |" in md
+
+
+@pytest.mark.slow
+def test_torch_sharding_section_on_a_tiny_model(run, tmp_path):
+    """benchmarks/sharding_torch.py through run.py: 2 gloo ranks, a one-block model."""
+    rows = run.run(out=tmp_path, sections=("torch_sharding",), notes_path=None,
+                   torch_sharding_shape={"world": 2, "layers": 1, "width": 32, "vocab": 100})
+    assert [r.case for r in rows] == ["FSDP2 materialize, 2 ranks, first call",
+                                      "FSDP2 materialize, 2 ranks, second call"]
+    for r in rows:
+        assert r.xinit_s > 0 and r.peer_s > 0
+        assert r.extra["local_bytes"] > 0 and r.extra["rise"] >= 0 and r.extra["peer_rise"] >= 0
+    assert "## FSDP2 materialize on gloo ranks" in (tmp_path / "performance.md").read_text()

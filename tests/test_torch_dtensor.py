@@ -35,7 +35,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _job(world: int, out: Path) -> dict:
+def _launch(world: int, args: list[str]) -> list[str]:
+    """Run ``python *args`` as ``world`` gloo ranks on this machine; their outputs."""
     env = {
         **os.environ,
         "MASTER_ADDR": "127.0.0.1",
@@ -46,8 +47,7 @@ def _job(world: int, out: Path) -> dict:
         "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")]),
     }
     procs = [
-        subprocess.Popen([sys.executable, str(HERE / "dtensor_worker.py"), str(out)],
-                         env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+        subprocess.Popen([sys.executable, *args], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for r in range(world)
     ]
@@ -61,6 +61,11 @@ def _job(world: int, out: Path) -> dict:
             raise
     if any(p.returncode for p in procs):
         pytest.fail("a rank failed:\n" + "\n---\n".join(log[-4000:] for log in logs))
+    return logs
+
+
+def _job(world: int, out: Path) -> dict:
+    _launch(world, [str(HERE / "dtensor_worker.py"), str(out)])
     return torch.load(out, weights_only=False)
 
 
@@ -94,8 +99,9 @@ def test_dropins_write_each_shard_with_its_slice(job, reference):
 
 
 def test_each_rank_draws_only_its_shard(job):
-    """The engine is asked for the local shard's elements and no more (orthogonal draws
-    the whole matrix inside its request: its region is still the shard's)."""
+    """The engine is asked for the local shard's elements and no more (inside a request,
+    orthogonal draws the whole matrix and sparse the selection numbers of the shard's
+    columns: the region is still the shard's)."""
     world, out = job
     for rank_counts in out["counts"]:
         for case, (drawn, local) in rank_counts.items():
@@ -172,3 +178,19 @@ def test_plain_tensors_take_no_collective():
     w = torch.empty(4, 3)
     assert xt.normal_(w, key=0) is w
     xt.initialize(torch.nn.Linear(3, 2))
+
+
+def test_docs_scripts_run_on_2_ranks(tmp_path):
+    """The torchrun scripts of docs/sharding.md (not run in-process by test_docs) run as
+    2 gloo ranks; their own asserts compare with the single-process values."""
+    page = HERE.parent / "docs" / "sharding.md"
+    spec = importlib.util.spec_from_file_location("test_docs", HERE / "test_docs.py")
+    docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(docs)
+    scripts = [b["source"] for b in docs.code_blocks(page)
+               if b["kind"] == "skip" and "test_docs_scripts_run_on_2_ranks" in b["arg"]]
+    assert len(scripts) == 2
+    for k, source in enumerate(scripts):
+        path = tmp_path / f"script{k}.py"
+        path.write_text(source)
+        _launch(2, [str(path)])
