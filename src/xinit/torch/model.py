@@ -187,6 +187,7 @@ def _write_all(entries: list[Entry], resolved, root_key, targets: list[torch.Ten
         shape = tuple(t.shape)
         sp = res.spec.plan(shape)
         np_dtype = _bridge.check_dtype(t, res.spec, sp, f"initialize ({e.param.name})")
+        _bridge.check_params(sp, t, f"initialize ({e.param.name})")
         items.append((e.param.name, shape, np_dtype, sp, _bridge.jax_device(t.device)))
         jobs.append((t, res.zero_rows))
     if not items:
@@ -360,9 +361,15 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
     ``initialize(real_model, key=k)``. Tied parameters (GPT-2's
     ``lm_head.weight is wte.weight``) stay tied: one new tensor is made per
     meta tensor and set on every module that held it (``Module.to_empty`` would
-    break the tie). Tensors that are already real are left as they are. One
-    tensor is allocated at a time and drawn chunk by chunk, so the peak memory is
-    the model plus one chunk.
+    break the tie). Tensors that are already real are left as they are. Tensors
+    are drawn chunk by chunk, so the peak memory is the model plus one chunk.
+
+    It is transactional: every rule, shape, dtype and value is checked before
+    anything is allocated, and if anything fails afterwards (an allocation, a
+    draw, ``KeyboardInterrupt``) every module gets its original meta tensors
+    back (the same objects, ties and buffer persistence intact; without ``key``,
+    torch's global RNG is rewound too) before the error propagates. No tensor is
+    ever left holding ``empty`` garbage.
 
     Args:
         module: a module whose tensors are (partly) on ``meta``.
@@ -372,7 +379,7 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
             (e.g. a causal-mask buffer made in ``__init__``) raise
             :class:`~xinit.core.recipes.UnmatchedError` naming every one, before
             anything is allocated; ``"zeros"``: they are zero-filled, with a
-            warning naming them. Nothing is left holding ``empty`` garbage.
+            warning naming them.
 
     Returns:
         ``module``.
@@ -387,7 +394,43 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
     entries = [e for e in _collect(module) if e.tensor.is_meta]
     p = recipe.plan([e.param for e in entries])
     _check_unmatched(p, unmatched, ("error", "zeros"), buffers_too=True)
-    root_key = _root_key(key)
+    todo = [(e, pe.resolved) for e, pe in zip(entries, p.entries, strict=True) if pe.resolved is not None]
+    zeros = [e for e, pe in zip(entries, p.entries, strict=True) if pe.resolved is None]
+    for e, res in todo:  # everything _write_all checks, before anything is allocated
+        t = e.tensor
+        if t.numel():
+            sp = res.spec.plan(tuple(t.shape))
+            _bridge.check_dtype(t, res.spec, sp, f"materialize ({e.param.name})")
+            _bridge.check_params(sp, t, f"materialize ({e.param.name})")
+    rng_state = torch.get_rng_state() if key is None else None
+    swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
+    try:
+        root_key = _root_key(key)
+        new = _swap_in_real_tensors(module, device, swapped)
+        # One chunk in flight (not two): materialize is where peak memory matters most.
+        _write_all([e for e, _ in todo], [r for _, r in todo], root_key,
+                   [new[id(e.tensor)] for e, _ in todo], ahead=False)
+        with torch.no_grad():
+            for e in zeros:
+                new[id(e.tensor)].zero_()
+    except BaseException:
+        _swap_back(swapped)
+        if rng_state is not None:
+            torch.set_rng_state(rng_state)
+        raise
+    if zeros:
+        warnings.warn(
+            f"materialize: recipe {recipe.name!r} has no rule for {', '.join(e.param.name for e in zeros)}; "
+            "they were filled with zeros",
+            stacklevel=2,
+        )
+    return module
+
+
+def _swap_in_real_tensors(module: nn.Module, device: torch.device,
+                          swapped: list[tuple[nn.Module, str, torch.Tensor]]) -> dict[int, torch.Tensor]:
+    """Replace every meta parameter and buffer by a new tensor on ``device`` (one per meta
+    tensor, so ties stay), recording each replacement in ``swapped`` as it is made."""
     new: dict[int, torch.Tensor] = {}
     for m in module.modules():
         for attr, t in list(m._parameters.items()):
@@ -395,29 +438,26 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
                 if id(t) not in new:
                     new[id(t)] = nn.Parameter(torch.empty_like(t, device=device),
                                               requires_grad=t.requires_grad)
+                swapped.append((m, attr, t))
                 setattr(m, attr, new[id(t)])
         for attr, t in list(m._buffers.items()):
             if t is not None and t.is_meta:
                 if id(t) not in new:
                     new[id(t)] = torch.empty_like(t, device=device)
+                swapped.append((m, attr, t))
                 setattr(m, attr, new[id(t)])
         if isinstance(m, nn.RNNBase):
             m._init_flat_weights()
-    todo = [(e, pe.resolved) for e, pe in zip(entries, p.entries, strict=True) if pe.resolved is not None]
-    # One chunk in flight (not two): materialize is where peak memory matters most.
-    _write_all([e for e, _ in todo], [r for _, r in todo], root_key,
-               [new[id(e.tensor)] for e, _ in todo], ahead=False)
-    zeros = [e for e, pe in zip(entries, p.entries, strict=True) if pe.resolved is None]
-    if zeros:
-        warnings.warn(
-            f"materialize: recipe {recipe.name!r} has no rule for {', '.join(e.param.name for e in zeros)}; "
-            "they were filled with zeros",
-            stacklevel=2,
-        )
-        with torch.no_grad():
-            for e in zeros:
-                new[id(e.tensor)].zero_()
-    return module
+    return new
+
+
+def _swap_back(swapped: list[tuple[nn.Module, str, torch.Tensor]]) -> None:
+    """Undo :func:`_swap_in_real_tensors`: the original meta tensors, latest first."""
+    for m, attr, t in reversed(swapped):
+        setattr(m, attr, t)
+    for m in {id(m): m for m, _, _ in swapped}.values():
+        if isinstance(m, nn.RNNBase):
+            m._init_flat_weights()
 
 
 # ---------------------------------------------------------------------- no_init
