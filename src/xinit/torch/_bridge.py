@@ -221,13 +221,15 @@ def check_params(plan, tensor: torch.Tensor, fn: str) -> None:
     a truncated normal must meet the dtype's finite range.
     """
     if isinstance(plan, SparsePlan):
-        if not plan.std >= 0:
-            raise BoundsError(f"{fn}: normal expects std >= 0.0, but found std {plan.std}")
+        _check_std(plan.std, fn)
         return
-    if not isinstance(plan, Elementwise) or not (tensor.is_floating_point() or tensor.is_complex()):
-        if isinstance(plan, Elementwise) and plan.family == "constant":
-            _check_fill(plan.fparams[0], tensor.dtype, fn)
+    if not isinstance(plan, Elementwise):
         return
+    if plan.family == "constant":
+        _check_fill(plan.fparams[0], tensor.dtype, fn)
+        return
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        return  # eye and dirac fill any dtype; random families were refused by check_dtype
     finfo = torch.finfo(_real_dtype(tensor.dtype))
     if plan.family == "uniform":
         a, b = plan.fparams
@@ -243,8 +245,7 @@ def check_params(plan, tensor: torch.Tensor, fn: str) -> None:
                 f"got from={a}, to={b}"
             )
     elif plan.family == "normal":
-        if not plan.fparams[1] >= 0:
-            raise BoundsError(f"{fn}: normal expects std >= 0.0, but found std {plan.fparams[1]}")
+        _check_std(plan.fparams[1], fn)
     elif plan.family == "trunc_normal":
         mean, std, a, b = plan.fparams
         if a > finfo.max or b < finfo.min:
@@ -259,15 +260,18 @@ def check_params(plan, tensor: torch.Tensor, fn: str) -> None:
                 f"tensors are drawn in (a std beyond it is allowed only with finite [a, b], "
                 "where the values are then uniform)"
             )
-    elif plan.family == "constant":
-        _check_fill(plan.fparams[0], tensor.dtype, fn)
+
+
+def _check_std(std: float, fn: str) -> None:
+    if not std >= 0:  # NaN too
+        raise BoundsError(f"{fn}: normal expects std >= 0.0, but found std {std}")
 
 
 def _check_fill(value, dtype: torch.dtype, fn: str) -> None:
     try:
         torch.empty((), dtype=dtype).fill_(value)
     except RuntimeError as e:
-        raise BoundsError(f"{fn}: {e} (got {value!r} for a {dtype} tensor)") from None
+        raise RangeError(f"{fn}: {e} (got {value!r} for a {dtype} tensor)") from None
 
 
 #: Families with no draw, written with torch's own ops (see :func:`write_structural_`).
