@@ -211,14 +211,15 @@ def _real_dtype(dtype: torch.dtype) -> torch.dtype:
     return _COMPLEX.get(dtype, dtype)
 
 
-def check_params(plan, tensor: torch.Tensor, fn: str) -> None:
+def check_params(plan, tensor: torch.Tensor, fn: str, *, filled_by_torch: bool = False) -> None:
     """The checks torch's own kernels make on the values a plan writes into ``tensor``.
 
     ``uniform_`` bounds must be finite in the tensor's dtype with ``b - a`` too
     (``uniform_(-1e5, 1e5)`` on float16 is an error, not infinities); a normal's
     std must be >= 0 and not NaN; a constant must convert to the dtype without
-    overflow (torch's ``fill_`` decides, on a 0-d scratch tensor); the interval of
-    a truncated normal must meet the dtype's finite range.
+    overflow (torch's ``fill_`` decides, on a 0-d scratch tensor, unless
+    ``filled_by_torch``: the caller writes it with ``fill_``, which checks first);
+    the interval of a truncated normal must meet the dtype's finite range.
     """
     if isinstance(plan, SparsePlan):
         _check_std(plan.std, fn)
@@ -226,7 +227,8 @@ def check_params(plan, tensor: torch.Tensor, fn: str) -> None:
     if not isinstance(plan, Elementwise):
         return
     if plan.family == "constant":
-        _check_fill(plan.fparams[0], tensor.dtype, fn)
+        if not filled_by_torch:
+            _check_fill(plan.fparams[0], tensor.dtype, fn)
         return
     if not (tensor.is_floating_point() or tensor.is_complex()):
         return  # eye and dirac fill any dtype; random families were refused by check_dtype
@@ -328,12 +330,13 @@ def fill_(tensor: torch.Tensor, spec: Spec, key, generator, fn: str) -> torch.Te
     shape = tuple(tensor.shape)
     plan = spec.plan(shape)
     np_dtype = check_dtype(tensor, spec, plan, fn)
-    check_params(plan, tensor, fn)
-    check_inference(tensor, fn)
     structural = isinstance(plan, Elementwise) and plan.family in STRUCTURAL
+    real = not tensor.is_meta and tensor.numel() > 0
+    check_params(plan, tensor, fn, filled_by_torch=structural and real)
+    check_inference(tensor, fn)
     if not structural and not tensor.is_meta:
         check_no_overlap(tensor, fn)
-    if tensor.is_meta or tensor.numel() == 0:
+    if not real:
         if fn not in _UNTOUCHED["meta" if tensor.is_meta else "empty"]:
             bump_version(tensor)
         return tensor
