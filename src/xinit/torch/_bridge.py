@@ -217,7 +217,7 @@ def check_params(plan, tensor: torch.Tensor, fn: str, *, filled_by_torch: bool =
     ``uniform_`` bounds must be finite in the tensor's dtype with ``b - a`` too
     (``uniform_(-1e5, 1e5)`` on float16 is an error, not infinities); a normal's
     std must be >= 0 and not NaN; a constant must convert to the dtype without
-    overflow (torch's ``fill_`` decides, on a 0-d scratch tensor, unless
+    overflow (torch's ``fill_`` decides, on a 2-element scratch tensor, unless
     ``filled_by_torch``: the caller writes it with ``fill_``, which checks first);
     the interval of a truncated normal must meet the dtype's finite range.
     """
@@ -271,7 +271,7 @@ def _check_std(std: float, fn: str) -> None:
 
 def _check_fill(value, dtype: torch.dtype, fn: str) -> None:
     try:
-        torch.empty((), dtype=dtype).fill_(value)
+        torch.empty(2, dtype=dtype).fill_(value)  # (0-d and 1-element fills skip a check)
     except RuntimeError as e:
         raise RangeError(f"{fn}: {e} (got {value!r} for a {dtype} tensor)") from None
 
