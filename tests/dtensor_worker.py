@@ -238,6 +238,9 @@ def worker(path: str) -> None:
     drawn.clear()
     xt.materialize(model, "cpu", "transformer", key=9)
     counts["fsdp"] = (sum(drawn), sum(p.to_local().numel() for p in model.parameters()))
+    # memory each rank holds: its (padded) shard, never the global tensor
+    out["fsdp_storage"] = [(p.to_local().untyped_storage().nbytes(), p.nbytes, p.shape[0])
+                           for p in model.parameters()]
     _full(model, "fsdp", out)
     torch.manual_seed(0)
     x = torch.randn(3, 6)

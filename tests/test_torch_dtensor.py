@@ -164,6 +164,14 @@ def test_fsdp_materialize_trains_on_the_written_storage(job, reference):
     torch.testing.assert_close(out["fsdp_forward"], model(x).detach(), rtol=1e-6, atol=1e-6)
 
 
+def test_fsdp_materialize_allocates_only_the_local_shards(job):
+    """Each rank's storage is its shard padded to ceil(rows / world) rows (FSDP2's
+    layout), never the global tensor."""
+    world, out = job
+    for storage, global_bytes, rows in out["fsdp_storage"]:
+        assert storage == global_bytes // rows * -(-rows // world)
+
+
 def test_fsdp_over_tensor_parallel(job, reference):
     world, out = job
     if world != 4:
