@@ -118,10 +118,14 @@ def write_range(dst: np.ndarray, offset: int, src: np.ndarray) -> None:
         copy_canonical(view, src[start:stop].reshape(view.shape))
 
 
-def adopt(out: np.ndarray) -> jax.Array:
+def adopt(out: np.ndarray, device=None) -> jax.Array:
     """``out`` as a ``jax.Array`` on the default CPU device: adopted through DLPack
     (no copy) where DLPack has the dtype, else (bfloat16, ints, bool) one ``device_put``.
-    Call under :func:`xinit.core.engine.x64_scope` for 64-bit dtypes."""
+    With a (CPU) ``device``, adopted by that device (``device_put`` aliases an aligned
+    buffer there: no copy either). Call under :func:`xinit.core.engine.x64_scope`
+    for 64-bit dtypes."""
+    if device is not None:
+        return jax.device_put(out, device, may_alias=True)
     if out.dtype in _DLPACK_DTYPES:
         return jax.dlpack.from_dlpack(out)
     return jax.device_put(out)

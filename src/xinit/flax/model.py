@@ -32,13 +32,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from xinit.core import engine, host_memory
+from xinit.core import engine, host_memory, sharding
 from xinit.core._keys import key_data, stable_hash
 from xinit.core.arrays import JaxSink
 from xinit.core.engine import canonical_dtype
 from xinit.core.layout import FLAX, TORCH, Layout, canonical_shape
 from xinit.core.recipes import Param, Plan, UnmatchedError, as_layer, get_recipe
 from xinit.core.threefry import fold_in_many
+
+from ._sharding import leaf_shardings
 
 __all__ = ["initialize", "plan", "describe", "canonical_name"]
 
@@ -76,10 +78,15 @@ class _Leaf:
 
 
 def _unbox(x):
+    """The leaf's value and its metadata box (``nn.Partitioned``), if any.
+
+    The value is read from the box as it is: ``unbox()`` would apply the box's
+    sharding constraint, which under an Explicit mesh asserts that the (abstract)
+    value is already sharded so."""
     from flax.core import meta
 
     if isinstance(x, meta.AxisMetadata):
-        return x.unbox(), x
+        return (x.value if hasattr(x, "value") else x.unbox()), x
     return x, None
 
 
@@ -230,22 +237,25 @@ def plan(tree, recipe="torch_default", *, rename: Callable[[str], str] | None = 
 # -------------------------------------------------------------------- drawing
 
 
-def _draw(params: list[Param], layouts, resolved, root_key) -> list[jax.Array]:
+def _draw(params: list[Param], layouts, resolved, root_key, shardings) -> list[jax.Array]:
     """One engine run for every parameter: arrays in their flax layouts (on the CPU
-    assembled in host memory JAX adopts, see :class:`xinit.core.arrays.JaxSink`)."""
+    assembled in host memory JAX adopts, see :class:`xinit.core.arrays.JaxSink`);
+    a parameter with a sharding is drawn shard by shard (:mod:`xinit.core.sharding`)."""
     keys = fold_in_many(key_data(root_key), [stable_hash(p.name) for p in params])
     requests = [
         engine.request(res.spec.plan(tuple(p.shape)), k, tuple(p.shape), np.dtype(p.dtype), name=p.name,
                        zero_rows=res.zero_rows)
         for p, res, k in zip(params, resolved, keys, strict=True)
     ]
+    if any(sh is not None for sh in shardings):
+        return sharding.draw(requests, list(layouts), list(shardings))
     sink = JaxSink(requests, list(layouts), host=host_memory.on_host())
     engine.run(requests, sink)
     return sink.results
 
 
 def initialize(tree, recipe, *, key, unmatched: str = "error",
-               rename: Callable[[str], str] | None = None):
+               rename: Callable[[str], str] | None = None, shardings=None):
     """Initialize a whole flax model by ``recipe``.
 
     Args:
@@ -262,6 +272,16 @@ def initialize(tree, recipe, *, key, unmatched: str = "error",
             always left as they are.
         rename: maps each canonical name before keying and matching (e.g. to
             match a torch model's names).
+        shardings: the shardings of the result, as ``jax.jit``'s ``out_shardings``:
+            a pytree of ``jax.sharding.Sharding`` (or ``PartitionSpec`` under
+            ``jax.set_mesh``, or ``None``: unsharded) with the tree's structure,
+            or a prefix of it. ``None`` (default): the shardings the model
+            declares (``nn.with_partitioning``, ``nn.with_logical_partitioning``
+            under ``nn.logical_axis_rules``, nnx ``out_sharding`` metadata) on
+            the box's mesh or the ambient one (``jax.set_mesh``), else those its
+            leaves carry. Each device draws only its own shard, equal bit for bit
+            to the same slice of the unsharded result (see
+            :mod:`xinit.core.sharding` and the "Large models and sharding" page).
 
     A mapping whose top level has a ``"params"`` key and only mappings as values is
     read as a variables dict (collections at the top); any other mapping as a
@@ -292,10 +312,18 @@ def initialize(tree, recipe, *, key, unmatched: str = "error",
             f"{', '.join(missing)}. Add rules (Recipe(...) + recipe) or pass unmatched='ignore'"
         )
     todo = [i for i, e in enumerate(pl.entries) if e.resolved is not None]
+    shards = leaf_shardings(leaves, shardings, _user_paths(leaves, kind, collections))
     arrays = _draw([params[i] for i in todo], [classified[i][1] for i in todo],
-                   [pl.entries[i].resolved for i in todo], key)
+                   [pl.entries[i].resolved for i in todo], key, [shards[i] for i in todo])
     new = {i: a for i, a in zip(todo, arrays, strict=True)}
     return _rebuild(tree, kind, leaves, new, collections)
+
+
+def _user_paths(leaves, kind, collections) -> list[tuple[str, ...]]:
+    """Each leaf's path in the tree as the user passed it (for ``shardings=``)."""
+    if kind == "linen" and collections:
+        return [(lf.collection, *(str(k) for k in lf.path)) for lf in leaves]
+    return [tuple(str(k) for k in lf.path) for lf in leaves]
 
 
 def _rebuild(tree, kind, leaves, new: dict[int, Any], collections):
