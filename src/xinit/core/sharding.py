@@ -39,7 +39,7 @@ from .arrays import JaxSink
 from .engine import Region, Request, run, x64_scope
 from .errors import ShapeError
 from .layout import Layout
-from .specs import OrthogonalPlan
+from .specs import OrthogonalPlan, UnitaryPlan
 
 __all__ = ["as_sharding", "layout_shape", "shard_regions", "draw"]
 
@@ -102,6 +102,17 @@ def _slice(region: Region, layout: Layout) -> tuple[slice, ...]:
     return tuple(slice(*region[k]) for k in inv)
 
 
+def _tensor_shape(req: Request) -> tuple[int, ...]:
+    """The canonical shape of the tensor ``req`` draws (a complex one's, not its real view's)."""
+    return req.shape[:-1] if req.complex_dtype is not None else req.shape
+
+
+def _request_region(req: Request, region: Region) -> Region:
+    """``region`` of the tensor as a region of ``req`` (a complex request's real view
+    has both parts of each element)."""
+    return (*region, (0, 2)) if req.complex_dtype is not None else region
+
+
 def draw(requests: list[Request], layouts: list[Layout], shardings: list[Sharding | None]) -> list[jax.Array]:
     """The arrays of whole-tensor ``requests``, each in its layout, sharded by its
     sharding (``None``: one array on JAX's default device), by one engine run.
@@ -110,7 +121,7 @@ def draw(requests: list[Request], layouts: list[Layout], shardings: list[Shardin
     every sharding is checked against its shape before anything is drawn.
     """
     host = host_memory.on_host()
-    regions = [None if sh is None else shard_regions(r.shape, lay, sh)
+    regions = [None if sh is None else shard_regions(_tensor_shape(r), lay, sh)
                for r, lay, sh in zip(requests, layouts, shardings, strict=True)]
     reqs: list[Request] = []
     sink_layouts: list[Layout] = []
@@ -118,7 +129,7 @@ def draw(requests: list[Request], layouts: list[Layout], shardings: list[Shardin
     # per input: None (unsharded, result index) or [(device, result index, slice or None)]
     wiring: list = []
     for req, lay, regs in zip(requests, layouts, regions, strict=True):
-        if regs is None or isinstance(req.plan, OrthogonalPlan):
+        if regs is None or isinstance(req.plan, (OrthogonalPlan, UnitaryPlan)):
             whole = len(reqs)
             reqs.append(req)
             sink_layouts.append(lay)
@@ -134,7 +145,7 @@ def draw(requests: list[Request], layouts: list[Layout], shardings: list[Shardin
                 continue
             first[reg] = len(reqs)
             parts.append((d, len(reqs), None))
-            reqs.append(req._replace(region=reg, device=None if host else d))
+            reqs.append(req._replace(region=_request_region(req, reg), device=None if host else d))
             sink_layouts.append(lay)
             targets.append(d)
         wiring.append(parts)
@@ -146,7 +157,7 @@ def draw(requests: list[Request], layouts: list[Layout], shardings: list[Shardin
         if isinstance(wire, int):
             out.append(results[wire])
             continue
-        with x64_scope(req.dtype):
+        with x64_scope(req.complex_dtype or req.dtype):
             arrays = []
             for d, j, index in wire:
                 arr = results[j]
@@ -155,7 +166,8 @@ def draw(requests: list[Request], layouts: list[Layout], shardings: list[Shardin
                 if index is not None or next(iter(arr.devices())) != d:
                     arr = jax.device_put(arr, d)
                 arrays.append(arr)
-            out.append(jax.make_array_from_single_device_arrays(layout_shape(req.shape, lay), sh, arrays))
+            out.append(jax.make_array_from_single_device_arrays(layout_shape(_tensor_shape(req), lay),
+                                                                sh, arrays))
         for _, j, _ in wire:
             results[j] = None
     return out
