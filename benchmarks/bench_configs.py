@@ -16,4 +16,5 @@ class GPTConfig:
 
 GPT2_SMALL = GPTConfig()
 TRANSFORMER_1B = GPTConfig(positions=2048, width=2048, layers=18, heads=16)
+GPT2_XL = GPTConfig(width=1600, layers=48, heads=25)  # 1,557,611,200 parameters
 GPT_TINY = GPTConfig(vocab=97, positions=16, width=32, layers=2, heads=4)

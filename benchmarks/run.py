@@ -492,6 +492,23 @@ def bench_torch_sharding(world: int = 4, **shape) -> list[Row]:
     return rows
 
 
+def bench_sharding(model: str = "gpt2_xl") -> list[Row]:
+    """Sharded init over 8 CPU devices: xinit.flax.initialize vs flax's jit init (``sharding.py``)."""
+    import sharding
+
+    res = sharding.bench(model)
+    ours, peer = res["xinit"], res["flax"]
+    row = Row("sharding", f"{model} over {ours['devices']} CPU devices", "shardings=", "float32",
+              ours["seconds"], "flax: jit(init, out_shardings)", peer["seconds"], "cold (compiles included)",
+              {"param_bytes": ours["param_bytes"], "parameters": ours["parameters"],
+               "peak_rss": ours["peak_rss"], "rss_base": ours["rss_before"],
+               "peer_peak_rss": peer["peak_rss"], "peer_rss_before": peer["rss_before"],
+               "cpu": res["cpu"]})
+    print(f"  {model}: {_fmt_row(row)} rise xinit {ours['rise']:.2f}x flax {peer['rise']:.2f}x",
+          flush=True)
+    return [row]
+
+
 def bench_port(name: str = "gpt2", repeats: int = 5) -> list[Row]:
     """xinit.port on GPT-2 small's state dict in memory, both directions (``port.py``)."""
     import port
@@ -548,6 +565,9 @@ MEMORY_TARGETS = [
     ("memory", "{case}", "parameter bytes", "state_bytes", 1.15, "materialize ~1B"),
     ("port_memory", "port {case}", "checkpoint bytes", "checkpoint_bytes", 1.25,
      "port >= 1 GiB file to file"),
+    # rows with "rss_base": the rise of the peak over the RSS just before the call
+    ("sharding", "sharded {case}", "parameter bytes (rise)", "param_bytes", 1.25,
+     "sharded init GPT-2-XL over 8 CPU devices (--sections sharding)"),
 ]
 
 
@@ -571,7 +591,7 @@ def target_lines(rows) -> list[str]:
     for section, label, per, bytes_key, limit, missing in MEMORY_TARGETS:
         mem = [r for r in rows if r.section == section]
         for r in mem:
-            frac = r.extra["peak_rss"] / r.extra[bytes_key]
+            frac = (r.extra["peak_rss"] - r.extra.get("rss_base", 0)) / r.extra[bytes_key]
             out.append(f"| {label.format(case=r.case)}: peak RSS / {per} | <= {limit:g} | "
                        f"{frac:.2f} | {'yes' if frac <= limit else '**no**'} |")
         if not mem:
@@ -744,6 +764,24 @@ def render(rows, meta, notes: str) -> str:
                               ("torch s", lambda r: f"{r.peer_s:.2f}"),
                               ("xinit s", lambda r: f"{r.xinit_s:.2f}"), ratio])
         lines.append("")
+    shard_rows = [r for r in rows if r.section == "sharding"]
+    if shard_rows:
+        lines += ["## Sharded initialization over 8 CPU devices", "",
+                  "A GPT-2-XL-shaped linen model (`benchmarks/sharding.py`; float32) with every "
+                  "kernel and embedding sharded on a dimension 8 divides, each side in a fresh "
+                  "process: `xinit.flax.initialize(..., shardings=)` against "
+                  "`jax.jit(model.init, out_shardings=)` with the same distributions. Peak RSS "
+                  "rise: the process's peak over its RSS just before the call, per parameter "
+                  "byte.", ""]
+        rise = lambda key, base: lambda r: f"{(r.extra[key] - r.extra[base]) / r.extra['param_bytes']:.2f}"  # noqa: E731
+        lines += _table(shard_rows, [
+            ("case", lambda r: r.case),
+            ("parameter GiB", lambda r: f"{r.extra['param_bytes'] / 2**30:.2f}"),
+            ("xinit peak RSS rise", rise("peak_rss", "rss_base")),
+            ("flax peak RSS rise", rise("peer_peak_rss", "peer_rss_before")),
+            ("flax s", lambda r: f"{r.peer_s:.2f}"), ("xinit s", lambda r: f"{r.xinit_s:.2f}"),
+            ratio, ("CPU", lambda r: r.extra.get("cpu", ""))])
+        lines.append("")
     port_rows = [r for r in rows if r.section == "port"]
     if port_rows:
         lines += ["## Checkpoint porting (`xinit.port`)", "",
@@ -831,14 +869,14 @@ def chart(rows, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- main
 SECTIONS = ("single", "flax", "models", "flax_models", "cold", "flax_cold", "memory", "port",
-            "port_memory", "torch_sharding")
+            "port_memory", "torch_sharding", "sharding")
 
 
 def run(quick=False, out=HERE.parent / "docs", sections=SECTIONS, repeats=None,
         sizes=None, dtypes=None, model_names=None, cold_models=None, cold_repeats=None,
         memory_model="transformer_1b", notes_path=HERE / "notes.md",
         flax_limit=None, port_model="gpt2", port_gib=1.05, port_shape=None,
-        torch_sharding_shape=None) -> list[Row]:
+        torch_sharding_shape=None, sharding_model="gpt2_xl") -> list[Row]:
     t0 = time.perf_counter()
     machine_lines = machine()  # the load average at the start
     repeats = repeats or (3 if quick else 5)
@@ -880,6 +918,9 @@ def run(quick=False, out=HERE.parent / "docs", sections=SECTIONS, repeats=None,
     if "torch_sharding" in sections and not quick:
         print("FSDP2 materialize on gloo ranks (GPT-2 small shape by default, fresh processes per side)", flush=True)
         rows += bench_torch_sharding(**(torch_sharding_shape or {}))
+    if "sharding" in sections and not quick:
+        print("sharded init over 8 CPU devices (GPT-2-XL shape, one process per side)", flush=True)
+        rows += bench_sharding(sharding_model)
     meta = {"quick": quick, "repeats": repeats, "seconds": time.perf_counter() - t0,
             "cold_repeats": cold_repeats or (1 if quick else 3), "machine": machine_lines,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

@@ -297,3 +297,14 @@ def test_torch_sharding_section_on_a_tiny_model(run, tmp_path):
         assert r.xinit_s > 0 and r.peer_s > 0
         assert r.extra["local_bytes"] > 0 and r.extra["rise"] >= 0 and r.extra["peer_rise"] >= 0
     assert "## FSDP2 materialize on gloo ranks" in (tmp_path / "performance.md").read_text()
+
+
+def test_sharding_section_on_a_tiny_model(run, tmp_path):
+    pytest.importorskip("flax")
+    rows = run.run(out=tmp_path, sections=("sharding",), sharding_model="gpt_tiny", notes_path=None)
+    (row,) = rows
+    assert row.extra["parameters"] == 29_088 and row.xinit_s > 0 and row.peer_s > 0
+    assert row.extra["peak_rss"] >= row.extra["rss_base"] > 0
+    md = (tmp_path / "performance.md").read_text()
+    assert "## Sharded initialization over 8 CPU devices" in md
+    assert "| sharded gpt_tiny over 8 CPU devices: peak RSS / parameter bytes (rise) | <= 1.25 |" in md

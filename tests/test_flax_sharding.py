@@ -39,15 +39,17 @@ meshes = {
     "mixed": jax.make_mesh((max(n // 2, 1), 2 if n > 1 else 1), ("x", "y"), axis_types=(E, A)),
 }
 # One initializer per way JAX builds its result (a sampler, variance scaling, a
-# complex normal, jnp.full, jnp.zeros, orthogonal's refusal, delta_orthogonal's
-# scatter), and a torch_init initializer, placed the same way (compared with JAX's uniform).
+# complex normal, jnp.full, jnp.zeros, delta_orthogonal's scatter), orthogonal
+# (which JAX refuses to shard, xinit draws whole and slices) and a torch_init
+# initializer, placed the same way (compared with JAX's uniform).
 INITS = {
     "uniform": lambda m: m.uniform(),
     "lecun_normal": lambda m: m.lecun_normal(),
     "vs_normal_complex": lambda m: m.variance_scaling(1.0, "fan_in", "normal", dtype=jnp.complex64),
     "constant": lambda m: m.constant(-7),
     "zeros": lambda m: m.zeros,
-    "orthogonal": lambda m: m.orthogonal(),
+    # xinit's orthogonal takes out_sharding where JAX's refuses: placed as JAX's uniform
+    "orthogonal": lambda m: m.orthogonal() if m is xf else m.uniform(),
     "delta_orthogonal": lambda m: m.delta_orthogonal(),
     "torch_init.linear_kernel": lambda m: m.torch_init.linear_kernel() if m is xf else m.uniform(),
 }

@@ -78,11 +78,22 @@ def _signature(fn):
     return [(p.name, p.default, p.kind) for p in inspect.signature(fn).parameters.values()]
 
 
+# Keyword-only arguments only one adapter has, after the shared ones: the result's
+# shardings (JAX's out_shardings; torch's DTensors carry their own placements).
+FLAX_ONLY = {"initialize": ["shardings"], "plan": [], "describe": []}
+
+
 @pytest.mark.parametrize("name", ["initialize", "plan", "describe"])
 def test_model_level_functions_take_the_same_arguments_in_both_adapters(name):
+    """The same arguments in the same order with the same defaults; an adapter's own extras
+    come after them, keyword-only, defaulting to None (so a call written for one adapter
+    runs unchanged on the other)."""
     xt = pytest.importorskip("xinit.torch")
     xf = pytest.importorskip("xinit.flax")
-    assert _signature(getattr(xt, name)) == _signature(getattr(xf, name))
+    torch_sig, flax_sig = _signature(getattr(xt, name)), _signature(getattr(xf, name))
+    shared = len(flax_sig) - len(FLAX_ONLY[name])
+    assert torch_sig == flax_sig[:shared]
+    assert flax_sig[shared:] == [(n, None, inspect.Parameter.KEYWORD_ONLY) for n in FLAX_ONLY[name]]
 
 
 def test_initialize_signature_is_the_agreed_one():
@@ -93,6 +104,7 @@ def test_initialize_signature_is_the_agreed_one():
         ("key", None, "KEYWORD_ONLY"),
         ("unmatched", "error", "KEYWORD_ONLY"),
         ("rename", None, "KEYWORD_ONLY"),
+        ("shardings", None, "KEYWORD_ONLY"),
     ]
 
 

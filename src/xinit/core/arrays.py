@@ -54,6 +54,10 @@ class JaxSink:
             request ``i`` is its canonical region transposed by
             ``layouts[i].inverse_permutation``.
         host: assemble in host memory (CPU) rather than with JAX operations.
+        devices: where each result goes (``None`` or a ``None`` entry: where it
+            is drawn, JAX's default device on the host); a host buffer is
+            adopted by its device without a copy (sharded draws,
+            :mod:`xinit.core.sharding`).
 
     After the run, :attr:`results` holds the arrays, in request order. Results are
     new arrays, visible only when the run returns, so an interrupted or failed
@@ -62,10 +66,12 @@ class JaxSink:
 
     in_place = False
 
-    def __init__(self, requests: list[Request], layouts: list[Layout], *, host: bool):
+    def __init__(self, requests: list[Request], layouts: list[Layout], *, host: bool,
+                 devices: list | None = None):
         self.requests = requests
         self.layouts = layouts
         self.host = host
+        self.devices = devices if devices is not None else [None] * len(requests)
         self.results: list[jax.Array | None] = [None] * len(requests)
         self._outs: dict[int, np.ndarray] = {}  # host buffers in the result's layout
         self._canon: dict[int, np.ndarray] = {}  # the same buffers seen in canonical order
@@ -138,7 +144,7 @@ class JaxSink:
                 canon = self._canonical(index)
                 for r in rows:
                     canon[r] = 0
-                self.results[index] = host_memory.adopt(self._outs.pop(index))
+                self.results[index] = host_memory.adopt(self._outs.pop(index), self.devices[index])
                 del self._canon[index]
             else:
                 parts = self._parts.pop(index)
@@ -150,6 +156,9 @@ class JaxSink:
                 if req.complex_dtype is not None:
                     arr = lax.complex(arr[..., 0], arr[..., 1])
                 self.results[index] = arr
+            device = self.devices[index]
+            if device is not None and self.results[index].devices() != {device}:
+                self.results[index] = jax.device_put(self.results[index], device)
 
     def stop(self) -> None:
         self._outs.clear()
@@ -159,7 +168,7 @@ class JaxSink:
 
 
 def sample(spec: Spec, key, shape, dtype=None, *, layout: Layout = TORCH, device=None,
-           region=None) -> jax.Array:
+           region=None, sharding=None) -> jax.Array:
     """Draw ``spec`` for a weight of ``shape`` stored in ``layout`` (or a ``region`` of it).
 
     The values are those of the canonical shape, moved into ``layout`` by a pure
@@ -181,6 +190,12 @@ def sample(spec: Spec, key, shape, dtype=None, *, layout: Layout = TORCH, device
             ``sample(spec, key, shape, ...)[start:stop, ...]``; memory is the
             slice plus a chunk (orthogonal draws the whole matrix, see
             :mod:`xinit.core.engine`).
+        sharding: a ``jax.sharding.Sharding`` (or a ``PartitionSpec`` under
+            ``jax.set_mesh``) of the array: each of this process's devices
+            draws only its shard, and the result is one global array with
+            exactly that sharding, equal bit for bit to the unsharded draw
+            (see :mod:`xinit.core.sharding`). Not with ``device`` or
+            ``region``, nor inside ``jax.jit``.
 
     >>> from xinit.core import Uniform
     >>> sample(Uniform(-1, 1), 0, (4, 3)).shape
@@ -198,6 +213,12 @@ def sample(spec: Spec, key, shape, dtype=None, *, layout: Layout = TORCH, device
             raise ShapeError(f"region {region!r} needs one (start, stop) pair per axis of shape {shape}")
         region = tuple(region[p] for p in layout.permutation(len(shape)))
     req = request(plan, key, canon, dtype, region=region, device=device)
+    if sharding is not None:
+        from . import sharding as sharded
+
+        if device is not None or region is not None or _is_tracer(req.key):
+            raise ValueError("sample: sharding= does not combine with device=, region= or a traced key")
+        return sharded.draw([req], [layout], [sharded.as_sharding(sharding)])[0]
     host = device is None and host_memory.on_host() and not _is_tracer(req.key)
     if host and req.size and isinstance(plan, Elementwise) and plan.family == "constant":
         return _fill(req, layout)

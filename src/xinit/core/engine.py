@@ -637,6 +637,19 @@ def _look_ahead(items: Iterator, ahead: bool) -> Iterator:
         yield current
 
 
+def _without_mesh():
+    """No ambient mesh while the engine's single-device programs run: under
+    ``jax.set_mesh`` with Explicit axes, JAX would place their host arguments, and
+    so their outputs (the chunk buffers kept for reuse), replicated over the mesh,
+    and a buffer kept under one mesh would not fit the programs outside it."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return _NO_SCOPE
+    try:
+        return jax.set_mesh(None)
+    except ValueError:  # inside a user's trace: set_mesh is refused there
+        return _NO_SCOPE
+
+
 def run(requests: Iterable[Request], sink: Sink, *, ahead: bool = True) -> None:
     """Draw every request's region into ``sink``.
 
@@ -674,7 +687,7 @@ def run(requests: Iterable[Request], sink: Sink, *, ahead: bool = True) -> None:
     groups = packing.groups_of(requests, elementwise)
     bufs = _RunBuffers()
     try:
-        with memory_errors("xinit: drawing"):
+        with memory_errors("xinit: drawing"), _without_mesh():
             for i, n in enumerate(left):
                 if n == 0:
                     sink.finish(i)

@@ -117,12 +117,16 @@ def write_range(dst: np.ndarray, offset: int, src: np.ndarray) -> None:
         copy_canonical(view, src[start:stop].reshape(view.shape))
 
 
-def adopt(out: np.ndarray) -> jax.Array:
+def adopt(out: np.ndarray, device=None) -> jax.Array:
     """``out`` as a ``jax.Array`` on the default CPU device, without a copy.
 
     ``jax.device_put`` of a 64-byte-aligned host buffer aliases it on the CPU
     (every dtype) and gives an *uncommitted* array, like ``jnp.asarray`` and
     JAX's own initializers (``jax.dlpack.from_dlpack`` gives a committed one,
     which JAX then refuses to combine with arrays on a multi-device mesh).
+    With a (CPU) ``device``, the buffer is aliased there instead (a committed
+    array: one shard of a sharded draw, :mod:`xinit.core.sharding`).
     Call under :func:`xinit.core.engine.x64_scope` for 64-bit dtypes."""
+    if device is not None:
+        return jax.device_put(out, device, may_alias=True)
     return jax.device_put(out)

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from xinit.core import specs, threefry
 from xinit.core.arrays import sample
@@ -31,7 +31,7 @@ from xinit.core.engine import x64_scope
 from xinit.core.errors import DtypeError, XinitError
 from xinit.core.layout import FLAX, TORCH, Layout, as_shape
 
-__all__ = ["SpecInitializer", "JaxInitializer", "IDENTITY", "CONV_TRANSPOSE", "place"]
+__all__ = ["SpecInitializer", "JaxInitializer", "IDENTITY", "CONV_TRANSPOSE", "place", "shard_target"]
 
 #: The identity layout: the shape is used as it is (embedding tables, biases).
 #: It is ``xinit.core.TORCH``: torch's ``(out, in, *receptive)`` is the canonical layout.
@@ -90,6 +90,30 @@ def place(x: jax.Array, out_sharding, api_name: str) -> jax.Array:
             return jax.sharding.reshard(x, PartitionSpec(*([None] * x.ndim)))
         return _replicate(x)
     return jax.sharding.auto_axes(_identity, out_sharding=target, axes=target.mesh.explicit_axes)(x)
+
+
+def shard_target(out_sharding, api_name: str, ndim: int) -> NamedSharding | None:
+    """The sharding to draw shard by shard for ``out_sharding``, or ``None`` (then
+    :func:`place` places a whole draw): a ``NamedSharding`` that shards some axis,
+    canonicalized by JAX's own function (so with JAX's errors, raised before
+    anything is drawn) and with its spec padded to ``ndim`` as JAX types its
+    results. Replicated targets (and none) are left to :func:`place`, whose
+    result sharding is JAX's there (a single device, or the ambient mesh)."""
+    from jax._src.sharding_impls import canonicalize_sharding  # JAX's own rules and errors
+
+    target = canonicalize_sharding(out_sharding, api_name)
+    if not isinstance(target, NamedSharding):
+        return None
+    mesh = target.mesh
+    if isinstance(mesh, jax.sharding.AbstractMesh):  # a PartitionSpec under jax.set_mesh
+        mesh = jax.sharding.get_mesh()
+        if mesh.empty or mesh.abstract_mesh != target.mesh:
+            return None
+    spec = tuple(target.spec)
+    if ndim < len(spec) or all(axis is None for axis in spec):
+        return None
+    return NamedSharding(mesh, PartitionSpec(*spec, *([None] * (ndim - len(spec)))),
+                         memory_kind=target.memory_kind)
 
 
 def _identity(x):
@@ -182,10 +206,14 @@ class SpecInitializer:
         if not self.spec.random:
             key = _fill_key(key)
         ensure_checked()
+        target = None if isinstance(key, jax.core.Tracer) else shard_target(
+            out_sharding, self.qualname, len(shape))
         try:
-            out = sample(self.spec, key, shape, dtype, layout=self.layout)
+            out = sample(self.spec, key, shape, dtype, layout=self.layout, sharding=target)
         except XinitError as err:
             raise with_context(err, self.qualname, shape, dtype, self.layout) from err
+        if target is not None:  # drawn shard by shard (xinit.core.sharding)
+            return out
         with x64_scope(dtype):
             return place(out, out_sharding, self.qualname)
 

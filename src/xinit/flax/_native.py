@@ -456,7 +456,10 @@ def orthogonal(scale=1.0, column_axis: int = -1, dtype=None) -> JaxInitializer:
     Raises:
         ShapeError (``ValueError``), when called: fewer than 2 dimensions.
         AxisError (``IndexError``): ``column_axis`` out of range.
-        NotImplementedError: any ``out_sharding``, as JAX.
+
+    Unlike JAX's, it takes ``out_sharding``: the matrix is drawn whole once and
+    each device gets its slice (the Haar matrix needs all of its entries; see
+    the "Large models and sharding" page), equal to the unsharded values.
 
     >>> q = orthogonal()(jax.random.key(0), (5, 3))
     >>> bool(jnp.allclose(q.T @ q, jnp.eye(3), atol=1e-5))
@@ -465,7 +468,7 @@ def orthogonal(scale=1.0, column_axis: int = -1, dtype=None) -> JaxInitializer:
     axis = _column_axis("orthogonal", column_axis)
     spec = specs.Orthogonal(_number("orthogonal", "scale", scale))
     return _jax("orthogonal", spec, dtype, [("scale", scale), ("column_axis", column_axis)],
-                layout=_orthogonal_layout(axis), shardable=False)
+                layout=_orthogonal_layout(axis))
 
 
 @dataclass(frozen=True, repr=False)

@@ -43,7 +43,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from xinit.core import engine, host_memory
+from xinit.core import engine, host_memory, sharding
 from xinit.core._keys import key_data, stable_hash
 from xinit.core.arrays import JaxSink
 from xinit.core.engine import canonical_dtype
@@ -53,6 +53,7 @@ from xinit.core.recipes import Param, Plan, Resolved, as_layer, check_unmatched,
 from xinit.core.specs import Zeros
 from xinit.core.threefry import fold_in_many
 
+from ._sharding import leaf_shardings
 from ._structure import FlaxLayer, Traced, trace
 
 __all__ = ["initialize", "plan", "describe", "canonical_name", "trace", "Traced"]
@@ -300,22 +301,25 @@ def plan(model, recipe="torch_default", *, rename: Callable[[str], str] | None =
 # -------------------------------------------------------------------- drawing
 
 
-def _draw(params: list[Param], layouts, resolved, root_key) -> list[jax.Array]:
+def _draw(params: list[Param], layouts, resolved, root_key, shardings) -> list[jax.Array]:
     """One engine run for every parameter: arrays in their flax layouts (on the CPU
-    assembled in host memory JAX adopts, see :class:`xinit.core.arrays.JaxSink`)."""
+    assembled in host memory JAX adopts, see :class:`xinit.core.arrays.JaxSink`);
+    a parameter with a sharding is drawn shard by shard (:mod:`xinit.core.sharding`)."""
     keys = fold_in_many(key_data(root_key), [stable_hash(p.name) for p in params])
     requests = [
         engine.request(res.spec.plan(tuple(p.shape)), k, tuple(p.shape), np.dtype(p.dtype), name=p.name,
                        zero_rows=res.zero_rows)
         for p, res, k in zip(params, resolved, keys, strict=True)
     ]
+    if any(sh is not None for sh in shardings):
+        return sharding.draw(requests, list(layouts), list(shardings))
     sink = JaxSink(requests, list(layouts), host=host_memory.on_host())
     engine.run(requests, sink)
     return sink.results
 
 
 def initialize(model, recipe="torch_default", *, key=None, unmatched: str = "error",
-               rename: Callable[[str], str] | None = None):
+               rename: Callable[[str], str] | None = None, shardings=None):
     """Initialize a whole flax model by ``recipe``.
 
     The same arguments as ``xinit.torch.initialize``; for the same recipe, key and
@@ -343,13 +347,23 @@ def initialize(model, recipe="torch_default", *, key=None, unmatched: str = "err
             left as they are.
         rename: maps each canonical name before keying and matching (e.g. to
             match a torch model's names).
+        shardings: the shardings of the result, as ``jax.jit``'s ``out_shardings``:
+            a pytree of ``jax.sharding.Sharding`` (or ``PartitionSpec`` under
+            ``jax.set_mesh``, or ``None``: unsharded) with the tree's structure,
+            or a prefix of it. ``None`` (default): the shardings the model
+            declares (``nn.with_partitioning``, ``nn.with_logical_partitioning``
+            under ``nn.logical_axis_rules``, nnx ``out_sharding`` metadata) on
+            the box's mesh or the ambient one (``jax.set_mesh``), else those its
+            leaves carry. Each device draws only its own shard, equal bit for bit
+            to the same slice of the unsharded result (see
+            :mod:`xinit.core.sharding` and the "Large models and sharding" page).
 
     A mapping whose top level has a ``"params"`` key and only mappings as values is
     read as a variables dict (collections at the top); any other mapping as a
-    params dict. Arrays are made on JAX's default device; under ``jax.set_mesh``
-    each boxed (``nn.Partitioned``) leaf is placed by its partition spec on the
-    mesh, and the boxes keep their metadata. This runs xinit's own compiled
-    programs: call it outside ``jax.jit``.
+    params dict. Arrays without a sharding are made on JAX's default device;
+    sharded ones (``shardings=``, or declared) are drawn shard by shard onto
+    their devices, and boxes keep their metadata. This runs xinit's own
+    compiled programs: call it outside ``jax.jit``.
 
     Returns:
         a new tree of the same structure with real arrays (the input is never
@@ -386,8 +400,9 @@ def initialize(model, recipe="torch_default", *, key=None, unmatched: str = "err
             stacklevel=2,
         )
     todo = [i for i, r in enumerate(resolved) if r is not None]
+    shards = leaf_shardings(leaves, shardings, _user_paths(leaves, kind, collections))
     arrays = _draw([params[i] for i in todo], [classified[i][1] for i in todo],
-                   [resolved[i] for i in todo], key)
+                   [resolved[i] for i in todo], key, [shards[i] for i in todo])
     new = {i: a for i, a in zip(todo, arrays, strict=True)}
     return _rebuild(tree, kind, leaves, new, collections)
 
@@ -396,23 +411,11 @@ def _is_abstract(value) -> bool:
     return isinstance(value, jax.ShapeDtypeStruct)
 
 
-def _place_boxed(value, box):
-    """``value`` placed by ``box``'s partition spec on the box's mesh or, under
-    ``jax.set_mesh``, the ambient one (as Flax's ``unbox`` constrains it); logical
-    names (``nn.with_logical_partitioning``) are resolved by the box's rules or
-    those of ``nn.logical_axis_rules`` (unassigned names: replicated). Without a
-    mesh, ``value`` as it is."""
-    from flax.core import meta
-    from flax.linen import spmd
-
-    mesh = getattr(box, "mesh", None) or jax.sharding.get_mesh()
-    if mesh.empty or not isinstance(box, meta.Partitioned):
-        return value
-    if isinstance(box, spmd.LogicallyPartitioned):
-        spec = spmd.logical_to_mesh_axes(box.names, box.rules)
-    else:
-        spec = box.get_partition_spec()
-    return jax.device_put(value, jax.sharding.NamedSharding(mesh, spec))
+def _user_paths(leaves, kind, collections) -> list[tuple[str, ...]]:
+    """Each leaf's path in the tree as the user passed it (for ``shardings=``)."""
+    if kind == "linen" and collections:
+        return [(lf.collection, *(str(k) for k in lf.path)) for lf in leaves]
+    return [tuple(str(k) for k in lf.path) for lf in leaves]
 
 
 def _rebuild(tree, kind, leaves, new: dict[int, Any], collections):
@@ -435,8 +438,6 @@ def _rebuild(tree, kind, leaves, new: dict[int, Any], collections):
     for i, lf in enumerate(leaves):
         value = new.get(i, lf.value)
         if lf.box is not None:
-            if i in new:
-                value = _place_boxed(value, lf.box)
             value = lf.box.replace_boxed(value)
         path = (lf.collection, *lf.path) if collections else lf.path
         flat[path] = value
