@@ -117,7 +117,7 @@ def main(argv=None) -> dict:
         out["seconds"] = time.perf_counter() - t0
         import xinit.core
 
-        out["compiles"] = xinit.core.compile_count()
+        out["compiles"] = xinit.core.debug.compile_count()
     out["rss_before"] = rss_before
     out["peak_rss"] = _peak_rss_bytes()
     out["state_bytes"] = models.state_bytes(model)
@@ -154,7 +154,7 @@ def _flax(args) -> dict:
         out["path"] = "eval_shape + xinit.flax.initialize"
         import xinit.core
 
-        out["compiles"] = xinit.core.compile_count()
+        out["compiles"] = xinit.core.debug.compile_count()
     out["seconds"] = time.perf_counter() - t0
     out["rss_before"] = rss_before
     out["peak_rss"] = _peak_rss_bytes()

@@ -184,13 +184,13 @@ def flax_pairs():
         import xinit.flax as xf
     except ImportError:
         return None
-    ji = jax.nn.initializers
-    return [
-        ("uniform [0,1)", xf.uniform(0.0, 1.0), ji.uniform(1.0)),
-        ("normal", xf.normal(0.0, 0.02), ji.normal(0.02)),
+    ji, ti = jax.nn.initializers, xf.torch_init
+    return [  # the same name on both sides: xinit.flax's (JAX's semantics) vs JAX's own
+        ("uniform [0,1)", xf.uniform(1.0), ji.uniform(1.0)),
+        ("normal", xf.normal(0.02), ji.normal(0.02)),
         ("truncated_normal", xf.truncated_normal(0.02), ji.truncated_normal(0.02)),
-        ("xavier_uniform / glorot_uniform", xf.xavier_uniform(), ji.glorot_uniform()),
-        ("kaiming_uniform(relu) / he_uniform", xf.kaiming_uniform(nonlinearity="relu"),
+        ("xavier_uniform / glorot_uniform", ti.xavier_uniform(), ji.glorot_uniform()),
+        ("kaiming_uniform(relu) / he_uniform", ti.kaiming_uniform(nonlinearity="relu"),
          ji.he_uniform()),
         ("glorot_normal", xf.glorot_normal(), ji.glorot_normal()),
         ("he_normal", xf.he_normal(), ji.he_normal()),
@@ -256,7 +256,7 @@ def bench_models_warm(names, repeats: int) -> list[Row]:
         fns["xinit.torch per tensor"] = lambda m=model: models.torch_default_by_hand(m, xt)
         fns["torch reset_parameters"] = lambda m=model: models.reset_parameters(m)
         fns["torch.nn.init by hand"] = lambda m=model: models.torch_default_by_hand(m, torch.nn.init)
-        before = xinit.core.compile_count()
+        before = xinit.core.debug.compile_count()
         res = interleaved(fns, repeats)
         ours = "xinit initialize" if initialize is not None else "xinit.torch per tensor"
         note = "" if initialize is not None else "xinit.torch.model.initialize not available yet"
@@ -266,7 +266,7 @@ def bench_models_warm(names, repeats: int) -> list[Row]:
                 continue
             rows.append(Row("models", f"{name} ({ours})", shape, "float32", res[ours], peer,
                             res[peer], note,
-                            {"compiles_during": xinit.core.compile_count() - before}))
+                            {"compiles_during": xinit.core.debug.compile_count() - before}))
             print(f"  {name} warm vs {peer}: {_fmt_row(rows[-1])}", flush=True)
     return rows
 
@@ -370,9 +370,9 @@ def bench_flax_models_warm(names, repeats: int, eager: bool = True) -> list[Row]
         # the first call compiles what this process has not compiled yet; the second none
         counts = []
         for _ in range(2):
-            before = (xinit.core.compile_count(), jax_compile_count())
+            before = (xinit.core.debug.compile_count(), jax_compile_count())
             ours()
-            counts.append((xinit.core.compile_count() - before[0], jax_compile_count() - before[1]))
+            counts.append((xinit.core.debug.compile_count() - before[0], jax_compile_count() - before[1]))
         res = interleaved(fns, repeats)
         shape = f"{flax_models.parameter_count(abstract) / 1e6:.1f}M params"
         for peer in fns:
@@ -510,6 +510,33 @@ def bench_materialize_memory(name: str = "transformer_1b") -> list[Row]:
     return [row]
 
 
+def bench_port(name: str = "gpt2", repeats: int = 5) -> list[Row]:
+    """xinit.port on GPT-2 small's state dict in memory, both directions (``port.py``)."""
+    import port
+
+    rows = []
+    for r in port.bench_speed(name, repeats):
+        rows.append(Row("port", r["case"], r["shape"], "float32", r["xinit_s"], r["peer"],
+                        r["peer_s"], "linen model traced once outside the clock",
+                        {"trace_s": r["trace_s"]}))
+        print(f"  {r['case']}: {_fmt_row(rows[-1])}", flush=True)
+    return rows
+
+
+def bench_port_memory(gib: float = 1.05, **shape) -> list[Row]:
+    """Peak RSS converting a >= ``gib`` GiB safetensors checkpoint file to a Flax file."""
+    import port
+
+    res = port.bench_memory(gib, **shape)
+    row = Row("port_memory", "safetensors -> Flax safetensors", f"{res['layers']} layers",
+              "float32", res["seconds"], "-", None, "fresh process",
+              {"peak_rss": res["peak_rss"], "rss_before": res["rss_before"],
+               "checkpoint_bytes": res["checkpoint_bytes"], "tensors": res["tensors"]})
+    print(f"  peak RSS {res['peak_rss'] / 2**30:.2f} GiB for a "
+          f"{res['checkpoint_bytes'] / 2**30:.2f} GiB checkpoint", flush=True)
+    return [row]
+
+
 # ----------------------------------------------------------------------------- report
 EVERY_RUN = "every run"  # a target met only if every run of the spread meets it
 
@@ -548,6 +575,16 @@ TARGETS = [
      None, None, None, 1.5),
     ("GPT-2 small cold, filled cache", "cold", "gpt2 cold, filled cache", None, None, None, 1.0),
     ("ResNet-50 cold, filled cache", "cold", "resnet50 cold, filled cache", None, None, None, 0.5),
+    ("GPT-2 small torch_to_flax vs a per-tensor loop", "port", "gpt2 torch_to_flax (in memory)",
+     None, None, None, 1.0),
+]
+
+
+MEMORY_TARGETS = [
+    # (section, label, denominator, its extra key, limit, label when not measured)
+    ("memory", "{case}", "parameter bytes", "state_bytes", 1.15, "materialize ~1B"),
+    ("port_memory", "port {case}", "checkpoint bytes", "checkpoint_bytes", 1.25,
+     "port >= 1 GiB file to file"),
 ]
 
 
@@ -589,16 +626,16 @@ def target_lines(rows, runs=None) -> list[str]:
         shown = (f"{min(ratios):.2f}x / {med:.2f}x / {max(ratios):.2f}x" if multi
                  else f"{ratios[0]:.2f}x")
         out.append(f"| {label} | {needed} | {shown} | {'yes' if judged >= need else '**no**'} |")
-    mem = [r for r in rows if r.section == "memory"]
-    for r in mem:
-        frac = r.extra["peak_rss"] / r.extra["state_bytes"]
-        out.append(f"| {r.case}: peak RSS / parameter bytes | <= 1.15 | {frac:.2f} | "
-                   f"{'yes' if frac <= 1.15 else '**no**'} |")
-    if not mem:
-        out.append("| materialize ~1B: peak RSS / parameter bytes | <= 1.15 | not measured "
-                   "(full run only) | - |")
-    gpu = "GPU targets | - | no GPU in this run | - |"
-    out.append(f"| {gpu}")
+    for section, label, per, bytes_key, limit, missing in MEMORY_TARGETS:
+        mem = [r for r in rows if r.section == section]
+        for r in mem:
+            frac = r.extra["peak_rss"] / r.extra[bytes_key]
+            out.append(f"| {label.format(case=r.case)}: peak RSS / {per} | <= {limit:g} | "
+                       f"{frac:.2f} | {'yes' if frac <= limit else '**no**'} |")
+        if not mem:
+            out.append(f"| {missing}: peak RSS / {per} | <= {limit:g} | not measured "
+                       "(full run only) | - |")
+    out.append("| GPU targets | - | no GPU in this run | - |")
     return out
 
 
@@ -791,7 +828,7 @@ def render(rows, meta, notes: str, runs=None, lim=None, history: str = "") -> st
                   "torch's defaults written with `jax.nn.initializers` (the distributions "
                   "xinit draws), and flax's eager `model.init`. All wait for the arrays "
                   "(`jax.block_until_ready`). Compilations during xinit's first call in this "
-                  "process: xinit's own programs (`xinit.core.compile_count()`) / every XLA "
+                  "process: xinit's own programs (`xinit.core.debug.compile_count()`) / every XLA "
                   "compilation JAX ran (eager slices, concatenations and transposes "
                   "included); warm: XLA compilations in a later call. The `nnx` rows: GPT-2 "
                   "written as an nnx module (`flax_models.NnxGPT`); xinit initializes the "
@@ -867,6 +904,32 @@ def render(rows, meta, notes: str, runs=None, lim=None, history: str = "") -> st
                               ("torch s", lambda r: f"{r.peer_s:.2f}"),
                               ("xinit s", lambda r: f"{r.xinit_s:.2f}"), ratio])
         lines.append("")
+    port_rows = [r for r in rows if r.section == "port"]
+    if port_rows:
+        lines += ["## Checkpoint porting (`xinit.port`)", "",
+                  "GPT-2 small (`benchmarks/models.py`, `flax_models.py`) converted in memory "
+                  "(`benchmarks/port.py`): `torch_to_flax` into new JAX arrays and "
+                  "`flax_to_torch` into the existing torch tensors, against the loop one writes "
+                  "by hand (names mapped outside the clock). The linen model is traced once "
+                  "outside the clock (the trace's own time in the last column).", ""]
+        lines += _table(port_rows, model_columns + [
+            ("trace s", lambda r: f"{r.extra.get('trace_s', 0):.2f}")])
+        lines.append("")
+    port_mem = [r for r in rows if r.section == "port_memory"]
+    if port_mem:
+        lines += ["## Checkpoint porting, file to file: peak memory", "",
+                  "A random GPT-style checkpoint of at least 1 GiB (`.safetensors`) converted "
+                  "into a Flax `.safetensors` file by `xinit.port.convert_file` in a fresh "
+                  "process (torch model on `meta`, linen model traced); peak RSS includes the "
+                  "imports (RSS before the conversion in its own column).", ""]
+        lines += _table(port_mem, [
+            ("case", lambda r: r.case), ("model", lambda r: r.shape),
+            ("checkpoint GiB", lambda r: f"{r.extra['checkpoint_bytes'] / 2**30:.2f}"),
+            ("RSS before GiB", lambda r: f"{r.extra['rss_before'] / 2**30:.2f}"),
+            ("peak RSS GiB", lambda r: f"{r.extra['peak_rss'] / 2**30:.2f}"),
+            ("peak / checkpoint", lambda r: f"{r.extra['peak_rss'] / r.extra['checkpoint_bytes']:.2f}"),
+            ("seconds", lambda r: f"{r.xinit_s:.1f}")])
+        lines.append("")
     lines += ["## Chart", "", "![ratios](performance.png)", ""]
     if len(runs) > 1:
         lines += [f"## Run-to-run spread ({len(runs)} full runs)", "",
@@ -917,12 +980,13 @@ def chart(rows, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- main
 SECTIONS = ("limits", "single", "flax", "models", "apply", "flax_models", "cold", "flax_cold",
-            "memory")
+            "memory", "port", "port_memory")
 HISTORY = HERE / "history.md"
 
 
 def measure_once(quick, sections, repeats, sizes, dtypes, model_names, cold_models,
-                 cold_repeats, memory_model, flax_limit) -> list[Row]:
+                 cold_repeats, memory_model, flax_limit, port_model="gpt2", port_gib=1.05,
+                 port_shape=None) -> list[Row]:
     """One full run of ``sections`` (the limits aside)."""
     rows: list[Row] = []
     if "single" in sections:
@@ -956,6 +1020,12 @@ def measure_once(quick, sections, repeats, sizes, dtypes, model_names, cold_mode
     if "memory" in sections and not quick:
         print("materialize memory", flush=True)
         rows += bench_materialize_memory(memory_model)
+    if "port" in sections:
+        print("checkpoint porting (xinit.port vs a per-tensor loop)", flush=True)
+        rows += bench_port(port_model, repeats)
+    if "port_memory" in sections and not quick:
+        print("checkpoint porting memory (file to file)", flush=True)
+        rows += bench_port_memory(port_gib, **(port_shape or {}))
     return rows
 
 
@@ -997,8 +1067,8 @@ def write(out: Path, runs: list[dict], lim: dict | None, notes_path=HERE / "note
 def run(quick=False, out=HERE.parent / "docs", sections=SECTIONS, repeats=None,
         sizes=None, dtypes=None, model_names=None, cold_models=None, cold_repeats=None,
         memory_model="transformer_1b", notes_path=HERE / "notes.md",
-        flax_limit=None, runs: int = 1, accumulate: bool = False,
-        history_path=HISTORY) -> list[Row]:
+        flax_limit=None, port_model="gpt2", port_gib=1.05, port_shape=None, runs: int = 1,
+        accumulate: bool = False, history_path=HISTORY) -> list[Row]:
     """Measure ``runs`` full runs of ``sections`` and write the page; returns the last
     run's rows. ``accumulate``: add the runs to those already in ``out``'s JSON."""
     out = Path(out)
@@ -1015,7 +1085,8 @@ def run(quick=False, out=HERE.parent / "docs", sections=SECTIONS, repeats=None,
         t0 = time.perf_counter()
         machine_lines = machine()  # the load average at the start
         rows = measure_once(quick, sections, repeats, sizes, dtypes, model_names, cold_models,
-                            cold_repeats, memory_model, flax_limit)
+                            cold_repeats, memory_model, flax_limit, port_model, port_gib,
+                            port_shape)
         meta = {"quick": quick, "repeats": repeats, "seconds": time.perf_counter() - t0,
                 "cold_repeats": cold_repeats or (1 if quick else 3), "machine": machine_lines,
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

@@ -330,3 +330,30 @@ def test_flax_peer_uses_the_persistent_cache_it_is_given(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert any((tmp_path / "c").iterdir())
+
+
+def test_port_speed_code_paths():
+    pytest.importorskip("flax")
+    port = _load("port")
+    rows = port.bench_speed("gpt_tiny", repeats=1)
+    assert [r["case"] for r in rows] == ["gpt_tiny torch_to_flax (in memory)",
+                                         "gpt_tiny flax_to_torch (in place)"]
+    assert all(r["xinit_s"] > 0 and r["peer_s"] > 0 and r["trace_s"] > 0 for r in rows)
+    assert 4 * port.parameter_count(port.memory_config(1.0)) >= 2**30  # the full run: >= 1 GiB
+
+
+@pytest.mark.slow
+def test_port_sections_on_a_tiny_model(run, tmp_path):
+    pytest.importorskip("flax")
+    pytest.importorskip("safetensors")
+    rows = run.run(out=tmp_path, sections=("port", "port_memory"), repeats=1, port_model="gpt_tiny",
+                   port_gib=0.0005, port_shape={"width": 32, "heads": 4, "vocab": 97,
+                                                "positions": 16}, notes_path=None)
+    assert [r.section for r in rows] == ["port", "port", "port_memory"]
+    mem = rows[-1].extra
+    assert mem["tensors"] > 0 and mem["peak_rss"] >= mem["rss_before"] > 0
+    assert mem["checkpoint_bytes"] >= 0.0005 * 2**30
+    md = (tmp_path / "performance.md").read_text()
+    assert "## Checkpoint porting (`xinit.port`)" in md
+    assert "| gpt_tiny torch_to_flax (in memory) |" in md
+    assert "port safetensors -> Flax safetensors: peak RSS / checkpoint bytes | <= 1.25 |" in md

@@ -1,7 +1,7 @@
 """The same numbers in PyTorch and Flax: xinit.flax against xinit.torch and torch.nn.init.
 
-* Bit identity: for the same key and arguments, every drop-in initializer of
-  ``xinit.flax`` equals ``xinit.torch``'s weight permuted into flax layout, bit for
+* Bit identity: for the same key and arguments, every initializer of
+  ``xinit.flax.torch_init`` equals ``xinit.torch``'s weight permuted into flax layout, bit for
   bit: Dense ``(in, out)`` = ``W.T``, Conv1d/2d/3d ``(*k, in, out)`` =
   ``W.permute(2, ..., 1, 0)``, Embed (``layout=IDENTITY``) = ``W``. This includes
   ``orthogonal`` on conv kernels: both adapters draw the canonical (torch-layout)
@@ -29,8 +29,8 @@ from scipy import stats
 torch = pytest.importorskip("torch")
 nn = pytest.importorskip("flax.linen")
 
-import xinit.flax as xf  # noqa: E402
 import xinit.torch as xt  # noqa: E402
+from xinit.flax import torch_init as ti  # noqa: E402
 
 KEY = jax.random.key(20260522)
 P_MIN = 1e-4
@@ -42,11 +42,11 @@ JAX_DTYPES = {"f32": jnp.float32, "f64": jnp.float64, "bf16": jnp.bfloat16, "f16
 
 # layer -> (torch weight shape, permutation torch -> flax, flax layout)
 LAYERS = {
-    "dense": ((30, 20), (1, 0), xf.FLAX),
-    "conv1d": ((16, 8, 5), (2, 1, 0), xf.FLAX),
-    "conv2d": ((16, 8, 3, 3), (2, 3, 1, 0), xf.FLAX),
-    "conv3d": ((8, 4, 3, 2, 3), (2, 3, 4, 1, 0), xf.FLAX),
-    "embed": ((50, 12), (0, 1), xf.IDENTITY),
+    "dense": ((30, 20), (1, 0), ti.FLAX),
+    "conv1d": ((16, 8, 5), (2, 1, 0), ti.FLAX),
+    "conv2d": ((16, 8, 3, 3), (2, 3, 1, 0), ti.FLAX),
+    "conv3d": ((8, 4, 3, 2, 3), (2, 3, 4, 1, 0), ti.FLAX),
+    "embed": ((50, 12), (0, 1), ti.IDENTITY),
 }
 # drop-in -> (args, layers it applies to, takes a key)
 ALL = tuple(LAYERS)
@@ -90,7 +90,7 @@ def torch_weight(name, layer, dt):
 def flax_kernel(name, layer, dt, key=KEY):
     shape, perm, layout = LAYERS[layer]
     args, _, _ = DROP_INS[name]
-    init = getattr(xf, name)(*args, layout=layout)
+    init = getattr(ti, name)(*args, layout=layout)
     return init(key, tuple(shape[p] for p in perm), JAX_DTYPES[dt])
 
 
@@ -149,7 +149,7 @@ JIT_CASES = [
 def test_inside_jit_the_floats_agree_with_torch_within_a_few_ulp(name, layer, dt):
     shape, perm, layout = LAYERS[layer]
     args, _, _ = DROP_INS[name]
-    init = getattr(xf, name)(*args, layout=layout)
+    init = getattr(ti, name)(*args, layout=layout)
     fshape = tuple(shape[p] for p in perm)
     jitted = jax.jit(lambda k: init(k, fshape, JAX_DTYPES[dt]))(KEY)
     expected = as_numpy(torch_weight(name, layer, dt).permute(*perm).contiguous())
@@ -162,7 +162,7 @@ def test_inside_jit_the_random_bits_are_torchs(shape):
     tshape = (shape[-1], shape[-2], *shape[:-2])
     perm = (*range(2, len(shape)), 1, 0)
     w = xt.uniform_(torch.empty(tshape), 0.0, 1.0, key=KEY).permute(*perm).numpy()
-    jitted = jax.jit(lambda k: xf.uniform(0.0, 1.0)(k, shape))(KEY)
+    jitted = jax.jit(lambda k: ti.uniform(0.0, 1.0)(k, shape))(KEY)
     assert np.array_equal(np.asarray(jitted), w)
 
 
@@ -172,11 +172,11 @@ class _Net(nn.Module):
     @nn.compact
     def __call__(self, x):
         kw = dict(param_dtype=self.dtype, dtype=jnp.float32)
-        x = nn.Conv(16, (3, 3), kernel_init=xf.trunc_normal(0.0, 0.1, -0.15, 0.2),
-                    bias_init=xf.torch_conv_bias(27), **kw)(x)
-        x = nn.Dense(64, kernel_init=xf.kaiming_normal(nonlinearity="relu"),
-                     bias_init=xf.uniform(-0.3, 0.7), **kw)(x.mean(axis=(1, 2)))
-        return nn.Dense(8, kernel_init=xf.lecun_normal(), bias_init=xf.normal(0.0, 0.1), **kw)(x)
+        x = nn.Conv(16, (3, 3), kernel_init=ti.trunc_normal(0.0, 0.1, -0.15, 0.2),
+                    bias_init=ti.conv_bias(27), **kw)(x)
+        x = nn.Dense(64, kernel_init=ti.kaiming_normal(nonlinearity="relu"),
+                     bias_init=ti.uniform(-0.3, 0.7), **kw)(x.mean(axis=(1, 2)))
+        return nn.Dense(8, kernel_init=ti.xavier_normal(), bias_init=ti.normal(0.0, 0.1), **kw)(x)
 
 
 @pytest.mark.filterwarnings("ignore:Explicitly requested dtype float64")
@@ -207,14 +207,14 @@ PRESET_DTYPES = ["f32", "f64", "bf16"]
 @pytest.mark.parametrize("fan_in", [20, 100, 400], ids=lambda f: f"in{f}")
 def test_torch_linear_kernel_is_kaiming_uniform_sqrt5_bit_for_bit(fan_in, dt):
     w = xt.kaiming_uniform_(torch.empty(30, fan_in, dtype=TORCH_DTYPES[dt]), a=math.sqrt(5), key=KEY)
-    k = xf.torch_linear_kernel()(KEY, (fan_in, 30), JAX_DTYPES[dt])
+    k = ti.linear_kernel()(KEY, (fan_in, 30), JAX_DTYPES[dt])
     assert np.array_equal(as_same(k, dt), as_numpy(w.T.contiguous()))
 
 
 def test_torch_linear_kernel_float64_bound_goes_through_the_kaiming_formula():
     fan_in = 400
     assert _kernel_bound(fan_in) != 1 / math.sqrt(fan_in)  # the two bounds differ by an ulp here
-    k = np.asarray(xf.torch_linear_kernel()(KEY, (fan_in, 30), jnp.float64))
+    k = np.asarray(ti.linear_kernel()(KEY, (fan_in, 30), jnp.float64))
     via_kaiming = xt.kaiming_uniform_(torch.empty(30, fan_in, dtype=torch.float64), a=math.sqrt(5),
                                       key=KEY).T.numpy()
     b = 1 / math.sqrt(fan_in)
@@ -223,10 +223,10 @@ def test_torch_linear_kernel_float64_bound_goes_through_the_kaiming_formula():
 
 
 BIAS_PRESETS = {
-    "linear": (xf.torch_linear_bias, 400),
-    "conv": (xf.torch_conv_bias, 4 * 3 * 3),
-    "conv_transpose": (xf.torch_conv_transpose_bias, 32 * 3 * 3),
-    "zero-fan": (xf.torch_linear_bias, 0),
+    "linear": (ti.linear_bias, 400),
+    "conv": (ti.conv_bias, 4 * 3 * 3),
+    "conv_transpose": (ti.conv_transpose_bias, 32 * 3 * 3),
+    "zero-fan": (ti.linear_bias, 0),
 }
 
 
@@ -243,7 +243,7 @@ def test_torch_bias_presets_are_uniform_one_over_sqrt_fan_in_bit_for_bit(case, d
 
 def test_torch_conv_kernel_matches_a_grouped_conv2d():
     w = xt.kaiming_uniform_(torch.empty(32, 4, 3, 3), a=math.sqrt(5), key=KEY)  # Conv2d(16, 32, 3, groups=4)
-    k = np.asarray(xf.torch_conv_kernel()(KEY, (3, 3, 4, 32)))  # flax Conv(32, feature_group_count=4)
+    k = np.asarray(ti.conv_kernel()(KEY, (3, 3, 4, 32)))  # flax Conv(32, feature_group_count=4)
     assert np.array_equal(k, w.permute(2, 3, 1, 0).numpy())
     assert np.abs(k).max() <= 1 / 6  # torch: 1/sqrt(in/groups * 3 * 3)
 
@@ -251,7 +251,7 @@ def test_torch_conv_kernel_matches_a_grouped_conv2d():
 def test_torch_conv_transpose_kernel_reads_torchs_reversed_fans():
     layer = torch.nn.ConvTranspose2d(16, 32, 3)  # weight (in, out, kh, kw) = (16, 32, 3, 3)
     w = xt.kaiming_uniform_(torch.empty_like(layer.weight), a=math.sqrt(5), key=KEY)
-    k = np.asarray(xf.torch_conv_transpose_kernel()(KEY, (3, 3, 16, 32)))  # flax (*k, in, out)
+    k = np.asarray(ti.conv_transpose_kernel()(KEY, (3, 3, 16, 32)))  # flax (*k, in, out)
     assert np.array_equal(k, w.detach().permute(2, 3, 0, 1).numpy())
     bound = 1 / math.sqrt(32 * 9)
     assert bound * 0.99 < np.abs(k).max() <= bound
@@ -260,9 +260,9 @@ def test_torch_conv_transpose_kernel_reads_torchs_reversed_fans():
 
 def test_torch_embedding_is_the_torch_table_and_zeroes_the_padding_row():
     w = xt.normal_(torch.empty(50, 12), key=KEY)
-    table = np.asarray(xf.torch_embedding()(KEY, (50, 12)))
+    table = np.asarray(ti.embedding()(KEY, (50, 12)))
     assert np.array_equal(table, w.numpy())
-    padded = np.asarray(xf.torch_embedding(padding_idx=-1)(KEY, (50, 12)))
+    padded = np.asarray(ti.embedding(padding_idx=-1)(KEY, (50, 12)))
     theirs = torch.nn.Embedding(50, 12, padding_idx=-1).weight.detach().numpy()
     assert (padded[-1] == 0).all() and (theirs[-1] == 0).all()
     assert np.array_equal(padded[:-1], table[:-1])
@@ -292,7 +292,7 @@ def test_flax_initializers_are_distributed_as_torch_nn_init(name, layer):
     theirs = getattr(torch.nn.init, name + "_")(torch.empty(tshape), *args,
                                                  generator=torch.Generator().manual_seed(0))
     perm = (*range(2, len(tshape)), 1, 0)
-    ours = getattr(xf, name)(*args)(KEY, tuple(tshape[p] for p in perm))
+    ours = getattr(ti, name)(*args)(KEY, tuple(tshape[p] for p in perm))
     theirs, ours = theirs.numpy(), np.asarray(ours)
     assert ks(ours, theirs) > P_MIN
     assert abs(ours.std() / theirs.std() - 1) < 0.03
@@ -304,7 +304,7 @@ def test_sparse_matches_torch_zero_pattern_per_input_and_values():
     reps = 10
     theirs = torch.cat([torch.nn.init.sparse_(torch.empty(300, 10), 0.3, 0.05, generator=gen).reshape(-1)
                         for _ in range(reps)]).numpy()
-    ours = [np.asarray(xf.sparse(0.3, 0.05)(jax.random.key(i), (10, 300))) for i in range(reps)]
+    ours = [np.asarray(ti.sparse(0.3, 0.05)(jax.random.key(i), (10, 300))) for i in range(reps)]
     for k in ours:  # flax (in, out): every input row has ceil(0.3 * out) zeros, as torch's columns
         assert ((k == 0).sum(axis=1) == math.ceil(0.3 * 300)).all()
     ours = np.concatenate([k.ravel() for k in ours])
@@ -313,13 +313,13 @@ def test_sparse_matches_torch_zero_pattern_per_input_and_values():
 
 LAYER_DEFAULTS = {
     # id: (torch layer factory, parameter, our initializer, flax shape of that parameter)
-    "linear-weight": (lambda: torch.nn.Linear(400, 60), "weight", xf.torch_linear_kernel(), (400, 60)),
-    "linear-bias": (lambda: torch.nn.Linear(100, 20_000), "bias", xf.torch_linear_bias(100), (20_000,)),
-    "conv2d-weight": (lambda: torch.nn.Conv2d(24, 96, 3), "weight", xf.torch_conv_kernel(), (3, 3, 24, 96)),
-    "conv2d-bias": (lambda: torch.nn.Conv2d(4, 20_000, 3), "bias", xf.torch_conv_bias(36), (20_000,)),
+    "linear-weight": (lambda: torch.nn.Linear(400, 60), "weight", ti.linear_kernel(), (400, 60)),
+    "linear-bias": (lambda: torch.nn.Linear(100, 20_000), "bias", ti.linear_bias(100), (20_000,)),
+    "conv2d-weight": (lambda: torch.nn.Conv2d(24, 96, 3), "weight", ti.conv_kernel(), (3, 3, 24, 96)),
+    "conv2d-bias": (lambda: torch.nn.Conv2d(4, 20_000, 3), "bias", ti.conv_bias(36), (20_000,)),
     "conv_transpose2d-weight": (lambda: torch.nn.ConvTranspose2d(96, 24, 3), "weight",
-                                xf.torch_conv_transpose_kernel(), (3, 3, 96, 24)),
-    "embedding": (lambda: torch.nn.Embedding(400, 64), "weight", xf.torch_embedding(), (400, 64)),
+                                ti.conv_transpose_kernel(), (3, 3, 96, 24)),
+    "embedding": (lambda: torch.nn.Embedding(400, 64), "weight", ti.embedding(), (400, 64)),
 }
 
 
@@ -339,10 +339,10 @@ def test_presets_are_distributed_as_torch_layer_defaults(case):
 class _TorchLikeMLP(nn.Module):
     @nn.compact
     def __call__(self, x):
-        x = nn.Dense(256, kernel_init=xf.torch_linear_kernel(),
-                     bias_init=xf.torch_linear_bias(fan_in=x.shape[-1]))(x)
-        return nn.Dense(10, kernel_init=xf.torch_linear_kernel(),
-                        bias_init=xf.torch_linear_bias(fan_in=256))(nn.relu(x))
+        x = nn.Dense(256, kernel_init=ti.linear_kernel(),
+                     bias_init=ti.linear_bias(fan_in=x.shape[-1]))(x)
+        return nn.Dense(10, kernel_init=ti.linear_kernel(),
+                        bias_init=ti.linear_bias(fan_in=256))(nn.relu(x))
 
 
 def test_a_linen_model_with_torch_presets_starts_where_torch_starts():

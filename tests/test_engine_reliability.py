@@ -151,6 +151,14 @@ def test_compiler_out_of_memory_is_out_of_memory_error(monkeypatch):
     assert torch.equal(t, torch.full((64, 64), 3.0)) and t._version == version
 
 
+def test_ynnpack_workspace_failure_is_out_of_memory_error():
+    """XLA:CPU's matrix products (YNNPACK) report a failed workspace allocation as a bare
+    "YNNPACK operation failed" (seen in the sweep above for orthogonal_)."""
+    with pytest.raises(OutOfMemoryError, match="YNNPACK") as info, programs.memory_errors("xinit: drawing"):
+        raise jax.errors.JaxRuntimeError("INTERNAL: YNNPACK operation failed: error")
+    assert isinstance(info.value, MemoryError) and isinstance(info.value, RuntimeError)
+
+
 def test_other_runtime_errors_pass_through_unchanged(monkeypatch):
     programs.clear_caches()
 

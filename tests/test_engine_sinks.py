@@ -17,7 +17,7 @@ TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": 
 
 
 def _np_dtype(name):
-    return np.dtype(xc.FLOAT_DTYPES[["float16", "bfloat16", "float32", "float64"].index(name)])
+    return np.dtype(engine.FLOAT_DTYPES[["float16", "bfloat16", "float32", "float64"].index(name)])
 
 
 def _whole(spec, shape, dtype, key=11):

@@ -109,23 +109,43 @@ def test_boxed_partitioned_leaves_stay_boxed():
     assert np.abs(np.asarray(k.value)).max() > 0
 
 
-def test_unmatched_params_error_and_ignore():
-    class M(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            self.param("alpha", nn.initializers.ones, (3,))
-            return nn.Dense(2)(x)
+class _Alpha(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        self.param("alpha", nn.initializers.ones, (3,))
+        return nn.Dense(2)(x)
 
-    v = M().init(jax.random.key(0), jnp.ones((1, 3)))
+
+def test_unmatched_params_error_ignore_and_zeros():
+    v = _Alpha().init(jax.random.key(0), jnp.ones((1, 3)))
     with pytest.raises(UnmatchedError, match="alpha"):
         initialize(v, "torch_default", key=0)
     out = initialize(v, "torch_default", key=0, unmatched="ignore")
     np.testing.assert_array_equal(out["params"]["alpha"], np.ones(3))
+    out = initialize(v, "torch_default", key=0, unmatched="zeros")
+    np.testing.assert_array_equal(out["params"]["alpha"], np.zeros(3))
+    assert np.abs(np.asarray(out["params"]["Dense_0"]["kernel"])).max() > 0
     custom = Recipe("c", (Rule(Normal(0.0, 1.0), name="alpha"),)) + torch_default()
     out = initialize(v, custom, key=0)
     assert not np.array_equal(out["params"]["alpha"], np.ones(3))
-    with pytest.raises(ValueError, match="unmatched must be one of"):
-        initialize(v, "torch_default", key=0, unmatched="zeros")
+    with pytest.raises(ValueError, match=r"unmatched must be one of \['error', 'ignore', 'zeros'\]"):
+        initialize(v, "torch_default", key=0, unmatched="skip")
+
+
+def test_unmatched_abstract_params_warn_when_ignored_and_are_filled_with_zeros():
+    abstract = jax.eval_shape(_Alpha().init, jax.random.key(0), jnp.ones((1, 3)))
+    with pytest.warns(UserWarning, match="alpha.*stay abstract"):
+        out = initialize(abstract, "torch_default", key=0, unmatched="ignore")
+    assert isinstance(out["params"]["alpha"], jax.ShapeDtypeStruct)
+    out = initialize(abstract, "torch_default", key=0, unmatched="zeros")
+    np.testing.assert_array_equal(out["params"]["alpha"], np.zeros(3))
+
+
+def test_initialize_without_a_key_says_to_pass_one():
+    v = jax.eval_shape(nn.Dense(3).init, jax.random.key(0), jnp.ones((1, 2)))
+    with pytest.raises(TypeError, match="needs key="):
+        initialize(v)
+    assert initialize(v, key=0)["params"]["kernel"].shape == (2, 3)  # recipe: torch_default
 
 
 def test_bfloat16_params():
@@ -217,7 +237,7 @@ def test_host_and_device_assembly_agree_bit_for_bit(dtype, monkeypatch):
 def test_initialize_compiles_nothing_per_shape():
     """Two models with all-new shapes: the second compiles nothing but xinit's own bucketed
     programs (no per-parameter JAX operations)."""
-    from xinit.core import compile_count
+    from xinit.core.debug import compile_count
 
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
@@ -243,3 +263,21 @@ def test_initialize_compiles_nothing_per_shape():
     run((3, 5, 7, 11, 13))
     total, ours = run((17, 19, 23, 29, 31, 37, 41))
     assert total == ours <= 2
+
+
+def test_boxed_leaves_inside_an_explicit_mesh_keep_their_boxes_and_are_placed():
+    # xinit 0.1 raised here: unboxing applied the box's sharding constraint to the abstract leaf
+    class M(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(4, kernel_init=nn.with_partitioning(nn.initializers.zeros, (None, "m")))(x)
+
+    abstract = jax.eval_shape(M().init, jax.random.key(0), jnp.ones((1, 3)))
+    mesh = jax.make_mesh((1,), ("m",), axis_types=(jax.sharding.AxisType.Explicit,))
+    with jax.set_mesh(mesh):
+        out = initialize(abstract, key=0)
+    k = out["params"]["Dense_0"]["kernel"]
+    assert isinstance(k, nn.Partitioned) and k.names == (None, "m")
+    assert k.value.sharding.spec == jax.sharding.PartitionSpec(None, "m")
+    plain = initialize(abstract, key=0)["params"]["Dense_0"]["kernel"].value
+    np.testing.assert_array_equal(k.value, plain)

@@ -303,14 +303,14 @@ def _populate_write_supported() -> bool:
     import ctypes
     import mmap
 
-    from xinit.core import host_memory as _host
+    from xinit.core import host_memory
 
-    libc = _host._libc()
+    libc = host_memory._libc()
     if libc is None:
         return False
     mm = mmap.mmap(-1, mmap.PAGESIZE)
     addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
-    ok = libc.madvise(addr, mmap.PAGESIZE, _host._MADV_POPULATE_WRITE) == 0
+    ok = libc.madvise(addr, mmap.PAGESIZE, host_memory._MADV_POPULATE_WRITE) == 0
     del addr
     return ok
 
@@ -322,22 +322,22 @@ def test_prefault_maps_fresh_pages_and_keeps_contents():
     import ctypes
     import mmap
 
-    from xinit.core import host_memory as _host
+    from xinit.core import host_memory
 
     def resident_pages(buf):
         page = mmap.PAGESIZE
         n = buf.nbytes // page
         vec = (ctypes.c_ubyte * n)()
-        assert _host._libc().mincore(buf.ctypes.data, n * page, vec) == 0
+        assert host_memory._libc().mincore(buf.ctypes.data, n * page, vec) == 0
         return sum(v & 1 for v in vec)
 
     size = 8 << 20
     mm = mmap.mmap(-1, size)  # fresh anonymous memory: no page mapped yet
     view = np.frombuffer(mm, dtype=np.uint8)
     assert resident_pages(view) == 0
-    _host.prefault(view)
+    host_memory.prefault(view)
     assert resident_pages(view) == size // mmap.PAGESIZE
     data = np.arange(size, dtype=np.int64).astype(np.uint8)
     view[:] = data
-    _host.prefault(view)  # mapped memory: left alone, contents kept
+    host_memory.prefault(view)  # mapped memory: left alone, contents kept
     np.testing.assert_array_equal(view, data)

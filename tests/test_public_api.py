@@ -1,5 +1,6 @@
 """The public surface: import isolation and the install hints of the adapters."""
 
+import inspect
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import pytest
 
 import xinit
 import xinit.core
+import xinit.core.debug
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
@@ -43,3 +45,72 @@ def test_core_all_resolves(name):
 
 def test_version():
     assert xinit.__version__.count(".") == 2
+
+
+# ------------------------------------------------------------ the user surface of xinit.core
+
+INTERNALS = ("compile_count", "key_data", "stable_hash", "draw", "Resolved", "resolve", "PlanEntry",
+             "DTYPES", "FLOAT_DTYPES")
+
+
+def test_core_all_is_the_user_surface_and_internals_live_in_debug():
+    import xinit.core.debug as debug
+
+    for name in INTERNALS:
+        assert name not in xinit.core.__all__, name
+        assert name in debug.__all__ and getattr(debug, name) is not None
+    for name in ("sample", "Layout", "compute_fans", "calculate_gain", "Recipe", "Rule", "Plan",
+                 "UnmatchedError", "VarianceScaling", "enable_compilation_cache", "fold_in_name",
+                 "XinitError"):
+        assert name in xinit.core.__all__, name
+    assert xinit.core.debug.key_data(0).tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("name", xinit.core.debug.__all__)
+def test_debug_names_resolve(name):
+    assert getattr(xinit.core.debug, name) is not None
+
+
+# ------------------------------------------------------------ one API shape across the adapters
+
+
+def _signature(fn):
+    return [(p.name, p.default, p.kind) for p in inspect.signature(fn).parameters.values()]
+
+
+@pytest.mark.parametrize("name", ["initialize", "plan", "describe"])
+def test_model_level_functions_take_the_same_arguments_in_both_adapters(name):
+    xt = pytest.importorskip("xinit.torch")
+    xf = pytest.importorskip("xinit.flax")
+    assert _signature(getattr(xt, name)) == _signature(getattr(xf, name))
+
+
+def test_initialize_signature_is_the_agreed_one():
+    xf = pytest.importorskip("xinit.flax")
+    assert [(n, d, k.name) for n, d, k in _signature(xf.initialize)] == [
+        ("model", inspect.Parameter.empty, "POSITIONAL_OR_KEYWORD"),
+        ("recipe", "torch_default", "POSITIONAL_OR_KEYWORD"),
+        ("key", None, "KEYWORD_ONLY"),
+        ("unmatched", "error", "KEYWORD_ONLY"),
+        ("rename", None, "KEYWORD_ONLY"),
+    ]
+
+
+def test_unmatched_vocabulary_is_one_for_every_model_level_function():
+    from xinit.core.recipes import UNMATCHED
+
+    xt = pytest.importorskip("xinit.torch")
+    xf = pytest.importorskip("xinit.flax")
+    assert UNMATCHED == ("error", "ignore", "zeros")
+    for fn in (xt.initialize, xt.materialize, xt.apply_fn, xf.initialize):
+        params = inspect.signature(fn).parameters
+        assert params["unmatched"].default == "error" and params["rename"].default is None
+        assert params["key"].kind.name == "KEYWORD_ONLY"
+    import torch
+
+    for call in (lambda: xt.initialize(torch.nn.Linear(2, 2), key=0, unmatched="skip"),
+                 lambda: xt.materialize(torch.nn.Linear(2, 2), key=0, unmatched="skip"),
+                 lambda: xt.apply_fn(key=0, unmatched="skip"),
+                 lambda: xf.initialize({"params": {}}, key=0, unmatched="skip")):
+        with pytest.raises(ValueError, match=r"unmatched must be one of \['error', 'ignore', 'zeros'\]"):
+            call()

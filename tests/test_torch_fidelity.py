@@ -471,7 +471,7 @@ def backend_draw(backend, name, shape, kw, key):
         return np.asarray(getattr(xinit.core, base)(key, shape, **kw), dtype=np.float64)
     xf = pytest.importorskip("xinit.flax")
     flax_shape = tuple(shape[p] for p in FLAX.inverse_permutation(len(shape)))
-    arr = getattr(xf, base)(**kw)(jax.random.key(key), flax_shape, np.float32)
+    arr = getattr(xf.torch_init, base)(**kw)(jax.random.key(key), flax_shape, np.float32)
     return np.asarray(arr, dtype=np.float64).transpose(FLAX.permutation(len(shape)))
 
 

@@ -11,10 +11,11 @@ import torch
 from scipy import stats
 from torch import nn
 
-from xinit.core import compile_count, programs
+from xinit.core import programs
+from xinit.core.debug import compile_count
 from xinit.core.recipes import Recipe, Rule, UnmatchedError, gpt2, resnet
-from xinit.core.specs import Normal
-from xinit.torch.model import apply_fn, initialize, materialize, no_init, plan
+from xinit.core.specs import Normal, Zeros
+from xinit.torch.model import apply_fn, describe, initialize, materialize, no_init, plan
 
 P_MIN = 1e-4
 
@@ -210,6 +211,8 @@ def test_unmatched_parameters_error_lists_all_and_writes_nothing():
     assert not torch.equal(m.alpha, torch.full((2,), 7.0))
     with pytest.raises(ValueError, match="unmatched must be one of"):
         initialize(m, key=0, unmatched="skip")
+    initialize(m, key=0, unmatched="zeros")
+    assert torch.equal(m.alpha, torch.zeros(2)) and torch.equal(m.beta, torch.zeros(2))
 
 
 def test_lazy_parameters_are_an_error():
@@ -411,10 +414,18 @@ def test_materialize_reports_uncovered_buffers_by_name():
         materialize(m, key=0)
     del m.scale
     assert m.weight.is_meta  # nothing allocated
-    with pytest.warns(UserWarning, match="mask, pos"):
+    with pytest.warns(UserWarning, match="mask, pos.*stay on the meta device"):
+        materialize(m, key=0, unmatched="ignore")
+    assert m.mask.is_meta and m.pos.is_meta and not m.weight.is_meta
+    with torch.device("meta"):
+        m = nn.Linear(4, 4)
+        m.register_buffer("mask", torch.ones(4, 4))
+        m.register_buffer("pos", torch.ones(4), persistent=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # asked for: no warning
         materialize(m, key=0, unmatched="zeros")
     assert torch.equal(m.mask, torch.zeros(4, 4)) and "pos" not in m.state_dict()
-    assert not m.weight.is_meta
+    assert torch.equal(m.pos, torch.zeros(4)) and not m.weight.is_meta
 
 
 def test_materialize_leaves_real_tensors_alone():
@@ -602,3 +613,32 @@ def test_initialize_marks_parameters_modified_for_autograd():
     assert lin.weight._version > w_version and lin.bias._version > b_version
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+class _Named(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+
+
+def _fc_rename(name: str) -> str:
+    return name.replace("0.", "fc.", 1)
+
+
+def test_rename_maps_canonical_names_before_keying_and_matching():
+    named = initialize(_Named(), key=5)
+    seq = initialize(nn.Sequential(nn.Linear(3, 4)), key=5, rename=_fc_rename)
+    assert torch.equal(seq[0].weight, named.fc.weight) and torch.equal(seq[0].bias, named.fc.bias)
+    assert [p.name for p in describe(seq, rename=_fc_rename)] == ["fc.weight", "fc.bias"]
+    assert plan(seq, rename=_fc_rename).entries[0].param.name == "fc.weight"
+    zero_fc = Recipe("zero-fc", (Rule(Zeros(), name="fc.*"),))
+    initialize(seq, zero_fc, key=0, rename=_fc_rename)  # rules see the renamed names
+    assert not seq[0].weight.any() and not seq[0].bias.any()
+
+    with torch.device("meta"):
+        meta = nn.Sequential(nn.Linear(3, 4))
+    materialize(meta, key=5, rename=_fc_rename)
+    applied = nn.Sequential(nn.Linear(3, 4))
+    applied.apply(apply_fn(key=5, rename=_fc_rename))
+    for m in (meta, applied):
+        assert torch.equal(m[0].weight, named.fc.weight) and torch.equal(m[0].bias, named.fc.bias)

@@ -311,6 +311,8 @@ def xinit_sample(case: Case, backend: str, seed: int) -> np.ndarray | None:
         return _np(t)
     if backend == "flax":
         mod = flax_module()
+        if mod is not None and case.family == "torch":
+            mod = mod.torch_init  # torch's semantics; the top level has jax.nn.initializers'
         factory = getattr(mod, case.name, None) if mod is not None else None
         if factory is None:
             return None
@@ -381,7 +383,8 @@ def check_row(case: Case, backend: str, seed: int, ref: np.ndarray) -> Row:
     if x is None:
         row.status = "skip"
         row.notes.append(
-            f"xinit.flax.{case.name} is not available" if backend == "flax"
+            f"xinit.flax{'.torch_init' if case.family == 'torch' else ''}.{case.name} is not "
+            "available" if backend == "flax"
             else f"no {backend} counterpart"
         )
         return row
@@ -514,7 +517,8 @@ def write_markdown(rows: list[Row], path: Path, images: dict[Case, str], header:
         f"{MEAN_ZTOL:g} standard errors).",
         "",
         "Each row compares one seeded sample of xinit on a backend (`core`: `xinit.core`, "
-        "`torch`: `xinit.torch`, `flax`: `xinit.flax` in flax layout) with one sample of the "
+        "`torch`: `xinit.torch`, `flax`: `xinit.flax.torch_init` in flax layout for torch's "
+        "names, `xinit.flax` for JAX's) with one sample of the "
         "reference on the same shape. *bounds*: uniform and truncated values inside their "
         "bounds, `exact` equality for the deterministic initializers, orthonormality, or the "
         "exact zeros per column of `sparse`. *bit identity*: `== torch` means the values equal "

@@ -4,10 +4,14 @@
     xinit list
     xinit recipes
     xinit bench [ARGS...]
+    xinit port SRC DST --torch-model MOD:FACTORY --flax-model MOD:FACTORY [--to flax|torch]
+               [--check] [--input-map NHWC->NCHW]
 
 Exit status: 0 when everything agrees, 1 when a report row disagrees (or a
-subcommand's own run fails), 2 for a usage error (unknown backend or initializer,
-an ``--out`` that cannot be written).
+subcommand's own run fails, or ``port --check`` finds the two models' outputs
+apart), 2 for a usage error (unknown backend or initializer, an ``--out`` that
+cannot be written, a factory that cannot be loaded, a checkpoint that does not
+fit the models).
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in _report.TORCH_NAMES:
         table.add_row(*_cells(
             name, _report.FORMULAS[name], f"{name}_",
-            _where(flax, name), f"torch.nn.init.{name}_",
+            _where(flax, name, "torch_init."), f"torch.nn.init.{name}_",
         ))
     for name in _report.JAX_NAMES:
         table.add_row(*_cells(
@@ -72,10 +76,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _where(module, name: str) -> str:
+def _where(module, name: str, namespace: str = "") -> str:
+    """Where ``xinit.flax`` has ``name``: torch's semantics in ``torch_init.``, JAX's at the top."""
     if module is None:
         return "(xinit.flax not installed)"
-    return name if hasattr(module, name) else "(not yet)"
+    home = module.torch_init if namespace else module
+    return namespace + name if hasattr(home, name) else "(not yet)"
 
 
 # ------------------------------------------------------------------ recipes
@@ -334,6 +340,140 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return rc
 
 
+# ------------------------------------------------------------------ port
+
+_PROGRESS_MIN_BYTES = 64 << 20  # smaller checkpoints convert in a blink: no bar
+
+
+def load_factory(spec: str, option: str):
+    """``MOD:FACTORY`` (a module path or a ``.py`` file, and a callable in it) -> the callable."""
+    import importlib.util
+
+    mod_name, sep, attr = spec.rpartition(":")
+    if not sep or not mod_name or not attr:
+        raise UsageError(f"{option} must look like MODULE:FACTORY or path/to/file.py:FACTORY; "
+                         f"got {spec!r}")
+    try:
+        if mod_name.endswith(".py") or os.sep in mod_name:
+            path = Path(mod_name)
+            if not path.is_file():
+                raise UsageError(f"{option}: no such file {mod_name!r}")
+            spec_ = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec_)
+            sys.modules[path.stem] = module
+            spec_.loader.exec_module(module)
+        else:
+            module = importlib.import_module(mod_name)
+    except ImportError as err:
+        raise UsageError(f"{option}: cannot import {mod_name!r}: {err}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UsageError(f"{option}: {mod_name!r} has no callable {attr!r}")
+    return factory
+
+
+def _flax_model(factory, option: str):
+    """A factory's result as (model, example args): a Traced, an nnx Module, or (linen, *args)."""
+    from flax import linen, nnx
+
+    from xinit.flax import Traced
+
+    made = factory()
+    if isinstance(made, Traced):
+        return made, made.example_args
+    if isinstance(made, nnx.Module):
+        return made, ()
+    if isinstance(made, tuple) and made and isinstance(made[0], (linen.Module, nnx.Module)):
+        return made[0], tuple(made[1:])
+    raise UsageError(f"{option}: the factory must return xinit.flax.trace(module, *inputs), an nnx "
+                     f"Module, or a tuple (module, *example_inputs); got {type(made).__name__}")
+
+
+def _one_line(report) -> str:
+    parts = [f"{report.direction}: {len(report.missing)} missing, {len(report.unexpected)} "
+             f"unexpected, {len(report.mismatched)} mismatched"]
+    for title, items in (("missing", report.missing), ("unexpected", report.unexpected),
+                         ("mismatched", report.mismatched)):
+        if items:
+            parts.append(f"{title}: " + ", ".join(str(p) for p in items))
+    return "; ".join(parts)
+
+
+def cmd_port(args: argparse.Namespace) -> int:
+    """Convert a checkpoint file between PyTorch and Flax (see ``xinit.port.convert_file``)."""
+    import numpy as np
+    import torch
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    import xinit.port as xp
+
+    torch_factory = load_factory(args.torch_model, "--torch-model")
+    flax_factory = load_factory(args.flax_model, "--flax-model")
+    src, dst = Path(args.src), Path(args.dst)
+    if args.to == "flax" and not src.is_file():
+        raise UsageError(f"no such checkpoint file {str(src)!r}")
+    if args.to == "torch" and not src.exists():
+        raise UsageError(f"no such checkpoint {str(src)!r}")
+    with torch.device("meta"):  # the structure only: nothing allocated, no init run
+        torch_model = torch_factory()
+    if not isinstance(torch_model, torch.nn.Module):
+        raise UsageError(f"--torch-model: the factory must return a torch.nn.Module; got "
+                         f"{type(torch_model).__name__}")
+    flax_model, example = _flax_model(flax_factory, "--flax-model")
+    console = _console(stderr=True)
+    progress = Progress(TextColumn(f"{src.name} -> {dst.name}"), BarColumn(), DownloadColumn(),
+                        console=console, transient=True, disable=not console.is_terminal)
+    task = None
+
+    def tick(done: int, total: int) -> None:
+        nonlocal task
+        if total < _PROGRESS_MIN_BYTES:
+            return
+        if task is None:
+            task = progress.add_task("port", total=total)
+        progress.update(task, completed=done)
+
+    try:
+        with progress:
+            report = xp.convert_file(src, dst, torch_model, flax_model, *example, to=args.to,
+                                     progress=tick)
+    except xp.PortError as err:
+        raise UsageError(_one_line(err.report)) from None
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        raise UsageError(str(err).splitlines()[0]) from None
+    print(f"wrote {dst} ({len(report.converted)} tensors, {args.to})")
+    for w in report.warnings:
+        print(f"warning: {w}")
+    if not args.check:
+        return 0
+    if not example:
+        raise UsageError("--check runs both models on the example inputs: return (module, "
+                         "*example_inputs) from the Flax factory")
+    real = torch_factory()
+    torch_file, flax_file = (src, dst) if args.to == "flax" else (dst, src)
+    real.load_state_dict(dict(xp.load_torch_state(torch_file)), strict=False)
+    variables = xp.load_flax_variables(flax_file)
+    if isinstance(flax_model, _nnx_module_type()):  # nnx runs with its own state: load it
+        from flax import nnx
+
+        state = nnx.state(flax_model)
+        nnx.replace_by_pure_dict(state, variables)
+        nnx.update(flax_model, state)
+        variables = None
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal(np.shape(x)).astype(np.asarray(x).dtype)
+              if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x) for x in example]
+    result = xp.compare(real, flax_model, variables, *inputs, input_map=args.input_map)
+    print(result)
+    return 0 if result.ok else 1
+
+
+def _nnx_module_type():
+    from flax import nnx
+
+    return nnx.Module
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -370,6 +510,28 @@ def build_parser() -> argparse.ArgumentParser:
     ben = sub.add_parser("bench", help="the benchmark suite's quick set (ratios vs torch)")
     ben.epilog = "Other arguments (e.g. --sections single --repeats 1) go to benchmarks/run.py."
     ben.set_defaults(func=cmd_bench)
+
+    prt = sub.add_parser(
+        "port", help="convert a checkpoint between PyTorch and Flax",
+        description="Convert SRC (a torch .pt/.bin/.safetensors file, or with --to torch Flax "
+                    "variables: .msgpack, .safetensors or an Orbax directory) into DST, laid out "
+                    "for the other framework, tensor by tensor. The two architectures come from "
+                    "factories: MODULE:FACTORY or path/to/file.py:FACTORY. The torch factory "
+                    "returns an nn.Module (built on the meta device: nothing is allocated); the "
+                    "Flax factory returns xinit.flax.trace(module, *inputs), an nnx Module, or "
+                    "(module, *example_inputs) (needed for --check).",
+    )
+    prt.add_argument("src", help="the checkpoint to convert")
+    prt.add_argument("dst", help="the output (.msgpack/.safetensors/Orbax dir; .pt/.bin/.safetensors)")
+    prt.add_argument("--torch-model", required=True, metavar="MOD:FACTORY")
+    prt.add_argument("--flax-model", required=True, metavar="MOD:FACTORY")
+    prt.add_argument("--to", choices=("flax", "torch"), default="flax",
+                     help="the framework of DST (default: flax)")
+    prt.add_argument("--check", action="store_true",
+                     help="then run both models on the example inputs and compare (exit 1 if apart)")
+    prt.add_argument("--input-map", metavar="A->B", default=None,
+                     help="with --check: how an input becomes torch's, e.g. NHWC->NCHW")
+    prt.set_defaults(func=cmd_port)
     return parser
 
 

@@ -2,28 +2,29 @@
 
 Never imports torch or flax. Shapes are canonical ``(out, in, *receptive)``
 unless a :class:`Layout` says otherwise.
+
+``__all__`` is the user surface: specs, layouts and fans, gains, recipes,
+:func:`sample` (and one functional sampler per spec), per-parameter keys,
+errors and the compilation cache. Tools for looking inside (compile counts,
+raw draws, key data, recipe resolution) are in :mod:`xinit.core.debug`.
 """
 
+from . import debug as debug
 from . import errors as errors
 from ._keys import fold_in_name as fold_in_name
-from ._keys import key_data as key_data
-from ._keys import stable_hash as stable_hash
 from .arrays import sample as sample
 from .cache import default_cache_dir as default_cache_dir
 from .cache import enable_compilation_cache as enable_compilation_cache
-from .engine import DTYPES as DTYPES
-from .engine import FLOAT_DTYPES as FLOAT_DTYPES
-from .engine import draw as draw
 from .errors import XinitError as XinitError
 from .gains import NONLINEARITIES as NONLINEARITIES
 from .gains import calculate_gain as calculate_gain
+from .layers import register_layer as register_layer
 from .layout import FLAX as FLAX
 from .layout import TORCH as TORCH
 from .layout import Fans as Fans
 from .layout import Layout as Layout
 from .layout import canonical_shape as canonical_shape
 from .layout import compute_fans as compute_fans
-from .programs import compile_count as compile_count
 from .recipes import KINDS as KINDS
 from .recipes import RECIPES as RECIPES
 from .recipes import AttrConstant as AttrConstant
@@ -33,16 +34,13 @@ from .recipes import InvSqrtUniform as InvSqrtUniform
 from .recipes import PaddingZeroed as PaddingZeroed
 from .recipes import Param as Param
 from .recipes import Plan as Plan
-from .recipes import PlanEntry as PlanEntry
 from .recipes import Recipe as Recipe
-from .recipes import Resolved as Resolved
 from .recipes import Rule as Rule
 from .recipes import UnmatchedError as UnmatchedError
 from .recipes import dcgan as dcgan
 from .recipes import get_recipe as get_recipe
 from .recipes import gpt2 as gpt2
 from .recipes import resnet as resnet
-from .recipes import resolve as resolve
 from .recipes import torch_default as torch_default
 from .recipes import transformer as transformer
 from .recipes import vit as vit
@@ -83,15 +81,9 @@ from .specs import from_config as from_config
 __all__ = [
     "errors",
     "XinitError",
-    "compile_count",
     "enable_compilation_cache",
     "default_cache_dir",
-    "key_data",
     "fold_in_name",
-    "stable_hash",
-    "DTYPES",
-    "FLOAT_DTYPES",
-    "draw",
     "sample",
     "NONLINEARITIES",
     "calculate_gain",
@@ -101,6 +93,7 @@ __all__ = [
     "Fans",
     "canonical_shape",
     "compute_fans",
+    "register_layer",
     "uniform",
     "normal",
     "trunc_normal",
@@ -139,15 +132,12 @@ __all__ = [
     "Rule",
     "Param",
     "Plan",
-    "PlanEntry",
     "UnmatchedError",
     "Derived",
     "FanInUniform",
     "InvSqrtUniform",
     "AttrConstant",
     "PaddingZeroed",
-    "Resolved",
-    "resolve",
     "torch_default",
     "resnet",
     "transformer",

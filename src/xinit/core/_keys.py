@@ -45,14 +45,24 @@ def key_data(key) -> jax.Array | np.ndarray:
                 "Make one with jax.random.key(seed, impl='threefry2x32')."
             )
         if key.shape != ():
-            raise TypeError(f"key must be a single key, got a key array of shape {key.shape}")
+            raise _batch_error(key.shape)
         return jax.random.key_data(key)
+    if len(key.shape) > 1 and key.shape[-1] == 2 and np.dtype(dtype) == np.uint32:
+        raise _batch_error(key.shape[:-1])
     if tuple(key.shape) != (2,) or np.dtype(dtype) != np.uint32:
         raise TypeError(
             f"a raw key must be uint32 of shape (2,) (jax.random.PRNGKey); got {np.dtype(dtype)}"
             f"{tuple(key.shape)}"
         )
     return key
+
+
+def _batch_error(batch_shape) -> ValueError:
+    # ValueError, as jax.random's functions raise for a batch of keys.
+    return ValueError(
+        f"xinit accepts a single key, but was given a key array of shape {tuple(batch_shape)} "
+        "!= (). Use jax.vmap for batching, or draw each key on its own."
+    )
 
 
 def stable_hash(name: str) -> int:

@@ -7,7 +7,8 @@ rows zeroed where a request says so (an embedding's padding row):
 
 - on the CPU (JAX's default platform), each value is copied once from a numpy
   view of the chunk into a 64-byte-aligned host buffer, transposed on the fly,
-  and JAX adopts the buffer through DLPack: nothing is compiled per shape. A
+  and JAX adopts the buffer (``jax.device_put``, no copy, an uncommitted array;
+  :func:`xinit.core.host_memory.adopt`): nothing is compiled per shape. A
   request that is exactly one full chunk in canonical layout is that chunk;
 - on accelerators, and inside a user's ``jit``, with JAX operations (slices,
   a concatenation, a transpose), which stay on the device or inline.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from . import host_memory
 from .engine import (
@@ -32,7 +34,7 @@ from .engine import (
     zero_rows_in_region,
 )
 from .errors import ShapeError
-from .layout import TORCH, Layout, canonical_shape
+from .layout import TORCH, Layout, as_shape, canonical_shape
 from .packing import chunk_size
 from .specs import Elementwise, Spec
 
@@ -70,16 +72,32 @@ class JaxSink:
         self._whole: dict[int, jax.Array] = {}  # requests that are one whole chunk
         self._parts: dict[int, list[jax.Array]] = {}
 
-    def _layout_shape(self, i: int) -> tuple[int, ...]:
-        rshape = self.requests[i].region_shape
-        return tuple(rshape[k] for k in self.layouts[i].inverse_permutation(len(rshape)))
+    def _axes(self, i: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """(result shape, canonical-from-layout permutation, its inverse) of request ``i``;
+        a complex request's real view keeps its parts axis last."""
+        req = self.requests[i]
+        rshape = req.region_shape
+        if req.complex_dtype is None:
+            ndim = len(rshape)
+            perm, inv = self.layouts[i].permutation(ndim), self.layouts[i].inverse_permutation(ndim)
+            return tuple(rshape[k] for k in inv), perm, inv
+        ndim = len(rshape) - 1
+        perm = (*self.layouts[i].permutation(ndim), ndim)
+        inv = (*self.layouts[i].inverse_permutation(ndim), ndim)
+        return tuple(rshape[k] for k in inv[:-1]), perm, inv
 
     def _canonical(self, i: int) -> np.ndarray:
         view = self._canon.get(i)
         if view is None:
             req = self.requests[i]
-            out = self._outs[i] = host_memory.aligned_empty(self._layout_shape(i), req.dtype)
-            view = self._canon[i] = out.transpose(self.layouts[i].permutation(out.ndim))
+            shape, perm, _ = self._axes(i)
+            if req.complex_dtype is None:
+                out = self._outs[i] = host_memory.aligned_empty(shape, req.dtype)
+                view = out
+            else:  # the complex result's real view (*shape, 2)
+                out = self._outs[i] = host_memory.aligned_empty(shape, req.complex_dtype)
+                view = out.reshape(-1).view(req.dtype).reshape(*shape, 2)
+            view = self._canon[i] = view.transpose(perm)
         return view
 
     def write(self, chunk: Chunk) -> bool:
@@ -97,7 +115,7 @@ class JaxSink:
             i = seg.index
             req = self.requests[i]
             if (seg.length == req.size == chunk.array.size == chunk_size() and not req.zero_rows
-                    and self.layouts[i].is_identity(len(req.shape))):
+                    and req.complex_dtype is None and self.layouts[i].is_identity(len(req.shape))):
                 self._whole[i] = chunk.array  # a full chunk that is the result: no copy
                 kept = True
                 continue
@@ -108,11 +126,12 @@ class JaxSink:
 
     def finish(self, index: int) -> None:
         req = self.requests[index]
-        shape = self._layout_shape(index)
+        shape, _, inv = self._axes(index)
+        dtype = req.complex_dtype or req.dtype
         rows = zero_rows_in_region(req)
-        with x64_scope(req.dtype):
+        with x64_scope(dtype):
             if req.size == 0:
-                self.results[index] = jnp.zeros(shape, req.dtype)
+                self.results[index] = jnp.zeros(shape, dtype)
             elif index in self._whole:
                 self.results[index] = self._whole.pop(index).reshape(shape)
             elif self.host:
@@ -127,7 +146,10 @@ class JaxSink:
                 arr = flat.reshape(req.region_shape)
                 for r in rows:
                     arr = arr.at[r].set(0)
-                self.results[index] = arr.transpose(self.layouts[index].inverse_permutation(arr.ndim))
+                arr = arr.transpose(inv)
+                if req.complex_dtype is not None:
+                    arr = lax.complex(arr[..., 0], arr[..., 1])
+                self.results[index] = arr
 
     def stop(self) -> None:
         self._outs.clear()
@@ -143,6 +165,9 @@ def sample(spec: Spec, key, shape, dtype=None, *, layout: Layout = TORCH, device
     The values are those of the canonical shape, moved into ``layout`` by a pure
     transpose: ``sample(s, k, (3, 3, 8, 16), layout=FLAX)`` equals
     ``sample(s, k, (16, 8, 3, 3)).transpose(2, 3, 1, 0)`` bit for bit.
+
+    Complex dtypes draw the spec's complex form (see
+    :meth:`~xinit.core.Spec.complex_plan`): random values as their real view.
 
     Args:
         spec: the initializer.
@@ -163,7 +188,7 @@ def sample(spec: Spec, key, shape, dtype=None, *, layout: Layout = TORCH, device
     >>> sample(Uniform(-1, 1), 0, (4, 3), region=((1, 3), (0, 3))).shape
     (2, 3)
     """
-    shape = tuple(int(d) for d in shape)
+    shape = as_shape(shape)
     dtype = canonical_dtype(dtype)
     canon = canonical_shape(shape, layout)
     plan = checked_plan(spec, canon, dtype)

@@ -12,11 +12,14 @@ truncated normal sampled" or "how is the orthogonal matrix made" reads this file
 - ``normal`` (mean, std): ``sqrt(2) * erfinv(2u - 1)``, as ``jax.random.normal``;
 - ``trunc_normal`` (mean, std, a, b): inverse-CDF sampling, ``a``/``b`` absolute bounds;
 - ``constant`` (value,), ``eye`` (cols,) and ``dirac`` (in, K, centre, out_per_group):
-  no randomness, a function of the index.
+  no randomness, a function of the index;
+- ``complex_disk`` (scale,) and ``complex_trunc_normal`` (scale, upper): complex
+  values in polar form, drawn on their real view (:func:`complex_pair_values`).
 
 *Structured* families need more than one element at a time: ``orthogonal`` (a
-Haar-random matrix from a Gaussian one, :func:`haar_householder`) and ``sparse``
-(exactly ``zeros`` zeros per column by selection sampling, :func:`select_zeros`).
+Haar-random matrix from a Gaussian one, :func:`haar_householder`), its complex
+counterpart ``unitary`` (:func:`unitary`) and ``sparse`` (exactly ``zeros`` zeros
+per column by selection sampling, :func:`select_zeros`).
 
 float16/bfloat16 values are computed in float32 from 32 random bits and rounded
 once at the end (as torch does), so their distribution is the float32 one
@@ -43,8 +46,10 @@ __all__ = [
     "standard_normal",
     "values_from_unit",
     "family_values",
+    "complex_pair_values",
     "haar_householder",
     "qr_haar",
+    "unitary",
     "select_zeros",
 ]
 
@@ -64,7 +69,11 @@ FAMILIES = {
     "constant": Family(1, 0, False),  # (value,)
     "eye": Family(0, 1, False),  # (cols,)
     "dirac": Family(0, 4, False),  # (in, prod(kernel), centre, out_per_group)
+    # complex values drawn on their real view (see complex_pair_values)
+    "complex_disk": Family(1, 0, True),  # (scale,): uniform on the disk of radius scale*sqrt(2)
+    "complex_trunc_normal": Family(2, 0, True),  # (scale, upper): modulus truncated at upper
 }
+COMPLEX_PAIR_FAMILIES = ("complex_disk", "complex_trunc_normal")
 
 # Families whose values are a costly transform of one unit uniform per element:
 # large chunks of them run as two programs (hash, then transform; see programs.py).
@@ -80,8 +89,11 @@ def compute_dtype(dtype) -> np.dtype:
 
 
 def param_dtype(family: str, out_dtype) -> np.dtype:
-    """The dtype ``family``'s parameters are passed (and computed) in for ``out_dtype``."""
+    """The dtype ``family``'s parameters are passed (and computed) in for ``out_dtype``
+    (a complex fill: its real dtype, the value cast to complex with imaginary part 0)."""
     out_dtype = np.dtype(out_dtype)
+    if out_dtype.kind == "c":
+        return np.dtype(f"f{out_dtype.itemsize // 2}")
     if FAMILIES[family].random or out_dtype.kind == "f":
         return compute_dtype(out_dtype)
     return out_dtype
@@ -201,17 +213,20 @@ def small_quotient_ok(max_index: int, divisor: int) -> bool:
 def family_values(family, cdt, out_dtype, idx_u32, unit, fp, ip, fast_div=False):
     """Elementwise ``family``'s values in ``out_dtype``.
 
-    ``idx_u32``: each element's flat index (its counter's low word); ``unit()``:
-    the unit uniforms of the elements' counters (called only by random families);
-    ``fp(j)``/``ip(j)``: float/int parameter ``j``, broadcastable against the index
-    (for uniform ``fp(2)`` is the :func:`uniform_cap`); ``fast_div``: eye may use
-    :func:`small_quotient` (the caller checked :func:`small_quotient_ok`).
+    ``idx_u32``: each element's flat index (its counter's low word); ``unit(lo=None)``:
+    the unit uniforms of the elements' counters, or of the counters with low word
+    ``lo`` (called only by random families); ``fp(j)``/``ip(j)``: float/int
+    parameter ``j``, broadcastable against the index (for uniform ``fp(2)`` is the
+    :func:`uniform_cap`); ``fast_div``: eye may use :func:`small_quotient` (the
+    caller checked :func:`small_quotient_ok`).
     """
     if family == "uniform":
         x = uniform_between(unit(), fp(0), fp(1)).astype(out_dtype)
         return jnp.where(x >= fp(1).astype(out_dtype), fp(2).astype(out_dtype), x)
     if family in SPLIT_FAMILIES:
         return values_from_unit(family, cdt, out_dtype, unit(), fp)
+    if family in COMPLEX_PAIR_FAMILIES:
+        return complex_pair_values(family, cdt, out_dtype, idx_u32, unit, fp)
     if family == "constant":
         return jnp.broadcast_to(fp(0), idx_u32.shape).astype(out_dtype)
     if family == "eye":
@@ -228,6 +243,35 @@ def family_values(family, cdt, out_dtype, idx_u32, unit, fp, ip, fast_div=False)
         i = q - o * n_in
         return ((spatial == centre) & (i == o % opg)).astype(out_dtype)
     raise AssertionError(family)
+
+
+def complex_pair_values(family, cdt, out_dtype, lo, unit, fp):
+    """One part of complex values in polar form, on the real view (real, imag, real, ...).
+
+    The element at real-view counters ``(2p, 2p + 1)`` takes its modulus from the
+    uniform at ``2p`` and its angle ``2 pi u`` from the uniform at ``2p + 1``;
+    counter ``c`` yields the real part (``cos``) when even, the imaginary part
+    (``sin``) when odd. So each counter's value depends on its own pair only: any
+    slice of the real view is the same slice of the whole. As JAX's
+    ``_complex_uniform`` / ``_complex_truncated_normal``:
+
+    * ``complex_disk``: modulus ``sqrt(2 u)``: uniform on the disk of radius
+      ``sqrt(2)`` (``E|z|^2 = 1``), times ``scale``;
+    * ``complex_trunc_normal``: modulus ``sqrt(-log(1 - t))`` with
+      ``t = (1 - exp(-upper^2)) u``: a standard complex normal whose modulus is
+      truncated at ``upper``, times ``scale``.
+    """
+    u_mod = unit(lo & _U32(0xFFFFFFFE))
+    u_arg = unit(lo | _U32(1))
+    if family == "complex_disk":
+        modulus = jnp.sqrt(cdt.type(2) * u_mod)
+    else:
+        upper = fp(1)
+        t = -jnp.expm1(-(upper * upper)) * u_mod
+        modulus = jnp.sqrt(-jnp.log1p(-t))
+    angle = cdt.type(2 * np.pi) * u_arg
+    part = jnp.where((lo & _U32(1)) == 0, jnp.cos(angle), jnp.sin(angle))
+    return (fp(0) * modulus * part).astype(out_dtype)
 
 
 # ---------------------------------------------------------------- orthogonal
@@ -280,6 +324,26 @@ def orthogonal(normal, rows: int, cols: int, gain, method: str = "householder"):
     if rows < cols:
         q = q.T
     return q * gain.astype(q.dtype)
+
+
+def unitary(parts, rows: int, cols: int, gain):
+    """A Haar-random complex ``(rows, cols)`` matrix with orthonormal rows or columns,
+    times ``gain``, as its real view ``(rows, cols, 2)``, from standard normal parts.
+
+    The complex normal matrix (transposed when ``rows < cols``) is QR-factorized;
+    column ``k`` of ``Q`` is multiplied by the phase of ``R[k, k]`` (Mezzadri 2007),
+    which makes ``Q`` exactly Haar distributed on the unitary group, as
+    ``jax.random.orthogonal`` does for complex dtypes.
+    """
+    parts = parts.reshape(rows, cols, 2)
+    a = lax.complex(parts[..., 0], parts[..., 1])
+    if rows < cols:
+        a = a.T
+    q = qr_haar(a)  # complex: columns times sign(R[k, k]) = R[k, k] / |R[k, k]|
+    if rows < cols:
+        q = q.T
+    q = q * gain.astype(q.dtype)
+    return jnp.stack([q.real, q.imag], axis=-1)
 
 
 # ---------------------------------------------------------------- sparse

@@ -72,13 +72,15 @@ from . import distributions as dist
 from . import packing, programs
 from ._keys import key_data
 from .errors import DtypeError, OutOfMemoryError, ShapeError
+from .layout import as_shape
 from .packing import Segment
 from .programs import memory_errors
-from .specs import Elementwise, OrthogonalPlan, Spec
+from .specs import ComplexSparsePlan, Elementwise, OrthogonalPlan, RealView, Spec, UnitaryPlan
 from .threefry import ensure_checked
 
 __all__ = [
     "FLOAT_DTYPES",
+    "COMPLEX_DTYPES",
     "DTYPES",
     "Region",
     "Request",
@@ -87,6 +89,7 @@ __all__ = [
     "Sink",
     "Piece",
     "canonical_dtype",
+    "real_dtype",
     "checked_plan",
     "request",
     "run",
@@ -100,9 +103,12 @@ __all__ = [
 ]
 
 FLOAT_DTYPES = tuple(np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
+# Complex dtypes: random draws on their real view (see specs.RealView), fills directly.
+COMPLEX_DTYPES = (np.dtype(np.complex64), np.dtype(np.complex128))
 # Dtypes the deterministic families (constant, ones, zeros, eye, dirac) also fill.
-DTYPES = FLOAT_DTYPES + tuple(
-    np.dtype(d) for d in (np.bool_, np.uint8, np.int8, np.int16, np.int32, np.int64)
+DTYPES = FLOAT_DTYPES + COMPLEX_DTYPES + tuple(
+    np.dtype(d) for d in (np.bool_, np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int16,
+                          np.int32, np.int64)
 )
 
 #: ``((start, stop), ...)``: one index range per canonical dimension.
@@ -124,12 +130,19 @@ def canonical_dtype(dtype) -> np.dtype:
     return dt
 
 
+def real_dtype(dtype) -> np.dtype:
+    """The real dtype of a complex one's parts (complex64 -> float32); others as they are."""
+    dtype = np.dtype(dtype)
+    return np.dtype(f"f{dtype.itemsize // 2}") if dtype.kind == "c" else dtype
+
+
 _NO_SCOPE = contextlib.nullcontext()
 
 
 def x64_scope(dtype):
-    """Enable 64-bit types locally for a 64-bit dtype; the user's config is untouched."""
-    if np.dtype(dtype).itemsize == 8 and not jax.config.jax_enable_x64:
+    """Enable 64-bit types locally for a 64-bit dtype (complex128 included); the user's
+    config is untouched."""
+    if real_dtype(dtype).itemsize == 8 and not jax.config.jax_enable_x64:
         return jax.enable_x64(True)
     return _NO_SCOPE
 
@@ -145,7 +158,13 @@ def draws_random(plan) -> bool:
 
 
 def checked_plan(spec: Spec, shape: tuple[int, ...], dtype: np.dtype):
-    """``spec``'s plan for the canonical ``shape``, its dtype checked (raises before any draw)."""
+    """``spec``'s plan for the canonical ``shape``, its dtype checked (raises before any draw).
+
+    For a complex dtype: the spec's :meth:`~xinit.core.Spec.complex_plan` (a
+    :class:`~xinit.core.specs.RealView` for random values, drawn in the real dtype).
+    """
+    if dtype in COMPLEX_DTYPES:
+        return spec.complex_plan(shape)
     plan = spec.plan(shape)
     if draws_random(plan) and dtype not in FLOAT_DTYPES:
         raise DtypeError(
@@ -166,7 +185,7 @@ def _is_tracer(x) -> bool:
 class Request(NamedTuple):
     """One canonical tensor, or a rectangular slice of it, to draw (see :func:`request`)."""
 
-    plan: Any  # Elementwise, OrthogonalPlan or SparsePlan, validated for shape and dtype
+    plan: Any  # Elementwise, OrthogonalPlan, SparsePlan, UnitaryPlan or ComplexSparsePlan
     key: Any  # (2,) uint32 key data (a tracer inside a user's jit)
     shape: tuple[int, ...]  # canonical (out, in, *receptive)
     dtype: np.dtype
@@ -174,6 +193,9 @@ class Request(NamedTuple):
     name: str = ""  # packing order only: values never depend on it
     device: Any = None  # a jax device, or None for the default
     zero_rows: tuple[int, ...] = ()  # canonical rows (dim 0) the sink sets to zero
+    # Set when this request draws the real view (``shape = (*complex_shape, 2)``, parts
+    # last, ``dtype`` real) of a tensor of this complex dtype.
+    complex_dtype: np.dtype | None = None
 
     @property
     def region_shape(self) -> tuple[int, ...]:
@@ -202,13 +224,26 @@ def _region(shape: tuple[int, ...], region) -> Region:
 def request(plan, key, shape, dtype, *, region=None, name: str = "", device=None,
             zero_rows: Sequence[int] = ()) -> Request:
     """A validated :class:`Request`: ``plan`` (from :func:`checked_plan`) on the canonical
-    ``shape``, restricted to ``region`` (``None``: the whole tensor)."""
-    shape = tuple(int(d) for d in shape)
+    ``shape``, restricted to ``region`` (``None``: the whole tensor).
+
+    A :class:`~xinit.core.specs.RealView` plan (a complex tensor's random values)
+    becomes a request for the real view: shape and region gain a last axis of 2
+    (real and imaginary part), the dtype is the real one, and
+    :attr:`Request.complex_dtype` says which complex dtype the parts make.
+    """
+    shape = as_shape(shape)
+    dtype = np.dtype(dtype)
     kd = key_data(key)
     if not _is_tracer(kd):
         kd = np.asarray(kd, np.uint32).reshape(2)
-    return Request(plan, kd, shape, np.dtype(dtype), _region(shape, region), name, device,
-                   tuple(int(r) for r in zero_rows))
+    region = _region(shape, region)
+    complex_dtype = None
+    if isinstance(plan, RealView):
+        real = real_dtype(dtype)
+        complex_dtype = dtype if dtype.kind == "c" else np.result_type(real, np.complex64)
+        plan, shape, dtype, region = plan.plan, (*shape, 2), real, (*region, (0, 2))
+    return Request(plan, kd, shape, dtype, region, name, device, tuple(int(r) for r in zero_rows),
+                   complex_dtype)
 
 
 def zero_rows_in_region(req: Request) -> list[int]:
@@ -426,9 +461,10 @@ def _launch_rows(g: packing.Group, args: packing.ChunkArgs, bufs) -> tuple[Chunk
 
 
 def _normal_request(req: Request) -> Request:
-    """The standard normal draw an orthogonal request is made from (compute dtype)."""
+    """The standard normal draw an orthogonal (unitary: both parts of each element)
+    request is made from, in the compute dtype."""
     cdt = dist.compute_dtype(req.dtype)
-    n = req.plan.rows * req.plan.cols
+    n = req.plan.rows * req.plan.cols * (2 if isinstance(req.plan, UnitaryPlan) else 1)
     return Request(Elementwise("normal", (0.0, 1.0)), req.key, (n,), cdt, ((0, n),), req.name,
                    req.device)
 
@@ -445,17 +481,17 @@ def _orthogonal_normal(req: Request) -> tuple[Request, packing.Runs, packing.Gro
 
 
 def _orthogonal_program(req: Request, method: str, traced: bool = False) -> programs.Program:
-    """The orthogonal program of ``req``: the normal draw's chunks in (eager: as the engine
-    draws them; traced: one exact-size chunk), ``req``'s region out."""
-    n = req.plan.rows * req.plan.cols
-    if traced:
-        valids = (n,)
-    else:
-        g = _orthogonal_normal(req)[2]
-        valids = tuple(min(g.size, n - k * g.size) for k in range(g.chunks))
+    """The orthogonal (or unitary) program of ``req``: the normal draw's chunks in (eager:
+    as the engine draws them; traced: one exact-size chunk), ``req``'s region out."""
+    normal, _, g = _orthogonal_normal(req)
+    n = normal.size
+    valids = (n,) if traced else tuple(min(g.size, n - k * g.size) for k in range(g.chunks))
     whole = req.region == tuple((0, d) for d in req.shape)
+    region, shape = (None, None) if whole else (req.region, req.shape)
+    if isinstance(req.plan, UnitaryPlan):
+        return programs.unitary_program(req.plan.rows, req.plan.cols, req.dtype, valids, region, shape)
     return programs.orthogonal_program(req.plan.rows, req.plan.cols, req.dtype, valids, method,
-                                       None if whole else req.region, None if whole else req.shape)
+                                       region, shape)
 
 
 def _compile_orthogonal(req: Request) -> None:
@@ -465,6 +501,9 @@ def _compile_orthogonal(req: Request) -> None:
     g = _orthogonal_normal(req)[2]
     arg_types = (_SDS((), cdt), *(_SDS(g.chunk_shape, cdt) for _ in range(g.chunks)))
     with x64_scope(req.dtype), device_scope(req.device):
+        if isinstance(req.plan, UnitaryPlan):  # complex QR only
+            _orthogonal_program(req, "qr").compile(*arg_types)
+            return
         if _orthogonal_method == "householder":
             try:
                 _orthogonal_program(req, "householder").compile(*arg_types)
@@ -491,13 +530,15 @@ def _launch_orthogonal(req: Request, bufs) -> tuple[jax.Array, list[tuple]]:
 
 
 def _sparse_args(req: Request):
-    """``(program, args)`` of a sparse request's region (see :func:`programs.sparse_program`)."""
-    (r0, r1), (c0, c1) = req.region
-    rows, cols = req.shape
+    """``(program, args)`` of a sparse request's region (see :func:`programs.sparse_program`;
+    complex: :func:`programs.sparse_complex_program`, on the real view)."""
+    (r0, r1), (c0, c1) = req.region[:2]
+    rows, cols = req.shape[:2]
     cdt = dist.compute_dtype(req.dtype)
+    parts = 2 if isinstance(req.plan, ComplexSparsePlan) else 1  # value counters per element
 
-    def bases(first, nrows, offset):
-        counters = offset + np.arange(first, first + nrows, dtype=np.int64) * cols + c0
+    def bases(first, nrows, offset, step):
+        counters = offset + (np.arange(first, first + nrows, dtype=np.int64) * cols + c0) * step
         out = np.empty((2, nrows), np.uint32)
         packing.split64(counters, out[0], out[1])
         return out
@@ -505,14 +546,19 @@ def _sparse_args(req: Request):
     # A one-element block would compile to straight-line code, which XLA:CPU rounds
     # differently (1 ulp) from the loops every larger block runs: draw one more column.
     width = 2 if (r1 - r0) * (c1 - c0) == 1 else c1 - c0
-    prog = programs.sparse_program(rows, r1, r1 - r0, width, req.dtype)
-    args = (req.key, np.int32(req.plan.zeros), np.asarray((0.0, req.plan.std), cdt),
-            bases(r0, r1 - r0, 0), bases(0, r1, rows * cols))
+    if parts == 2:  # each part N(0, std^2 / 2): E|w|^2 = std^2
+        prog = programs.sparse_complex_program(rows, r1, r1 - r0, width, req.dtype)
+        std = req.plan.std / np.sqrt(2)
+    else:
+        prog = programs.sparse_program(rows, r1, r1 - r0, width, req.dtype)
+        std = req.plan.std
+    args = (req.key, np.int32(req.plan.zeros), np.asarray((0.0, std), cdt),
+            bases(r0, r1 - r0, 0, parts), bases(0, r1, parts * rows * cols, 1))
     return prog, args
 
 
 def _launch_other(req: Request, bufs) -> tuple[jax.Array, list[tuple]]:
-    if isinstance(req.plan, OrthogonalPlan):
+    if isinstance(req.plan, (OrthogonalPlan, UnitaryPlan)):
         return _launch_orthogonal(req, bufs)
     prog, args = _sparse_args(req)
     with x64_scope(req.dtype), device_scope(req.device):
@@ -521,7 +567,7 @@ def _launch_other(req: Request, bufs) -> tuple[jax.Array, list[tuple]]:
 
 def _compile_other(req: Request) -> None:
     """Compile every program of a structured request."""
-    if isinstance(req.plan, OrthogonalPlan):
+    if isinstance(req.plan, (OrthogonalPlan, UnitaryPlan)):
         _executables(_orthogonal_normal(req)[2])
         _compile_orthogonal(req)
         return
@@ -704,7 +750,7 @@ def _run_traced(requests: list[Request], sink: Sink) -> None:
             segments = [Segment(i, 0, req.size, 0)]
             if isinstance(req.plan, Elementwise):
                 array, segments = _traced_rows(req, i)
-            elif isinstance(req.plan, OrthogonalPlan):
+            elif isinstance(req.plan, (OrthogonalPlan, UnitaryPlan)):
                 prog = _orthogonal_program(req, _orthogonal_method, traced=True)
                 gain = np.asarray(req.plan.gain, dist.compute_dtype(req.dtype))
                 array = prog.traced(gain, _traced_rows(_normal_request(req), 0)[0])
@@ -784,12 +830,15 @@ def draw(spec: Spec, key, shape, dtype=None, *, region=None, device=None) -> lis
     of it, in the region's row-major order), as pieces: a low-level view for tests
     and debugging. Validates everything before anything runs; ``[]`` for zero elements.
 
+    Complex dtypes draw the spec's complex form (see
+    :meth:`~xinit.core.Spec.complex_plan`).
+
     >>> from xinit.core import Uniform
     >>> pieces = draw(Uniform(-1, 1), 0, (4, 3))
     >>> [p.valid for p in pieces]
     [12]
     """
-    shape = tuple(int(d) for d in shape)
+    shape = as_shape(shape)
     dtype = canonical_dtype(dtype)
     return pieces(request(checked_plan(spec, shape, dtype), key, shape, dtype, region=region,
                           device=device))

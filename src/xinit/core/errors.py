@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "XinitError",
     "ShapeError",
+    "AxisError",
     "BoundsError",
     "ModeError",
     "ModeTypeError",
@@ -27,6 +28,10 @@ class XinitError(Exception):
 
 class ShapeError(XinitError, ValueError):
     """The tensor's shape does not suit the initializer (e.g. fans of a 1-D tensor)."""
+
+
+class AxisError(ShapeError, IndexError):
+    """An axis argument out of range for the shape (JAX raises ``IndexError`` here)."""
 
 
 class BoundsError(XinitError, ValueError, RuntimeError):
@@ -49,8 +54,13 @@ class NonlinearityError(XinitError, ValueError):
     """An unknown nonlinearity, or an invalid ``param`` for ``leaky_relu``."""
 
 
-class DtypeError(XinitError, NotImplementedError, TypeError):
-    """The initializer does not support the dtype (torch: ``NotImplementedError``)."""
+class DtypeError(XinitError, NotImplementedError, TypeError, ValueError):
+    """The initializer does not support the dtype.
+
+    torch raises ``NotImplementedError`` (or ``TypeError``) for these,
+    ``jax.nn.initializers`` ``ValueError`` (e.g. an integer dtype for a random
+    initializer): this is all three.
+    """
 
 
 class ZeroSizeError(XinitError, ZeroDivisionError, ValueError):

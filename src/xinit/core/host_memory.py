@@ -3,7 +3,7 @@
 On the CPU, drawn chunks are host memory already. Moving them into a result
 with JAX operations (concatenate, transpose, ``.at[].set``) would compile one
 program per distinct shape; writing numpy views of the chunks into one
-64-byte-aligned buffer, which ``jax.dlpack.from_dlpack`` adopts as it is,
+64-byte-aligned buffer, which ``jax.device_put`` adopts as it is,
 compiles nothing and copies each value once. The JAX sink
 (:mod:`xinit.core.arrays`) and the torch sink (``xinit.torch``) write CPU
 destinations with :func:`write_range`.
@@ -26,8 +26,7 @@ from .programs import default_platform
 
 __all__ = ["on_host", "aligned_empty", "prefault", "copy_canonical", "write_range", "adopt"]
 
-_ALIGN = 64  # bytes: JAX's CPU client adopts (does not copy) DLPack buffers aligned like this
-_DLPACK_DTYPES = frozenset(np.dtype(t) for t in ("float16", "float32", "float64"))
+_ALIGN = 64  # bytes: JAX's CPU client adopts (does not copy) host buffers aligned like this
 _BLOCK = 64  # output rows per transposing copy: keeps both sides in cache
 
 
@@ -119,9 +118,11 @@ def write_range(dst: np.ndarray, offset: int, src: np.ndarray) -> None:
 
 
 def adopt(out: np.ndarray) -> jax.Array:
-    """``out`` as a ``jax.Array`` on the default CPU device: adopted through DLPack
-    (no copy) where DLPack has the dtype, else (bfloat16, ints, bool) one ``device_put``.
+    """``out`` as a ``jax.Array`` on the default CPU device, without a copy.
+
+    ``jax.device_put`` of a 64-byte-aligned host buffer aliases it on the CPU
+    (every dtype) and gives an *uncommitted* array, like ``jnp.asarray`` and
+    JAX's own initializers (``jax.dlpack.from_dlpack`` gives a committed one,
+    which JAX then refuses to combine with arrays on a multi-device mesh).
     Call under :func:`xinit.core.engine.x64_scope` for 64-bit dtypes."""
-    if out.dtype in _DLPACK_DTYPES:
-        return jax.dlpack.from_dlpack(out)
     return jax.device_put(out)

@@ -9,12 +9,40 @@ remaining axes are the receptive field, kept in their order.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .errors import ShapeError
+from .errors import AxisError, ShapeError
 
-__all__ = ["Layout", "TORCH", "FLAX", "IDENTITY", "Fans", "compute_fans", "canonical_shape"]
+__all__ = ["Layout", "TORCH", "FLAX", "IDENTITY", "Fans", "as_shape", "compute_fans", "canonical_shape"]
+
+
+def as_shape(shape) -> tuple[int, ...]:
+    """``shape`` as a tuple of Python ints, read as JAX reads shapes.
+
+    An int is a 1-D shape (``5`` -> ``(5,)``); a sequence may hold ints, numpy
+    integers or concrete integer arrays. Negative, float and other non-integer
+    dimensions raise ``TypeError`` with the message of JAX's
+    ``canonicalize_shape`` (JAX itself lets some negative dimensions through to
+    an XLA error; xinit rejects them all before anything is drawn).
+
+    >>> as_shape(5), as_shape([2, 3])
+    ((5,), (2, 3))
+    """
+    try:
+        dims = (operator.index(shape),)
+    except TypeError:
+        try:
+            dims = tuple(operator.index(d) for d in shape)
+        except TypeError:
+            dims = None
+    if dims is None or any(d < 0 for d in dims):
+        raise TypeError(
+            "Shapes must be 1D sequences of concrete values of integer type, got "
+            f"{shape!r}; every dimension must be an integer >= 0"
+        )
+    return dims
 
 
 class Fans(NamedTuple):
@@ -51,7 +79,7 @@ class Layout:
         i, o = self.in_axis % ndim, self.out_axis % ndim
         for arg, value in (("in_axis", self.in_axis), ("out_axis", self.out_axis)):
             if not -ndim <= value < ndim:
-                raise ShapeError(f"Layout {arg}={value} is out of range for a {ndim}-D shape")
+                raise AxisError(f"Layout {arg}={value} is out of range for a {ndim}-D shape")
         if i == o:
             raise ShapeError(
                 f"Layout in_axis={self.in_axis} and out_axis={self.out_axis} name the same axis "

@@ -54,6 +54,8 @@ __all__ = [
     "transform_program",
     "orthogonal_program",
     "sparse_program",
+    "unitary_program",
+    "sparse_complex_program",
     "fold_program",
     "clear_caches",
     "on_clear",
@@ -117,8 +119,13 @@ def release_freed_memory() -> None:
         trim(0)
 
 
+# XLA:CPU runs matrix products (orthogonal's) through YNNPACK, which reports a failed
+# allocation of its runtime workspace only as "YNNPACK operation failed: error" (after
+# logging "allocate of <n> failed"; seen in tests/test_engine_reliability.py's sweep). The
+# status carries no cause, so any YNNPACK failure is reported as out of memory, with
+# XLA's message kept in the error.
 _OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "Unable to allocate",
-                "Cannot allocate memory", "Failed to allocate")
+                "Cannot allocate memory", "Failed to allocate", "YNNPACK operation failed")
 
 
 class memory_errors:  # noqa: N801 - used as a context manager, like contextlib's
@@ -127,7 +134,8 @@ class memory_errors:  # noqa: N801 - used as a context manager, like contextlib'
     XLA reports a failed allocation as a ``JaxRuntimeError`` (or a ``ValueError``
     when a buffer cannot be allocated at dispatch) saying ``RESOURCE_EXHAUSTED``,
     and "Unable to allocate section memory" when the compiler cannot map code;
-    numpy raises ``MemoryError``. Other errors pass through unchanged.
+    YNNPACK (XLA:CPU's matrix products) a bare "YNNPACK operation failed" when its
+    workspace cannot be allocated; numpy raises ``MemoryError``. Other errors pass through unchanged.
     ``with memory_errors("what was running"): ...``
     """
 
@@ -302,7 +310,8 @@ def rows_program(family: str, out_dtype: np.dtype, nrows: int, indexed: bool = F
         hi, lo = _counters(rows, counters, nrows)
         k1, k2 = rows[:, 0:1], rows[:, 1:2]
         fp, ip = _unpack_params(rows, family, out_dtype)
-        return dist.family_values(family, cdt, out_dtype, lo, lambda: unit_uniform(k1, k2, hi, lo, cdt),
+        return dist.family_values(family, cdt, out_dtype, lo,
+                                  lambda lo2=None: unit_uniform(k1, k2, hi, lo if lo2 is None else lo2, cdt),
                                   fp, ip, fast_div)
 
     return Program(program, out=True)
@@ -363,8 +372,10 @@ def tensor_program(family: str, out_dtype: np.dtype, n: int) -> Program:
         lo = lax.iota(np.uint32, size)
         hi = jnp.zeros((), np.uint32)
         fp, ip = _unpack_params(params.reshape(1, -1), family, out_dtype, offset=0)
-        out = dist.family_values(family, cdt, out_dtype, lo, lambda: unit_uniform(key[0], key[1], hi, lo, cdt),
-                                 lambda j: fp(j)[0, 0], lambda j: ip(j)[0, 0])
+        out = dist.family_values(
+            family, cdt, out_dtype, lo,
+            lambda lo2=None: unit_uniform(key[0], key[1], hi, lo if lo2 is None else lo2, cdt),
+            lambda j: fp(j)[0, 0], lambda j: ip(j)[0, 0])
         return out if size == n else lax.optimization_barrier(out)[:n]
 
     return Program(program)
@@ -390,6 +401,26 @@ def orthogonal_program(rows: int, cols: int, out_dtype: np.dtype, valids: tuple[
         count_trace()
         normal = concat_prefix(chunks, valids, rows * cols)
         q = dist.orthogonal(normal, rows, cols, gain, method).astype(out_dtype)
+        if region is not None:
+            q = q.reshape(shape)[tuple(slice(a, b) for a, b in region)]
+        return q.reshape(-1)
+
+    return Program(program)
+
+
+@functools.cache
+def unitary_program(rows: int, cols: int, out_dtype: np.dtype, valids: tuple[int, ...],
+                    region: tuple[tuple[int, int], ...] | None = None,
+                    shape: tuple[int, ...] | None = None) -> Program:
+    """:func:`xinit.core.distributions.unitary` of the real view of a complex normal draw
+    given as chunks: ``(gain, *chunks)``; ``region`` (of the real view's canonical
+    ``shape``) picks a slice of it."""
+    out_dtype = np.dtype(out_dtype)
+
+    def program(gain, *chunks):
+        count_trace()
+        parts = concat_prefix(chunks, valids, 2 * rows * cols)
+        q = dist.unitary(parts, rows, cols, gain).astype(out_dtype)
         if region is not None:
             q = q.reshape(shape)[tuple(slice(a, b) for a, b in region)]
         return q.reshape(-1)
@@ -425,6 +456,31 @@ def sparse_program(total_rows: int, sel_rows: int, val_rows: int, width: int,
     return Program(program)
 
 
+@functools.cache
+def sparse_complex_program(total_rows: int, sel_rows: int, val_rows: int, width: int,
+                           out_dtype: np.dtype) -> Program:
+    """:func:`sparse_program` for complex values, as their real view: the values are a
+    complex normal (each part at its own real-view counter, ``2 * (i * cols + c) + p``),
+    the selection uniforms one per element (counters ``2 * rows * cols + i * cols + c``),
+    and a chosen element is zero in both parts. ``vbase`` holds each wanted row's first
+    real-view value counter; the result is ``(val_rows, width, 2)``, flattened."""
+    out_dtype = np.dtype(out_dtype)
+    cdt = dist.compute_dtype(out_dtype)
+
+    def program(kd, zeros, fparams, vbase, sbase):
+        count_trace()
+        k1, k2 = kd[0], kd[1]
+        shi, slo = _sparse_counters(sbase, sel_rows, width)
+        mask = dist.select_zeros(unit_uniform(k1, k2, shi, slo, cdt), zeros, total_rows)
+        vhi, vlo = _sparse_counters(vbase, val_rows, 2 * width)
+        z = dist.standard_normal(unit_uniform(k1, k2, vhi, vlo, cdt), cdt)
+        vals = (fparams[0] + fparams[1] * z).reshape(val_rows, width, 2)
+        keep = mask[sel_rows - val_rows :][..., None]
+        return jnp.where(keep, jnp.zeros((), cdt), vals).astype(out_dtype).reshape(-1)
+
+    return Program(program)
+
+
 def _sparse_counters(base, nrows, width):
     local = lax.broadcasted_iota(np.uint32, (nrows, width), 1)
     return counter_words(base[0][:, None], base[1][:, None], local)
@@ -453,7 +509,7 @@ def on_clear(fn) -> None:
 def clear_caches() -> None:
     """Forget every built program (after the hash implementation changed)."""
     for builder in (rows_program, unit_program, transform_program, orthogonal_program,
-                    sparse_program, fold_program):
+                    sparse_program, unitary_program, sparse_complex_program, fold_program):
         builder.cache_clear()
     for fn in _ON_CLEAR:
         fn()

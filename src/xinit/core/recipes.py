@@ -69,6 +69,8 @@ __all__ = [
     "Plan",
     "PlanEntry",
     "UnmatchedError",
+    "UNMATCHED",
+    "check_unmatched",
     "resolve",
     "torch_default",
     "resnet",
@@ -96,6 +98,24 @@ KINDS = (
 
 class UnmatchedError(LookupError, ValueError):
     """Parameters that no rule of a recipe matches (the message lists every name)."""
+
+
+UNMATCHED = ("error", "ignore", "zeros")
+"""What model-level initialization does with tensors no rule matches, in every adapter.
+
+``xinit.torch.initialize``/``materialize``/``apply_fn`` and ``xinit.flax.initialize``
+take ``unmatched=`` one of: ``"error"`` (the default) raises :class:`UnmatchedError`
+listing them all before anything is written; ``"ignore"`` leaves them as they are
+(``materialize``: they stay on ``meta``, with a warning naming them;
+``xinit.flax.initialize``: an abstract leaf stays abstract, with a warning);
+``"zeros"`` fills them with zeros."""
+
+
+def check_unmatched(unmatched) -> str:
+    """``unmatched`` if it is one of :data:`UNMATCHED`, else a ``ValueError``."""
+    if not isinstance(unmatched, str) or unmatched not in UNMATCHED:
+        raise ValueError(f"unmatched must be one of {list(UNMATCHED)}; got {unmatched!r}")
+    return unmatched
 
 
 # ------------------------------------------------------------------ parameters
@@ -365,11 +385,16 @@ class Plan:
 
     def check(self) -> None:
         """Raise :class:`UnmatchedError` listing every unmatched parameter."""
-        if self.unmatched:
+        self.raise_unmatched(self.unmatched, "error", "parameter(s)/buffer")
+
+    def raise_unmatched(self, names, unmatched: str, what: str = "parameter") -> None:
+        """Raise :class:`UnmatchedError` listing ``names`` when ``unmatched`` is ``"error"``."""
+        if names and unmatched == "error":
             raise UnmatchedError(
-                f"recipe {self.recipe!r} has no rule for {len(self.unmatched)} parameter(s)/"
-                f"buffer(s): {', '.join(self.unmatched)}. Add rules (Recipe(...) + recipe) or "
-                "pass unmatched='ignore' to leave them as they are"
+                f"recipe {self.recipe!r} has no rule for {len(names)} {what}(s): "
+                f"{', '.join(names)}. Add rules (Recipe(...) + recipe), or pass "
+                "unmatched='ignore' to leave them as they are or unmatched='zeros' to fill "
+                "them with zeros"
             )
 
     def __str__(self) -> str:

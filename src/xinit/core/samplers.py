@@ -3,7 +3,7 @@
 Shapes are canonical ``(out, in, *receptive)`` (PyTorch's layout); pass
 ``layout=FLAX`` for flax kernels. Every function is a thin call of
 :func:`xinit.core.sample` with the matching spec, so its values are exactly those
-of ``xinit.torch`` and ``xinit.flax`` for the same key.
+of ``xinit.torch`` and ``xinit.flax.torch_init`` for the same key.
 """
 
 from __future__ import annotations

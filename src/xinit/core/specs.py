@@ -5,6 +5,11 @@ when it is built, round-trips through :meth:`Spec.to_config` /
 :func:`from_config`, and *plans* a canonical ``(out, in, *receptive)`` shape to a
 plan that the kernels run. The same spec object serves the torch adapter, the
 flax adapter and recipes; the formulas live here once.
+
+Complex dtypes: :meth:`Spec.complex_plan` says how a spec draws complex numbers.
+Random ones are drawn as their *real view* (:class:`RealView`: the real and
+imaginary parts interleaved, ``torch.view_as_real``'s layout) in the matching
+real dtype; constant, eye and dirac fill the complex dtype itself.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, NamedTuple
 
-from .errors import BoundsError, ModeError, ModeTypeError, ShapeError, ZeroSizeError
+from .errors import BoundsError, DtypeError, ModeError, ModeTypeError, ShapeError, ZeroSizeError
 from .gains import calculate_gain
 from .layout import compute_fans
 
@@ -24,6 +29,9 @@ __all__ = [
     "Elementwise",
     "OrthogonalPlan",
     "SparsePlan",
+    "RealView",
+    "UnitaryPlan",
+    "ComplexSparsePlan",
     "Uniform",
     "Normal",
     "TruncNormal",
@@ -42,6 +50,7 @@ __all__ = [
     "TruncatedNormal",
     "REGISTRY",
     "from_config",
+    "complex_form",
     "FAN_MODES",
     "VS_MODES",
     "VS_DISTRIBUTIONS",
@@ -65,6 +74,67 @@ class OrthogonalPlan(NamedTuple):
 class SparsePlan(NamedTuple):
     zeros: int
     std: float
+
+
+class RealView(NamedTuple):
+    """Plan of a complex tensor: ``plan`` drawn on its real view ``(*shape, 2)``.
+
+    The real view holds each element's real and imaginary part side by side
+    (``torch.view_as_real``), in the real dtype of the same precision
+    (complex64 -> float32, complex128 -> float64).
+    """
+
+    plan: Any
+
+
+class UnitaryPlan(NamedTuple):
+    """Plan (inside a :class:`RealView`): a Haar-random matrix with orthonormal
+    rows or columns over the complex numbers, times ``gain``."""
+
+    rows: int
+    cols: int
+    gain: float
+
+
+class ComplexSparsePlan(NamedTuple):
+    """Plan (inside a :class:`RealView`): complex ``N(0, std)`` values
+    (``E|w|^2 = std^2``) with exactly ``zeros`` zero elements in every column."""
+
+    zeros: int
+    std: float
+
+
+# Families that fill the complex dtype itself (no randomness: a value, an index
+# pattern); the kernels cast them like any other dtype.
+_FILL_FAMILIES = ("constant", "eye", "dirac")
+
+
+def complex_form(plan, name: str):
+    """The complex counterpart of an :class:`Elementwise` plan, as torch draws it.
+
+    Fills stay as they are (drawn in the complex dtype); ``uniform`` draws each
+    part from the same interval; ``normal`` draws each part with standard
+    deviation ``std / sqrt(2)``, so that ``E|w - mean|^2 = std^2`` (torch's and
+    JAX's complex normal). Anything else has no complex form.
+    """
+    if isinstance(plan, Elementwise):
+        if plan.family in _FILL_FAMILIES:
+            return plan
+        if plan.family == "uniform":
+            return RealView(plan)
+        if plan.family == "normal":
+            mean, std = plan.fparams
+            return RealView(Elementwise("normal", (mean, std / math.sqrt(2))))
+    raise no_complex_form(name)
+
+
+def no_complex_form(name: str) -> DtypeError:
+    """The error for a spec without a complex form."""
+    return DtypeError(
+        f"{name} does not support complex dtypes (complex64/complex128 are supported by "
+        "uniform, normal, constant, ones, zeros, eye, dirac, the xavier/kaiming and "
+        "variance-scaling families, orthogonal and sparse)"
+    )
 
 
 def _real(name: str, arg: str, value) -> float:
@@ -93,6 +163,8 @@ class Spec:
     """
 
     name: ClassVar[str] = ""
+    #: Whether values depend on the key (False for constant, ones, zeros, eye, dirac).
+    random: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -102,6 +174,15 @@ class Spec:
     def plan(self, shape: tuple[int, ...]):
         """The plan that draws this spec on the canonical ``shape``."""
         raise NotImplementedError
+
+    def complex_plan(self, shape: tuple[int, ...]):
+        """The plan that draws this spec on the canonical ``shape`` in a complex dtype.
+
+        A :class:`RealView` for random values, the plan itself for fills (see
+        :func:`complex_form`). Raises :class:`~xinit.core.errors.DtypeError`
+        where the spec has no complex form (e.g. truncated normals).
+        """
+        return complex_form(self.plan(shape), self.name)
 
     def to_config(self) -> dict[str, Any]:
         """``{"name": ..., **arguments}``; :func:`from_config` inverts it."""
@@ -205,12 +286,16 @@ class TruncNormal(Spec):
             "trunc_normal", (float(self.mean), float(self.std), float(self.a), float(self.b))
         )
 
+    def complex_plan(self, shape):
+        raise no_complex_form(self.name)  # torch's trunc_normal_ has none either (erfinv_)
+
 
 @dataclass(frozen=True, repr=False)
 class Constant(Spec):
     """Every element ``val``."""
 
     name: ClassVar[str] = "constant"
+    random: ClassVar[bool] = False
     val: float = 0.0
 
     def __post_init__(self):
@@ -227,6 +312,7 @@ class Ones(Spec):
     """Every element 1."""
 
     name: ClassVar[str] = "ones"
+    random: ClassVar[bool] = False
 
     def plan(self, shape):
         return Elementwise("constant", (1,))
@@ -237,6 +323,7 @@ class Zeros(Spec):
     """Every element 0."""
 
     name: ClassVar[str] = "zeros"
+    random: ClassVar[bool] = False
 
     def plan(self, shape):
         return Elementwise("constant", (0,))
@@ -247,6 +334,7 @@ class Eye(Spec):
     """The (rectangular) identity matrix; 2-D only."""
 
     name: ClassVar[str] = "eye"
+    random: ClassVar[bool] = False
 
     def plan(self, shape):
         if len(shape) != 2:
@@ -266,6 +354,7 @@ class Dirac(Spec):
     """
 
     name: ClassVar[str] = "dirac"
+    random: ClassVar[bool] = False
     groups: int = 1
 
     def __post_init__(self):
@@ -418,6 +507,12 @@ class Orthogonal(Spec):
             )
         return OrthogonalPlan(shape[0], math.prod(shape[1:]), float(self.gain))
 
+    def complex_plan(self, shape):
+        """Unitary: orthonormal rows or columns over the complex numbers (Haar), as
+        ``jax.random.orthogonal`` draws for complex dtypes."""
+        plan = self.plan(shape)
+        return RealView(UnitaryPlan(plan.rows, plan.cols, plan.gain))
+
 
 def sparse_zero_count(sparsity: float, rows: int) -> int:
     """Zeros per column: ``len(range(rows)[:ceil(sparsity * rows)])``, as torch."""
@@ -444,6 +539,12 @@ class Sparse(Spec):
             )
         return SparsePlan(sparse_zero_count(self.sparsity, shape[0]), float(self.std))
 
+    def complex_plan(self, shape):
+        """Complex normal values (torch's ``normal_`` on a complex tensor) with the
+        same zero count per column as the real case: whole elements are zeroed."""
+        plan = self.plan(shape)
+        return RealView(ComplexSparsePlan(plan.zeros, plan.std))
+
 
 # ---------------------------------------------------- JAX-native semantics
 
@@ -451,6 +552,9 @@ VS_MODES = ("fan_in", "fan_out", "fan_avg", "fan_geo_avg")
 VS_DISTRIBUTIONS = ("truncated_normal", "normal", "uniform")
 # Standard deviation of N(0, 1) truncated to [-2, 2]: jax's variance correction.
 _TRUNC2_STD = 0.87962566103423978
+# jax's divisor for complex normals whose modulus is truncated at 2
+# (jax/_src/nn/initializers.py); used as it is, so E|w|^2 is JAX's.
+_COMPLEX_TRUNC2_STD = 0.95311164380491208
 
 
 @dataclass(frozen=True, repr=False)
@@ -460,6 +564,15 @@ class VarianceScaling(Spec):
     ``n`` is fan_in, fan_out, their mean (``fan_avg``) or geometric mean
     (``fan_geo_avg``); ``truncated_normal`` is truncated at two standard
     deviations and rescaled to the target variance, as JAX does.
+
+    Complex dtypes, as JAX: ``uniform`` draws from a disk of radius
+    :math:`\sqrt{2\,\text{scale}/n}` (so :math:`E|w|^2 = \text{scale}/n`),
+    ``normal`` a complex normal with :math:`E|w|^2 = \text{scale}/n`, and
+    ``truncated_normal`` a complex normal whose modulus is truncated at 2 before
+    scaling by :math:`\sqrt{\text{scale}/n} / 0.95311...` (JAX's constant).
+
+    A zero-size shape raises :class:`~xinit.core.errors.ZeroSizeError` (a
+    ``ZeroDivisionError``), as JAX's fan computation does.
     """
 
     name: ClassVar[str] = "variance_scaling"
@@ -472,23 +585,43 @@ class VarianceScaling(Spec):
             raise BoundsError(f"variance_scaling: scale must be >= 0; got scale={self.scale}")
         if not isinstance(self.mode, str) or self.mode not in VS_MODES:
             raise ModeError(
-                f"variance_scaling: mode must be one of {list(VS_MODES)}; got mode={self.mode!r}"
+                f"invalid mode for variance scaling initializer: {self.mode}; "
+                f"mode must be one of {list(VS_MODES)}; got mode={self.mode!r}"
             )
         if not isinstance(self.distribution, str) or self.distribution not in VS_DISTRIBUTIONS:
             raise ModeError(
-                f"variance_scaling: distribution must be one of {list(VS_DISTRIBUTIONS)}; "
+                f"invalid distribution for variance scaling initializer: {self.distribution}; "
+                f"distribution must be one of {list(VS_DISTRIBUTIONS)}; "
                 f"got distribution={self.distribution!r}"
             )
 
-    def plan(self, shape):
-        fan_in, fan_out = compute_fans(shape)
+    def variance(self, fan_in: float, fan_out: float) -> float:
+        """``scale / n`` for the given fans (both > 0)."""
         n = {
             "fan_in": fan_in,
             "fan_out": fan_out,
             "fan_avg": (fan_in + fan_out) / 2,
             "fan_geo_avg": math.sqrt(fan_in * fan_out),
         }[self.mode]
-        variance = self.scale / n if n else 0.0
+        return self.scale / n
+
+    def _fans(self, shape) -> tuple[int, int]:
+        if 0 in shape:
+            raise ZeroSizeError(
+                f"variance_scaling: division by zero: the fans of the zero-size shape "
+                f"{tuple(shape)} are 0 (jax.nn.initializers raises ZeroDivisionError here too)"
+            )
+        return compute_fans(shape)
+
+    def plan(self, shape):
+        return self.plan_fans(*self._fans(shape))
+
+    def complex_plan(self, shape):
+        return self.complex_plan_fans(*self._fans(shape))
+
+    def plan_fans(self, fan_in: float, fan_out: float):
+        """The plan for a weight with these fans (a real dtype)."""
+        variance = self.variance(fan_in, fan_out)
         if self.distribution == "uniform":
             bound = math.sqrt(3 * variance)
             return Elementwise("uniform", (-bound, bound))
@@ -498,6 +631,17 @@ class VarianceScaling(Spec):
         if std == 0:
             return Elementwise("constant", (0.0,))
         return Elementwise("trunc_normal", (0.0, std, -2 * std, 2 * std))
+
+    def complex_plan_fans(self, fan_in: float, fan_out: float):
+        """The plan for a complex weight with these fans (see the class docstring)."""
+        variance = self.variance(fan_in, fan_out)
+        if self.distribution == "uniform":
+            return RealView(Elementwise("complex_disk", (math.sqrt(variance),)))
+        if self.distribution == "normal":
+            return RealView(Elementwise("normal", (0.0, math.sqrt(variance / 2))))
+        return RealView(
+            Elementwise("complex_trunc_normal", (math.sqrt(variance) / _COMPLEX_TRUNC2_STD, 2.0))
+        )
 
 
 @dataclass(frozen=True, repr=False)
@@ -522,3 +666,6 @@ class TruncatedNormal(Spec):
         if s == 0:
             return Elementwise("constant", (0.0,))
         return Elementwise("trunc_normal", (0.0, s, self.lower * s, self.upper * s))
+
+    def complex_plan(self, shape):
+        raise no_complex_form(self.name)  # jax.random.truncated_normal: float dtypes only

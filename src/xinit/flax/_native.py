@@ -1,11 +1,24 @@
-r"""The ``jax.nn.initializers`` family, with jax's names, arguments and distributions.
+r"""``jax.nn.initializers``, with JAX's names, signatures, semantics and errors.
 
-``variance_scaling`` and its specializations (``lecun_*``, ``glorot_*``,
-``he_*``), ``truncated_normal`` (bounds in units of ``stddev``) and
-``delta_orthogonal``. A Flax user can switch to these without changing any
-parameter's distribution; the values are not jax's bit for bit (xinit draws on
-its own canonical layout). Unlike jax, arguments are validated when the
-initializer is built, not when it is first called.
+Every name ``jax.nn.initializers`` exports (and flax's ``zeros_init`` /
+``ones_init``), so ``import xinit.flax as initializers`` is a drop-in: the same
+arguments, the same distributions (real and complex), dtypes read as JAX reads
+them, results placed as ``out_sharding`` and the ambient mesh say, and the same
+exception types for the same bad calls. The values are not JAX's bit for bit:
+xinit draws with its own canonical, chunked kernels (and the same ones for
+``xinit.torch``). Each factory translates its arguments into a core spec; no
+distribution math lives here.
+
+Where xinit differs, on purpose:
+
+* arguments are validated when the initializer is built, not when it is first
+  called (``variance_scaling(1.0, "fan_avgg", "normal")`` raises at once, with
+  JAX's message; a negative ``scale`` raises instead of giving NaN);
+* ``orthogonal`` and ``delta_orthogonal`` also draw float16/bfloat16 (computed
+  in float32; JAX's QR raises ``NotImplementedError`` on the CPU);
+* a key may also be an int seed; ``constant`` takes a scalar value only;
+* complex ``variance_scaling`` honours ``out_sharding`` for every distribution
+  (JAX drops it for complex ``uniform`` and ``truncated_normal``).
 """
 
 from __future__ import annotations
@@ -21,113 +34,264 @@ import jax.numpy as jnp
 import numpy as np
 
 from xinit.core import specs
-from xinit.core.arrays import sample
 from xinit.core.engine import x64_scope
-from xinit.core.errors import ShapeError, XinitError
-from xinit.core.layout import Layout
+from xinit.core.errors import AxisError, ShapeError, ZeroSizeError
+from xinit.core.layout import Layout, as_shape
 
-from ._initializers import (
-    IDENTITY,
-    SpecInitializer,
-    _check_dtype,
-    apply_sharding,
-    ensure_checked,
-    resolve_dtype,
-    with_context,
-)
+from ._initializers import IDENTITY, JaxInitializer, check_dtype, place
 
 __all__ = [
-    "variance_scaling",
-    "lecun_normal",
-    "lecun_uniform",
+    "constant",
+    "delta_orthogonal",
     "glorot_normal",
     "glorot_uniform",
     "he_normal",
     "he_uniform",
+    "kaiming_normal",
+    "kaiming_uniform",
+    "lecun_normal",
+    "lecun_uniform",
+    "normal",
+    "ones",
+    "orthogonal",
     "truncated_normal",
-    "delta_orthogonal",
+    "uniform",
+    "variance_scaling",
+    "xavier_normal",
+    "xavier_uniform",
+    "zeros",
+    "zeros_init",
+    "ones_init",
+    "DeltaOrthogonal",
 ]
 
 Axes = int | Sequence[int]
 
 
-def _axes(arg: str, value) -> tuple[int, ...]:
-    items = (value,) if isinstance(value, (int, np.integer)) else value
+def _number(name: str, arg: str, value) -> float:
+    """A real argument as a Python float (JAX also takes concrete 0-d arrays)."""
     try:
-        out = tuple(operator.index(a) for a in items)
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: {arg} must be a real number; got {value!r}") from None
+
+
+def _jax(name: str, spec: specs.Spec, dtype, args, *, layout: Layout = IDENTITY,
+         **flags) -> JaxInitializer:
+    return JaxInitializer(spec, layout, check_dtype(dtype), name, args=tuple(args), **flags)
+
+
+# ------------------------------------------------------------------ fills
+
+
+zeros = JaxInitializer(specs.Zeros(), IDENTITY, None, "zeros")
+"""``jax.nn.initializers.zeros``: an initializer (not a factory) filling with 0.
+
+``zeros(key, shape, dtype=None, out_sharding=None)``; the key is ignored. Any dtype
+``jnp.zeros`` takes among bool, integers, floats and complex; ``linen``'s
+``bias_init=zeros`` and :func:`zeros_init` return it."""
+
+ones = JaxInitializer(specs.Ones(), IDENTITY, None, "ones")
+"""``jax.nn.initializers.ones``: an initializer (not a factory) filling with 1 (the key is ignored)."""
+
+
+def zeros_init() -> JaxInitializer:
+    """``flax.linen.initializers.zeros_init``: returns :data:`zeros`.
+
+    >>> zeros_init()(jax.random.key(0), (2,), jnp.int32).tolist()
+    [0, 0]
+    """
+    return zeros
+
+
+def ones_init() -> JaxInitializer:
+    """``flax.linen.initializers.ones_init``: returns :data:`ones`.
+
+    >>> ones_init()(jax.random.key(0), (2,)).tolist()
+    [1.0, 1.0]
+    """
+    return ones
+
+
+def constant(value, dtype=None) -> JaxInitializer:
+    """``jax.nn.initializers.constant``: every element ``value`` (the key is ignored).
+
+    ``value`` is a scalar (bool, int, float, complex, or a 0-d array); it is cast
+    to the call's dtype as ``jnp.full`` casts it (``constant(0.7)`` in int32 is 0).
+    JAX also broadcasts an array ``value``; xinit does not (a ``TypeError``).
+
+    >>> constant(-7)(jax.random.key(0), (2, 3), jnp.float32).tolist()
+    [[-7.0, -7.0, -7.0], [-7.0, -7.0, -7.0]]
+    """
+    if np.ndim(value) != 0:
+        raise TypeError(
+            f"constant: value must be a scalar (every element gets it); got an array of shape "
+            f"{np.shape(value)}"
+        )
+    scalar = value.item() if hasattr(value, "item") else value
+    if not isinstance(scalar, (bool, int, float, complex)):
+        raise TypeError(f"constant: value must be a number; got {value!r}")
+    return _jax("constant", specs.Constant(scalar), dtype, [("value", scalar)])
+
+
+# ------------------------------------------------------------ plain draws
+
+
+def uniform(scale=1e-2, dtype=None) -> JaxInitializer:
+    r"""``jax.nn.initializers.uniform``: :math:`\mathcal{U}[0, \text{scale})`.
+
+    Real floating dtypes only (``ValueError`` for complex, integer or bool ones,
+    as JAX). A negative ``scale`` gives :math:`\mathcal{U}(\text{scale}, 0]`, as
+    JAX's ``uniform(key) * scale``. torch's ``U(a, b)`` is
+    :func:`xinit.flax.torch_init.uniform`.
+
+    >>> w = uniform(10.0)(jax.random.key(0), (2, 3))
+    >>> bool((w >= 0).all() and (w < 10).all())
+    True
+    """
+    s = _number("uniform", "scale", scale)
+    spec = specs.Uniform(0.0, s) if s >= 0 else specs.Uniform(s, 0.0)
+    return _jax("uniform", spec, dtype, [("scale", scale)], real_only=True)
+
+
+def normal(stddev=1e-2, dtype=None) -> JaxInitializer:
+    r"""``jax.nn.initializers.normal``: :math:`\mathcal{N}(0, \text{stddev}^2)`.
+
+    Complex dtypes draw a complex normal with :math:`E|w|^2 = \text{stddev}^2`
+    (each part :math:`\mathcal{N}(0, \text{stddev}^2/2)`), as JAX. torch's
+    ``normal(mean, std)`` is :func:`xinit.flax.torch_init.normal`.
+
+    >>> normal(0.02)(jax.random.key(0), (3, 4)).dtype
+    dtype('float32')
+    """
+    s = _number("normal", "stddev", stddev)
+    return _jax("normal", specs.Normal(0.0, abs(s)), dtype, [("stddev", stddev)])
+
+
+def truncated_normal(stddev=1e-2, dtype=None, lower=-2.0, upper=2.0) -> JaxInitializer:
+    r"""``jax.nn.initializers.truncated_normal``: ``stddev`` times :math:`\mathcal{N}(0, 1)`
+    truncated to ``[lower, upper]``.
+
+    The bounds are in units of ``stddev`` and there is no variance correction
+    (``truncated_normal(1.0)`` has standard deviation 0.88), as JAX. Floating
+    dtypes only. torch's absolute-bound version is
+    :func:`xinit.flax.torch_init.trunc_normal`.
+
+    Raises:
+        BoundsError (``ValueError``): ``lower > upper``.
+
+    >>> w = truncated_normal(0.02)(jax.random.key(0), (64, 64))
+    >>> bool(abs(w).max() <= 0.04)
+    True
+    """
+    s = _number("truncated_normal", "stddev", stddev)
+    lo = _number("truncated_normal", "lower", lower)
+    hi = _number("truncated_normal", "upper", upper)
+    # stddev < 0 mirrors the interval: -|s| * [lower, upper] = |s| * [-upper, -lower]
+    spec = specs.TruncatedNormal(s, lo, hi) if s >= 0 else specs.TruncatedNormal(-s, -hi, -lo)
+    return _jax("truncated_normal", spec, dtype,
+                [("stddev", stddev), ("lower", lower), ("upper", upper)])
+
+
+# ---------------------------------------------------------- variance scaling
+
+
+def _axes_arg(arg: str, value) -> int | tuple[int, ...]:
+    """An axis argument as JAX reads it: one int, or a sequence of ints (kept apart:
+    JAX's "default in_axis" rule applies to the int ``-2`` only)."""
+    if isinstance(value, bool):
+        raise TypeError(f"variance_scaling: {arg} must be an int or a sequence of ints; "
+                        f"got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        pass
+    try:
+        items = tuple(value)
+        if any(isinstance(a, bool) for a in items):
+            raise TypeError
+        return tuple(operator.index(a) for a in items)
     except TypeError:
         raise TypeError(f"variance_scaling: {arg} must be an int or a sequence of ints; "
                         f"got {value!r}") from None
-    if any(isinstance(a, bool) for a in items):
-        raise TypeError(f"variance_scaling: {arg} must be an int or a sequence of ints; "
-                        f"got {value!r}")
-    return out
+
+
+def _axes_size(shape, arg: str, axes) -> int:
+    ndim = len(shape)
+    for a in (axes,) if isinstance(axes, int) else axes:
+        if not -ndim <= a < ndim:
+            raise AxisError(f"variance_scaling: {arg}={a} is out of range for shape {tuple(shape)}")
+    return shape[axes] if isinstance(axes, int) else math.prod(shape[a] for a in axes)
 
 
 @dataclass(frozen=True, repr=False)
-class _GroupedVarianceScaling(specs.Spec):
-    """``VarianceScaling`` with jax's general axes: axis groups, batch axes, overlaps.
+class AxesVarianceScaling(specs.Spec):
+    """The core ``VarianceScaling`` with JAX's fans: axis groups, batch axes, overlaps.
 
-    Planned on the shape as given (identity layout). The fans are jax's
-    ``_compute_fans``: ``fan_in = size / (out_size * batch_size)`` and
-    ``fan_out = size / (in_size * batch_size)``, where every axis outside the
-    groups is receptive field. They are handed to the core ``VarianceScaling``
-    as the weight ``(fan_out, fan_in)``, whose fans they are; the draw covers
-    the whole shape. jax allows ``in_axis`` and ``out_axis`` to name one axis
-    (Flax's ``Embed`` default, ``out_axis=0`` on ``(num, features)``, gives
-    ``fan_in = features``). Not registered (``name`` is empty).
+    Planned on the shape as given. The fans are those of JAX's ``_compute_fans``
+    (in JAX's floating-point order): ``receptive = size / in_size / out_size /
+    batch_size``, ``fan_in = in_size * receptive``, ``fan_out = out_size *
+    receptive``, where every axis outside the three groups is receptive field;
+    ``in_axis`` and ``out_axis`` may name the same axis (Flax's ``Embed``
+    default, ``out_axis=0`` on ``(num, features)``, gives ``fan_in = features``)
+    and fans may be fractional. The core spec turns them into the distribution.
+    Not registered (``name`` is empty).
     """
 
     name: ClassVar[str] = ""
     scaling: specs.VarianceScaling = field(default_factory=specs.VarianceScaling)
-    in_axis: tuple[int, ...] = (-2,)
-    out_axis: tuple[int, ...] = (-1,)
-    batch_axis: tuple[int, ...] = ()
+    in_axis: int | tuple[int, ...] = -2
+    out_axis: int | tuple[int, ...] = -1
+    batch_axis: int | tuple[int, ...] = ()
+
+    def fans(self, shape) -> tuple[float, float]:
+        if isinstance(self.in_axis, int) and self.in_axis == -2 and len(shape) <= 1:
+            raise ShapeError(
+                f"Can't compute input and output sizes of a {len(shape)}-dimensional weights "
+                "tensor with default in_axis. Must be at least 2D or specify in_axis explicitly."
+            )
+        size_in = _axes_size(shape, "in_axis", self.in_axis)
+        size_out = _axes_size(shape, "out_axis", self.out_axis)
+        size_batch = _axes_size(shape, "batch_axis", self.batch_axis)
+        if 0 in (size_in, size_out, size_batch) or math.prod(shape) == 0:
+            raise ZeroSizeError(
+                f"variance_scaling: division by zero: the fans of the zero-size shape "
+                f"{tuple(shape)} are 0 (jax.nn.initializers raises ZeroDivisionError here too)"
+            )
+        receptive = math.prod(shape) / size_in / size_out / size_batch
+        return size_in * receptive, size_out * receptive
 
     def plan(self, shape):
-        ndim = len(shape)
-        if self.in_axis == (-2,) and ndim <= 1:
-            raise ShapeError(
-                f"variance_scaling can't compute input and output sizes of a {ndim}-D shape "
-                f"{tuple(shape)} with the default in_axis; the shape must be at least 2-D, "
-                "or pass in_axis explicitly"
-            )
-        sizes = []
-        for arg, axes in (("in_axis", self.in_axis), ("out_axis", self.out_axis),
-                          ("batch_axis", self.batch_axis)):
-            for a in axes:
-                if not -ndim <= a < ndim:
-                    raise ShapeError(
-                        f"variance_scaling: {arg}={a} is out of range for shape {tuple(shape)}"
-                    )
-            sizes.append(math.prod(shape[a] for a in axes))
-        size_in, size_out, size_batch = sizes
-        total = math.prod(shape)
-        if total == 0:
-            return self.scaling.plan((0, 0))
-        fan_in, r_in = divmod(total, size_out * size_batch)
-        fan_out, r_out = divmod(total, size_in * size_batch)
-        if r_in or r_out:
-            raise ShapeError(
-                f"variance_scaling: in_axis={self.in_axis}, out_axis={self.out_axis} and "
-                f"batch_axis={self.batch_axis} give fractional fans for shape {tuple(shape)}"
-            )
-        return self.scaling.plan((fan_out, fan_in))
+        return self.scaling.plan_fans(*self.fans(shape))
+
+    def complex_plan(self, shape):
+        return self.scaling.complex_plan_fans(*self.fans(shape))
 
     def __repr__(self) -> str:
         return (f"variance_scaling({self.scaling!r}, in_axis={self.in_axis}, "
                 f"out_axis={self.out_axis}, batch_axis={self.batch_axis})")
 
 
+def _scaled(name, scale, mode, distribution, in_axis, out_axis, batch_axis, dtype, args):
+    vs = specs.VarianceScaling(_number(name, "scale", scale), mode, distribution)
+    spec = AxesVarianceScaling(vs, _axes_arg("in_axis", in_axis), _axes_arg("out_axis", out_axis),
+                               _axes_arg("batch_axis", batch_axis))
+    return _jax(name, spec, dtype, args)
+
+
+def _axes_args(in_axis, out_axis, batch_axis):
+    return [("in_axis", in_axis), ("out_axis", out_axis), ("batch_axis", batch_axis)]
+
+
 def variance_scaling(
-    scale: float,
+    scale,
     mode: str,
     distribution: str,
     in_axis: Axes = -2,
     out_axis: Axes = -1,
     batch_axis: Axes = (),
     dtype=None,
-) -> SpecInitializer:
+) -> JaxInitializer:
     r"""``jax.nn.initializers.variance_scaling``: samples with variance ``scale / n``.
 
     ``n`` is, for ``mode``: ``fan_in``, ``fan_out``, ``fan_avg`` = (fan_in +
@@ -139,42 +303,36 @@ def variance_scaling(
     * ``"normal"``: :math:`\mathcal{N}(0, \text{scale}/n)`, untruncated;
     * ``"uniform"``: :math:`\mathcal{U}(\pm\sqrt{3\,\text{scale}/n})`.
 
+    Complex dtypes, as JAX: ``uniform`` is uniform on a disk with
+    :math:`E|w|^2 = \text{scale}/n`, ``normal`` a complex normal with that
+    :math:`E|w|^2`, ``truncated_normal`` a complex normal with its modulus
+    truncated at 2, scaled by JAX's constant (:math:`E|w|^2 \approx 1.019\,\text{scale}/n`).
+
     Fans: ``in_axis``/``out_axis`` (ints or sequences of ints) hold the input and
     output sizes, ``batch_axis`` counts for neither, every other axis is the
-    receptive field, as jax's ``_compute_fans`` (including its reading of an
-    ``in_axis`` and ``out_axis`` that name the same axis: Flax's ``Embed``
-    default ``variance_scaling(1.0, "fan_in", "normal", out_axis=0)`` gives
-    :math:`\mathcal{N}(0, 1/\text{features})`). Real dtypes only.
+    receptive field, as JAX's ``_compute_fans`` (Flax's ``Embed`` default
+    ``variance_scaling(1.0, "fan_in", "normal", out_axis=0)`` gives
+    :math:`\mathcal{N}(0, 1/\text{features})`).
 
     Raises:
+        ModeError (``ValueError``): unknown ``mode`` or ``distribution``, at
+            construction (JAX raises when called), with JAX's message.
         BoundsError (``ValueError``): ``scale < 0``.
-        ModeError (``ValueError``): unknown ``mode`` or ``distribution`` (at construction).
-        ShapeError (``ValueError``), when called: fewer than 2 dimensions, or axes
-            out of range.
+        ShapeError (``ValueError``), when called: fewer than 2 dimensions with the
+            default ``in_axis`` (JAX's message); AxisError (``IndexError``): an
+            axis out of range; ZeroSizeError (``ZeroDivisionError``): a zero-size shape.
 
     >>> init = variance_scaling(2.0, "fan_in", "truncated_normal")
     >>> init(jax.random.key(0), (3, 3, 16, 32)).shape
     (3, 3, 16, 32)
     """
     return _scaled("variance_scaling", scale, mode, distribution, in_axis, out_axis, batch_axis,
-                   dtype)
+                   dtype, [("scale", scale), ("mode", mode), ("distribution", distribution),
+                           *_axes_args(in_axis, out_axis, batch_axis)])
 
 
-def _scaled(name, scale, mode, distribution, in_axis, out_axis, batch_axis, dtype):
-    vs = specs.VarianceScaling(scale, mode, distribution)
-    ins, outs = _axes("in_axis", in_axis), _axes("out_axis", out_axis)
-    batch = _axes("batch_axis", batch_axis)
-    dtype = _check_dtype(dtype)
-    # One in and one out axis counted from the same end never name the same axis:
-    # then the fans are a core Layout's, and the draw is in canonical order.
-    if len(ins) == 1 and len(outs) == 1 and not batch and ins != outs and (
-        (ins[0] < 0) == (outs[0] < 0)
-    ):
-        return SpecInitializer(vs, Layout(ins[0], outs[0]), dtype, name)
-    return SpecInitializer(_GroupedVarianceScaling(vs, ins, outs, batch), IDENTITY, dtype, name)
-
-
-def lecun_normal(in_axis: Axes = -2, out_axis: Axes = -1, batch_axis: Axes = (), dtype=None):
+def lecun_normal(in_axis: Axes = -2, out_axis: Axes = -1, batch_axis: Axes = (),
+                 dtype=None) -> JaxInitializer:
     """LeCun normal: :func:`variance_scaling` with (1, fan_in, truncated_normal).
 
     Flax's default kernel initializer.
@@ -182,158 +340,194 @@ def lecun_normal(in_axis: Axes = -2, out_axis: Axes = -1, batch_axis: Axes = (),
     >>> lecun_normal()(jax.random.key(0), (400, 30)).shape
     (400, 30)
     """
-    return _scaled("lecun_normal", 1.0, "fan_in", "truncated_normal",
-                   in_axis, out_axis, batch_axis, dtype)
+    return _scaled("lecun_normal", 1.0, "fan_in", "truncated_normal", in_axis, out_axis,
+                   batch_axis, dtype, _axes_args(in_axis, out_axis, batch_axis))
 
 
-def lecun_uniform(in_axis: Axes = -2, out_axis: Axes = -1, batch_axis: Axes = (), dtype=None):
+def lecun_uniform(in_axis: Axes = -2, out_axis: Axes = -1, batch_axis: Axes = (),
+                  dtype=None) -> JaxInitializer:
     """LeCun uniform: :func:`variance_scaling` with (1, fan_in, uniform).
 
     >>> w = lecun_uniform()(jax.random.key(0), (300, 30))
     >>> bool(abs(w).max() <= (3 / 300) ** 0.5)
     True
     """
-    return _scaled("lecun_uniform", 1.0, "fan_in", "uniform",
-                   in_axis, out_axis, batch_axis, dtype)
+    return _scaled("lecun_uniform", 1.0, "fan_in", "uniform", in_axis, out_axis,
+                   batch_axis, dtype, _axes_args(in_axis, out_axis, batch_axis))
 
 
-def glorot_normal(in_axis: Axes = -2, out_axis: Axes = -1, batch_axis: Axes = (), dtype=None):
+def glorot_normal(in_axis: Axes = -2, out_axis: Axes = -1, batch_axis: Axes = (),
+                  dtype=None) -> JaxInitializer:
     """Glorot normal: :func:`variance_scaling` with (1, fan_avg, truncated_normal).
 
-    jax's ``glorot_normal``/``xavier_normal``: **truncated**, unlike torch's
-    ``xavier_normal_`` (which is :func:`xavier_normal` here).
+    Also :data:`xavier_normal`: **truncated**, as JAX, unlike torch's
+    ``xavier_normal_`` (:func:`xinit.flax.torch_init.xavier_normal`).
 
     >>> glorot_normal()(jax.random.key(0), (3, 3, 8, 16)).shape
     (3, 3, 8, 16)
     """
-    return _scaled("glorot_normal", 1.0, "fan_avg", "truncated_normal",
-                   in_axis, out_axis, batch_axis, dtype)
+    return _scaled("glorot_normal", 1.0, "fan_avg", "truncated_normal", in_axis, out_axis,
+                   batch_axis, dtype, _axes_args(in_axis, out_axis, batch_axis))
 
 
-def glorot_uniform(in_axis: Axes = -2, out_axis: Axes = -1, batch_axis: Axes = (), dtype=None):
-    """Glorot uniform: :func:`variance_scaling` with (1, fan_avg, uniform).
+def glorot_uniform(in_axis: Axes = -2, out_axis: Axes = -1, batch_axis: Axes = (),
+                   dtype=None) -> JaxInitializer:
+    """Glorot uniform: :func:`variance_scaling` with (1, fan_avg, uniform). Also :data:`xavier_uniform`.
 
     >>> w = glorot_uniform()(jax.random.key(0), (300, 100))
     >>> bool(abs(w).max() <= (6 / 400) ** 0.5)
     True
     """
-    return _scaled("glorot_uniform", 1.0, "fan_avg", "uniform",
-                   in_axis, out_axis, batch_axis, dtype)
+    return _scaled("glorot_uniform", 1.0, "fan_avg", "uniform", in_axis, out_axis,
+                   batch_axis, dtype, _axes_args(in_axis, out_axis, batch_axis))
 
 
-def he_normal(in_axis: Axes = -2, out_axis: Axes = -1, batch_axis: Axes = (), dtype=None):
+def he_normal(in_axis: Axes = -2, out_axis: Axes = -1, batch_axis: Axes = (),
+              dtype=None) -> JaxInitializer:
     """He normal: :func:`variance_scaling` with (2, fan_in, truncated_normal).
 
-    jax's ``he_normal``/``kaiming_normal``: **truncated**, unlike torch's
-    ``kaiming_normal_`` (which is :func:`kaiming_normal` here).
+    Also :data:`kaiming_normal`: **truncated**, as JAX, unlike torch's
+    ``kaiming_normal_`` (:func:`xinit.flax.torch_init.kaiming_normal`).
 
     >>> he_normal()(jax.random.key(0), (100, 400)).shape
     (100, 400)
     """
-    return _scaled("he_normal", 2.0, "fan_in", "truncated_normal",
-                   in_axis, out_axis, batch_axis, dtype)
+    return _scaled("he_normal", 2.0, "fan_in", "truncated_normal", in_axis, out_axis,
+                   batch_axis, dtype, _axes_args(in_axis, out_axis, batch_axis))
 
 
-def he_uniform(in_axis: Axes = -2, out_axis: Axes = -1, batch_axis: Axes = (), dtype=None):
-    """He uniform: :func:`variance_scaling` with (2, fan_in, uniform).
+def he_uniform(in_axis: Axes = -2, out_axis: Axes = -1, batch_axis: Axes = (),
+               dtype=None) -> JaxInitializer:
+    """He uniform: :func:`variance_scaling` with (2, fan_in, uniform). Also :data:`kaiming_uniform`.
 
     >>> w = he_uniform()(jax.random.key(0), (100, 400))
     >>> bool(abs(w).max() <= (6 / 100) ** 0.5)
     True
     """
-    return _scaled("he_uniform", 2.0, "fan_in", "uniform",
-                   in_axis, out_axis, batch_axis, dtype)
+    return _scaled("he_uniform", 2.0, "fan_in", "uniform", in_axis, out_axis,
+                   batch_axis, dtype, _axes_args(in_axis, out_axis, batch_axis))
 
 
-def truncated_normal(stddev: float = 1e-2, dtype=None, lower: float = -2.0, upper: float = 2.0):
-    r"""``jax.nn.initializers.truncated_normal``: ``stddev`` times a truncated normal.
+xavier_uniform = glorot_uniform
+"""JAX's alias of :func:`glorot_uniform` (torch's ``xavier_uniform_`` draws the same distribution)."""
+xavier_normal = glorot_normal
+"""JAX's alias of :func:`glorot_normal`: **truncated**, unlike torch's ``xavier_normal_``."""
+kaiming_uniform = he_uniform
+"""JAX's alias of :func:`he_uniform`: torch's ``kaiming_uniform_`` with ``nonlinearity="relu"``."""
+kaiming_normal = he_normal
+"""JAX's alias of :func:`he_normal`: **truncated**, unlike torch's ``kaiming_normal_``."""
 
-    :math:`\mathcal{N}(0, 1)` truncated to ``[lower, upper]``, times ``stddev``.
 
-    The bounds are in units of ``stddev`` and there is no variance correction
-    (``truncated_normal(1.0)`` has standard deviation 0.88), as jax. torch's
-    absolute-bound version is :func:`trunc_normal`.
+# --------------------------------------------------------------- orthogonal
+
+
+def _column_axis(name: str, column_axis) -> int:
+    if isinstance(column_axis, bool):
+        raise TypeError(f"{name}: column_axis must be an int; got {column_axis!r}")
+    try:
+        return operator.index(column_axis)
+    except TypeError:
+        raise TypeError(f"{name}: column_axis must be an int; got {column_axis!r}") from None
+
+
+def _orthogonal_layout(column_axis: int) -> Layout:
+    """The layout whose canonical ``(out, in, *rest)`` puts ``column_axis`` first.
+
+    JAX's matrix is ``(size / n_cols, n_cols)`` with ``n_cols = shape[column_axis]``;
+    the canonical orthogonal draw is ``(out, in * rest)`` with ``out = n_cols``: its
+    transpose, with the rows of JAX's matrix in another order. Transposing and
+    permuting rows keep a Haar-distributed matrix Haar-distributed, so the result
+    is distributed as JAX's (orthonormal along the same axes).
+    """
+    other = (1 if column_axis == 0 else 0) if column_axis >= 0 else (-2 if column_axis == -1 else -1)
+    return Layout(in_axis=other, out_axis=column_axis)
+
+
+def orthogonal(scale=1.0, column_axis: int = -1, dtype=None) -> JaxInitializer:
+    """``jax.nn.initializers.orthogonal``: a uniformly distributed orthogonal matrix times ``scale``.
+
+    For a shape with ``n_cols = shape[column_axis]`` and ``n_rows`` the product of
+    the other axes: orthonormal rows or columns of the ``(n_rows, n_cols)``
+    matrix, whichever side is smaller (Haar-distributed). Complex dtypes give a
+    unitary matrix. float16/bfloat16 are computed in float32 (JAX raises there).
+    A zero-size shape gives zeros. torch's ``orthogonal_(gain)`` (flattening
+    ``(out, in, *k)``) is :func:`xinit.flax.torch_init.orthogonal`.
 
     Raises:
-        BoundsError (``ValueError``): ``stddev < 0`` or ``lower > upper``.
+        ShapeError (``ValueError``), when called: fewer than 2 dimensions.
+        AxisError (``IndexError``): ``column_axis`` out of range.
+        NotImplementedError: any ``out_sharding``, as JAX.
 
-    >>> w = truncated_normal(0.02)(jax.random.key(0), (64, 64))
-    >>> bool(abs(w).max() <= 0.04)
+    >>> q = orthogonal()(jax.random.key(0), (5, 3))
+    >>> bool(jnp.allclose(q.T @ q, jnp.eye(3), atol=1e-5))
     True
     """
-    spec = specs.TruncatedNormal(stddev, lower, upper)
-    return SpecInitializer(spec, IDENTITY, _check_dtype(dtype), "truncated_normal")
+    axis = _column_axis("orthogonal", column_axis)
+    spec = specs.Orthogonal(_number("orthogonal", "scale", scale))
+    return _jax("orthogonal", spec, dtype, [("scale", scale), ("column_axis", column_axis)],
+                layout=_orthogonal_layout(axis), shardable=False)
 
 
 @dataclass(frozen=True, repr=False)
 class DeltaOrthogonal:
     """The initializer :func:`delta_orthogonal` returns (frozen, hashable)."""
 
-    ortho: specs.Orthogonal
+    ortho: JaxInitializer
+    scale: float = 1.0
     column_axis: int = -1
     dtype: object = None
     name: ClassVar[str] = "delta_orthogonal"
 
     def __call__(self, key, shape, dtype=None, out_sharding=None) -> jax.Array:
-        dtype = resolve_dtype(dtype, self.dtype)
-        shape = tuple(int(d) for d in shape)
+        if out_sharding is not None:
+            raise NotImplementedError(
+                "xinit.flax.delta_orthogonal does not take out_sharding (jax.nn.initializers."
+                "delta_orthogonal raises NotImplementedError here too)"
+            )
+        shape = as_shape(shape)
+        dtype = self.ortho.resolve_dtype(dtype)  # the factory's dtype when None
         if len(shape) not in (3, 4, 5):
             raise ShapeError(
-                f"Delta orthogonal initializer requires a 3D, 4D or 5D shape; got shape {shape}"
+                f"Delta orthogonal initializer requires a 3D, 4D or 5D shape.; got shape {shape}"
             )
-        n_in, n_out = shape[-2:]
-        if n_out < n_in:
+        if shape[-1] < shape[-2]:
             raise ShapeError(
-                "`fan_in` must be less or equal than `fan_out`: delta_orthogonal got shape "
-                f"{shape} with in={n_in} > out={n_out}"
+                "`fan_in` must be less or equal than `fan_out`. delta_orthogonal got shape "
+                f"{shape} with in={shape[-2]} > out={shape[-1]}"
             )
-        # column_axis picks the matrix whose columns jax's orthogonal makes orthonormal.
-        matrix = (n_in, n_out) if self.column_axis % 2 == 1 else (n_out, n_in)
-        ensure_checked()
-        try:
-            q = sample(self.ortho, key, matrix, dtype, layout=IDENTITY)
-        except XinitError as err:
-            raise with_context(err, self.name, shape, dtype, IDENTITY) from err
-        if self.column_axis % 2 == 0:
-            q = q.T
+        q = self.ortho(key, shape[-2:], dtype)
         centre = tuple((k - 1) // 2 for k in shape[:-2])
         with x64_scope(dtype):
             out = jnp.zeros(shape, q.dtype).at[centre].set(q)
-            return apply_sharding(out, out_sharding)
+            return place(out, None, f"xinit.flax.{self.name}")
 
     def __repr__(self) -> str:
         dt = "" if self.dtype is None else f", dtype={np.dtype(self.dtype).name}"
-        return (f"xinit.flax.delta_orthogonal(scale={self.ortho.gain!r}, "
+        return (f"xinit.flax.delta_orthogonal(scale={self.scale!r}, "
                 f"column_axis={self.column_axis}{dt})")
 
 
-def delta_orthogonal(scale: float = 1.0, column_axis: int = -1, dtype=None) -> DeltaOrthogonal:
+def delta_orthogonal(scale=1.0, column_axis: int = -1, dtype=None) -> DeltaOrthogonal:
     """``jax.nn.initializers.delta_orthogonal``: an orthogonal matrix at the kernel's centre.
 
     For a 3/4/5-D kernel ``(*k, in, out)`` with ``in <= out``: zeros everywhere
-    except ``kernel[(k1 - 1) // 2, ..., :, :]``, an ``(in, out)`` matrix with
-    orthonormal rows times ``scale`` (Xiao et al. 2018, "Dynamical Isometry and a
-    Mean Field Theory of CNNs"). The centre is ``(k - 1) // 2`` as jax (torch's
-    :func:`dirac` uses ``k // 2``; they differ for even ``k``). ``column_axis``
-    (``-1`` or ``-2`` of the ``(in, out)`` matrix) is jax's: the axis holding the
-    columns the orthogonal draw is taken over.
+    except ``kernel[(k1 - 1) // 2, ..., :, :]``, :func:`orthogonal` ``(scale,
+    column_axis)`` of the ``(in, out)`` matrix (Xiao et al. 2018, "Dynamical
+    Isometry and a Mean Field Theory of CNNs"). The centre is ``(k - 1) // 2`` as
+    JAX (torch's ``dirac_`` uses ``k // 2``; they differ for even ``k``).
 
     Raises:
         ShapeError (``ValueError``), when called: not 3/4/5-D, or ``in > out``
-            (jax's messages).
+            (JAX's messages).
+        NotImplementedError: any ``out_sharding``, as JAX.
 
     >>> w = delta_orthogonal()(jax.random.key(0), (3, 3, 4, 8))
     >>> bool(jnp.allclose(w[1, 1] @ w[1, 1].T, jnp.eye(4), atol=1e-5)), float(abs(w[0]).max())
     (True, 0.0)
     """
-    try:
-        axis = operator.index(column_axis)
-    except TypeError:
-        raise TypeError(f"delta_orthogonal: column_axis must be an int; got {column_axis!r}"
-                        ) from None
-    if axis not in (-2, -1, 0, 1) or isinstance(column_axis, bool):
-        raise ValueError(
-            f"delta_orthogonal: column_axis indexes the (in, out) matrix and must be one of "
-            f"[-2, -1, 0, 1]; got column_axis={column_axis!r}"
-        )
-    return DeltaOrthogonal(specs.Orthogonal(scale), axis, _check_dtype(dtype))
+    s = _number("delta_orthogonal", "scale", scale)
+    axis = _column_axis("delta_orthogonal", column_axis)
+    ortho = _jax("delta_orthogonal", specs.Orthogonal(s), dtype,
+                 [("scale", scale), ("column_axis", column_axis)],
+                 layout=_orthogonal_layout(axis), shardable=False)
+    return DeltaOrthogonal(ortho, s, axis, check_dtype(dtype))

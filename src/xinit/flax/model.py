@@ -13,9 +13,19 @@ BatchNorm's ``batch_stats/bn/mean`` and ``.../var`` are ``bn.running_mean`` and
 give ``blocks.0.weight``. Linen names list submodules ``blocks_0``; pass
 ``rename=`` to map names onto a torch model's (e.g. ``blocks_0`` -> ``blocks.0``).
 
-Layer kinds are inferred from the tree: ``kernel`` of rank 2 is ``linear``, of
-rank >= 3 ``conv`` (``conv_transpose`` when its module's name or class starts
-with ``ConvTranspose``); ``embedding`` is ``embedding``; ``scale`` and its sibling
+Layer kinds and kernel layouts come from the model's structure where it is
+given: an nnx module's graph, or a linen module traced with
+:func:`~xinit.flax.trace` (``initialize(trace(model, x), ...)``), each module's
+class looked up in the layer registry (:mod:`xinit.core.layers`, extended with
+:func:`xinit.register_layer`). The sub-layers of an attention or recurrent layer
+take its kind, with roles ``query_weight``... (attention) and
+``weight_ih``/``weight_hh``/``bias_ih``/``bias_hh`` (recurrent cells, with the
+layer attribute ``hidden_size``).
+
+Only for a bare tree (a variables dict without its module, an ``nnx.State``)
+are kinds guessed from the leaves: ``kernel`` of rank 2 is ``linear``, of rank
+>= 3 ``conv`` (``conv_transpose`` when its module's name starts with
+``ConvTranspose``); ``embedding`` is ``embedding``; ``scale`` and its sibling
 ``bias`` (or a module with batch stats) are ``norm``; a ``bias`` next to a kernel
 has the kernel's kind and takes its fan-in. Kernels are canonicalized with
 :data:`xinit.core.FLAX` (``(*k, in, out)`` -> ``(out, in, *k)``); a
@@ -26,6 +36,7 @@ layout ``(in, out, *k)``, so ``torch_default`` gives torch's (reversed) fans.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,13 +47,17 @@ from xinit.core import engine, host_memory
 from xinit.core._keys import key_data, stable_hash
 from xinit.core.arrays import JaxSink
 from xinit.core.engine import canonical_dtype
+from xinit.core.layers import FLAX_CONV_TRANSPOSE
 from xinit.core.layout import FLAX, TORCH, Layout, canonical_shape
-from xinit.core.recipes import Param, Plan, UnmatchedError, as_layer, get_recipe
+from xinit.core.recipes import Param, Plan, Resolved, as_layer, check_unmatched, get_recipe
+from xinit.core.specs import Zeros
 from xinit.core.threefry import fold_in_many
 
-__all__ = ["initialize", "plan", "describe", "canonical_name"]
+from ._structure import FlaxLayer, Traced, trace
 
-CONV_TRANSPOSE = Layout(in_axis=-1, out_axis=-2, name="FLAX_CONV_TRANSPOSE")
+__all__ = ["initialize", "plan", "describe", "canonical_name", "trace", "Traced"]
+
+CONV_TRANSPOSE = FLAX_CONV_TRANSPOSE
 _WEIGHT_LEAVES = {"kernel": "weight", "embedding": "weight", "scale": "weight"}
 _STAT_LEAVES = {"mean": "running_mean", "var": "running_var"}
 _AUTO_NAME = re.compile(r"^(.*?)_\d+$")
@@ -76,10 +91,15 @@ class _Leaf:
 
 
 def _unbox(x):
+    """The leaf's value and its metadata box (``nn.Partitioned``), if any.
+
+    The value is read from the box as it is: ``unbox()`` would apply the box's
+    sharding constraint, which under an Explicit mesh asserts that the (abstract)
+    value is already sharded so."""
     from flax.core import meta
 
     if isinstance(x, meta.AxisMetadata):
-        return x.unbox(), x
+        return (x.value if hasattr(x, "value") else x.unbox()), x
     return x, None
 
 
@@ -140,7 +160,44 @@ def _kernel_kind(k: _Leaf, ltype: str) -> tuple[str, Layout]:
     return "other", TORCH
 
 
-def _classify(leaves: list[_Leaf], types: Mapping, rename) -> list[tuple[Param, Layout]]:
+_COMPOSITE = ("attention", "recurrent")  # layers whose sub-modules' variables are theirs
+_LEAF_ROLES = {"kernel": "weight", "embedding": "weight", "scale": "weight",
+               "negative_slope": "weight"}
+
+
+def _registered(lf: _Leaf, layers: Mapping[tuple, FlaxLayer]):
+    """(kind, role, layout, layer type, attrs) of a leaf whose module the structure knows;
+    None when it does not (then the tree alone is read)."""
+    mod = tuple(str(p) for p in lf.path[:-1])
+    leaf = str(lf.path[-1])
+    owner = next((layers[mod[:d]] for d in range(len(mod) + 1)
+                  if mod[:d] in layers and layers[mod[:d]].kind in _COMPOSITE), None)
+    if owner is not None and owner.path != mod:  # a sub-layer of an attention or recurrent layer
+        sub = mod[len(owner.path)]
+        base = "weight" if leaf == "kernel" else leaf
+        if owner.kind == "recurrent":
+            role = f"{base}_{'ih' if sub.startswith('i') or sub == 'dense_i' else 'hh'}"
+            hidden = owner.attrs.get("features", owner.attrs.get("hidden_features"))
+            attrs = {"hidden_size": hidden}
+        else:
+            role, attrs = f"{sub}_{base}", {}
+        layout = FLAX if leaf == "kernel" else TORCH
+        return owner.kind, role, layout, owner.type_name, attrs
+    layer = layers.get(mod)
+    if layer is None:
+        return None
+    if lf.collection == "batch_stats" and leaf in _STAT_LEAVES:
+        return layer.kind, _STAT_LEAVES[leaf], TORCH, layer.type_name, {}
+    layout = TORCH
+    if leaf == "kernel":
+        layout = FLAX if layer.attrs.get("transpose_kernel") else layer.layout
+    return layer.kind, _LEAF_ROLES.get(leaf, leaf), layout, layer.type_name, {}
+
+
+def _classify(leaves: list[_Leaf], layers: Mapping[tuple, FlaxLayer],
+              rename) -> list[tuple[Param, Layout]]:
+    """The Param record and layout of every leaf: from the model's structure (``layers``,
+    see :func:`xinit.flax.trace`) where it has the leaf's module, else guessed from the tree."""
     by_module: dict[tuple, dict[str, _Leaf]] = {}
     stats_modules = set()
     for lf in leaves:
@@ -153,33 +210,41 @@ def _classify(leaves: list[_Leaf], types: Mapping, rename) -> list[tuple[Param, 
     for lf in leaves:
         mod, leaf = lf.path[:-1], str(lf.path[-1])
         siblings = by_module.get(mod, {})
-        ltype = _layer_type(mod, types)
         stats = lf.collection == "batch_stats" and leaf in _STAT_LEAVES
         layout, attrs, role = TORCH, {}, leaf
         kernel = siblings.get("kernel")
-
-        if stats:
-            kind, role = "norm", _STAT_LEAVES[leaf]
-        elif not lf.is_param:
-            kind = "other"
-        elif leaf == "kernel":
-            kind, layout = _kernel_kind(lf, ltype)
-            role = "weight"
-        elif leaf == "embedding":
-            kind, role = "embedding", "weight"
-        elif leaf == "scale":
-            kind, role = "norm", "weight"
-        elif leaf == "negative_slope":
-            kind, role = "prelu", "weight"
-        elif leaf == "bias" and kernel is not None:
-            kind, _ = _kernel_kind(kernel, ltype)
-        elif leaf == "bias" and ("scale" in siblings or mod in stats_modules or "Norm" in ltype):
-            kind = "norm"
-        else:
-            kind = "other"
-        if kernel is not None and kind in ("linear", "conv", "conv_transpose"):
-            _, klayout = _kernel_kind(kernel, ltype)
-            attrs["weight_shape"] = canonical_shape(kernel.shape, klayout)
+        known = _registered(lf, layers) if layers else None
+        if known is not None:
+            kind, role, layout, ltype, attrs = known
+            if kernel is not None and kind in ("linear", "conv", "conv_transpose") and lf is not kernel:
+                klayout = _registered(kernel, layers)[2]
+                attrs = {**attrs, "weight_shape": canonical_shape(kernel.shape, klayout)}
+            elif kind in ("linear", "conv", "conv_transpose") and lf is kernel:
+                attrs = {**attrs, "weight_shape": canonical_shape(kernel.shape, layout)}
+        else:  # a bare tree: the kind is guessed from the leaf's name and rank
+            ltype = _layer_type(mod, {})
+            if stats:
+                kind, role = "norm", _STAT_LEAVES[leaf]
+            elif not lf.is_param:
+                kind = "other"
+            elif leaf == "kernel":
+                kind, layout = _kernel_kind(lf, ltype)
+                role = "weight"
+            elif leaf == "embedding":
+                kind, role = "embedding", "weight"
+            elif leaf == "scale":
+                kind, role = "norm", "weight"
+            elif leaf == "negative_slope":
+                kind, role = "prelu", "weight"
+            elif leaf == "bias" and kernel is not None:
+                kind, _ = _kernel_kind(kernel, ltype)
+            elif leaf == "bias" and ("scale" in siblings or mod in stats_modules or "Norm" in ltype):
+                kind = "norm"
+            else:
+                kind = "other"
+            if kernel is not None and kind in ("linear", "conv", "conv_transpose"):
+                _, klayout = _kernel_kind(kernel, ltype)
+                attrs["weight_shape"] = canonical_shape(kernel.shape, klayout)
         name = canonical_name(lf.path, stats=stats)
         if rename is not None:
             name = rename(name)
@@ -198,33 +263,38 @@ def _classify(leaves: list[_Leaf], types: Mapping, rename) -> list[tuple[Param, 
 
 
 def _prepare(tree, rename):
-    """(kind of input, leaves, params with layouts, nnx module types)."""
+    """(kind of input, leaves, params with layouts, linen collections flag, the input tree)."""
     from flax import nnx
 
+    if isinstance(tree, Traced):
+        if tree.framework == "nnx":
+            leaves = _leaves_nnx(nnx.state(tree.module))
+            return "nnx_module", leaves, _classify(leaves, tree.layers, rename), None, tree.module
+        leaves, collections = _leaves_linen(tree.variables)
+        return "linen", leaves, _classify(leaves, tree.layers, rename), collections, tree.variables
     if isinstance(tree, nnx.Module):
-        types = {tuple(p): type(m).__name__ for p, m in nnx.iter_modules(tree)}
         leaves = _leaves_nnx(nnx.state(tree))
-        return "nnx_module", leaves, _classify(leaves, types, rename), None
+        return "nnx_module", leaves, _classify(leaves, trace(tree).layers, rename), None, tree
     if isinstance(tree, nnx.State):
         leaves = _leaves_nnx(tree)
-        return "nnx_state", leaves, _classify(leaves, {}, rename), None
+        return "nnx_state", leaves, _classify(leaves, {}, rename), None, tree
     if isinstance(tree, Mapping):
         leaves, collections = _leaves_linen(tree)
-        return "linen", leaves, _classify(leaves, {}, rename), collections
+        return "linen", leaves, _classify(leaves, {}, rename), collections, tree
     raise TypeError(
-        "initialize expects a linen variables/params dict (or FrozenDict), an nnx.State or an "
-        f"nnx.Module; got {type(tree).__name__}"
+        "initialize expects a linen variables/params dict (or FrozenDict), xinit.flax.trace(...)'s "
+        f"result, an nnx.State or an nnx.Module; got {type(tree).__name__}"
     )
 
 
-def describe(tree, *, rename: Callable[[str], str] | None = None) -> list[Param]:
-    """The :class:`~xinit.core.recipes.Param` records recipes see for ``tree``."""
-    return [p for p, _ in _prepare(tree, rename)[2]]
+def describe(model, *, rename: Callable[[str], str] | None = None) -> list[Param]:
+    """The :class:`~xinit.core.recipes.Param` records recipes see for ``model``."""
+    return [p for p, _ in _prepare(model, rename)[2]]
 
 
-def plan(tree, recipe="torch_default", *, rename: Callable[[str], str] | None = None) -> Plan:
-    """The dry run for a flax tree: every leaf -> rule -> initializer, nothing drawn."""
-    return get_recipe(recipe).plan(describe(tree, rename=rename))
+def plan(model, recipe="torch_default", *, rename: Callable[[str], str] | None = None) -> Plan:
+    """The dry run for a flax tree or nnx module: every leaf -> rule -> initializer, nothing drawn."""
+    return get_recipe(recipe).plan(describe(model, rename=rename))
 
 
 # -------------------------------------------------------------------- drawing
@@ -244,29 +314,42 @@ def _draw(params: list[Param], layouts, resolved, root_key) -> list[jax.Array]:
     return sink.results
 
 
-def initialize(tree, recipe, *, key, unmatched: str = "error",
+def initialize(model, recipe="torch_default", *, key=None, unmatched: str = "error",
                rename: Callable[[str], str] | None = None):
     """Initialize a whole flax model by ``recipe``.
 
+    The same arguments as ``xinit.torch.initialize``; for the same recipe, key and
+    canonical names the values are the torch model's (in flax layout).
+
     Args:
-        tree: a linen variables dict (``{"params": ..., "batch_stats": ...}``), a
+        model: a linen variables dict (``{"params": ..., "batch_stats": ...}``), a
             linen params dict (no collection level), either of them abstract
             (``jax.eval_shape(model.init, ...)``: ``ShapeDtypeStruct`` leaves) or
-            boxed (``nn.Partitioned``); an ``nnx.State``; or an ``nnx.Module``.
-        recipe: a :class:`~xinit.core.recipes.Recipe` or a built-in's name.
+            boxed (``nn.Partitioned``); an ``nnx.State``; an ``nnx.Module``; or
+            :func:`~xinit.flax.trace`'s result for a linen module (then layer
+            kinds come from the module's classes, not from the tree; the result
+            is a new variables dict).
+        recipe: a :class:`~xinit.core.recipes.Recipe` or a built-in's name
+            (default ``"torch_default"``).
         key: root key (``jax.random.key``, ``uint32[2]`` key or int seed).
-        unmatched: ``"error"`` (default): params no rule matches raise
-            :class:`~xinit.core.recipes.UnmatchedError` listing them all;
-            ``"ignore"``: they are returned as they are (abstract leaves stay
-            abstract). Non-param leaves (batch stats) no rule matches are
-            always left as they are.
+            Required: JAX has no global random state to draw one from, so
+            ``key=None`` raises ``TypeError``.
+        unmatched: what happens to params no rule matches (see
+            :data:`~xinit.core.recipes.UNMATCHED`): ``"error"`` (default) raises
+            :class:`~xinit.core.recipes.UnmatchedError` listing them all, before
+            anything is drawn; ``"ignore"`` leaves them as they are (an abstract
+            leaf stays abstract, with a warning naming it); ``"zeros"`` fills them
+            with zeros. Non-param leaves (batch stats) no rule matches are always
+            left as they are.
         rename: maps each canonical name before keying and matching (e.g. to
             match a torch model's names).
 
     A mapping whose top level has a ``"params"`` key and only mappings as values is
     read as a variables dict (collections at the top); any other mapping as a
-    params dict. Arrays are made on JAX's default device. This runs xinit's own
-    compiled programs: call it outside ``jax.jit``.
+    params dict. Arrays are made on JAX's default device; under ``jax.set_mesh``
+    each boxed (``nn.Partitioned``) leaf is placed by its partition spec on the
+    mesh, and the boxes keep their metadata. This runs xinit's own compiled
+    programs: call it outside ``jax.jit``.
 
     Returns:
         a new tree of the same structure with real arrays (the input is never
@@ -279,23 +362,57 @@ def initialize(tree, recipe, *, key, unmatched: str = "error",
     >>> initialize(abstract, "torch_default", key=0)["params"]["kernel"].shape
     (4, 3)
     """
-    if unmatched not in ("error", "ignore"):
-        raise ValueError(f"unmatched must be one of ['error', 'ignore']; got {unmatched!r}")
+    if key is None:
+        raise TypeError(
+            "xinit.flax.initialize needs key=: JAX has no global random state to draw a key "
+            "from (xinit.torch draws one from torch's); pass key=jax.random.key(0) or an int seed"
+        )
+    check_unmatched(unmatched)
     recipe = get_recipe(recipe)
-    kind, leaves, classified, collections = _prepare(tree, rename)
+    kind, leaves, classified, collections, tree = _prepare(model, rename)
     params = [p for p, _ in classified]
     pl = recipe.plan(params)
-    missing = [e.param.name for e in pl.entries if e.rule is None and not e.param.buffer]
-    if missing and unmatched == "error":
-        raise UnmatchedError(
-            f"recipe {pl.recipe!r} has no rule for {len(missing)} parameter(s): "
-            f"{', '.join(missing)}. Add rules (Recipe(...) + recipe) or pass unmatched='ignore'"
+    missing = [i for i, e in enumerate(pl.entries) if e.rule is None and not e.param.buffer]
+    pl.raise_unmatched([params[i].name for i in missing], unmatched, "parameter")
+    resolved = [e.resolved for e in pl.entries]
+    if unmatched == "zeros":
+        for i in missing:
+            resolved[i] = Resolved(Zeros())
+    elif missing and any(_is_abstract(leaves[i].value) for i in missing):
+        warnings.warn(
+            f"xinit.flax.initialize: recipe {pl.recipe!r} has no rule for "
+            f"{', '.join(params[i].name for i in missing if _is_abstract(leaves[i].value))}; "
+            "with unmatched='ignore' these stay abstract (jax.ShapeDtypeStruct)",
+            stacklevel=2,
         )
-    todo = [i for i, e in enumerate(pl.entries) if e.resolved is not None]
+    todo = [i for i, r in enumerate(resolved) if r is not None]
     arrays = _draw([params[i] for i in todo], [classified[i][1] for i in todo],
-                   [pl.entries[i].resolved for i in todo], key)
+                   [resolved[i] for i in todo], key)
     new = {i: a for i, a in zip(todo, arrays, strict=True)}
     return _rebuild(tree, kind, leaves, new, collections)
+
+
+def _is_abstract(value) -> bool:
+    return isinstance(value, jax.ShapeDtypeStruct)
+
+
+def _place_boxed(value, box):
+    """``value`` placed by ``box``'s partition spec on the box's mesh or, under
+    ``jax.set_mesh``, the ambient one (as Flax's ``unbox`` constrains it); logical
+    names (``nn.with_logical_partitioning``) are resolved by the box's rules or
+    those of ``nn.logical_axis_rules`` (unassigned names: replicated). Without a
+    mesh, ``value`` as it is."""
+    from flax.core import meta
+    from flax.linen import spmd
+
+    mesh = getattr(box, "mesh", None) or jax.sharding.get_mesh()
+    if mesh.empty or not isinstance(box, meta.Partitioned):
+        return value
+    if isinstance(box, spmd.LogicallyPartitioned):
+        spec = spmd.logical_to_mesh_axes(box.names, box.rules)
+    else:
+        spec = box.get_partition_spec()
+    return jax.device_put(value, jax.sharding.NamedSharding(mesh, spec))
 
 
 def _rebuild(tree, kind, leaves, new: dict[int, Any], collections):
@@ -318,6 +435,8 @@ def _rebuild(tree, kind, leaves, new: dict[int, Any], collections):
     for i, lf in enumerate(leaves):
         value = new.get(i, lf.value)
         if lf.box is not None:
+            if i in new:
+                value = _place_boxed(value, lf.box)
             value = lf.box.replace_boxed(value)
         path = (lf.collection, *lf.path) if collections else lf.path
         flat[path] = value

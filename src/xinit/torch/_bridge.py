@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 
 import jax
@@ -13,7 +12,7 @@ import torch
 
 from xinit.core import engine
 from xinit.core.errors import DtypeError
-from xinit.core.specs import Elementwise, Spec
+from xinit.core.specs import Elementwise, Orthogonal, Spec
 
 from ._sink import TorchSink
 
@@ -30,9 +29,6 @@ _DTYPES = {
     torch.int64: np.dtype(np.int64),
 }
 _COMPLEX = {torch.complex64: torch.float32, torch.complex128: torch.float64}
-# Plans that complex tensors take, as torch fills them: random draws on the real
-# view (see _complex_plan), fills and patterns on the real part with imag = 0.
-_COMPLEX_FAMILIES = ("uniform", "normal", "constant", "eye", "dirac")
 
 
 def numpy_dtype(dtype: torch.dtype, fn: str) -> np.dtype:
@@ -87,12 +83,8 @@ def check_dtype(tensor: torch.Tensor, spec: Spec, plan, fn: str) -> np.dtype:
     """The numpy dtype to draw in, or the same error class torch raises."""
     dtype = tensor.dtype
     if dtype in _COMPLEX:
-        if isinstance(plan, Elementwise) and plan.family in _COMPLEX_FAMILIES:
-            return numpy_dtype(_COMPLEX[dtype], fn)
-        raise DtypeError(
-            f"{fn}: complex tensors are not supported (torch does not support them "
-            f"here either); got {dtype}"
-        )
+        complex_plan(tensor, spec, fn)
+        return numpy_dtype(_COMPLEX[dtype], fn)
     np_dtype = numpy_dtype(dtype, fn)
     if engine.draws_random(plan) and np_dtype not in engine.FLOAT_DTYPES:
         raise DtypeError(
@@ -102,12 +94,23 @@ def check_dtype(tensor: torch.Tensor, spec: Spec, plan, fn: str) -> np.dtype:
     return np_dtype
 
 
-def _complex_plan(plan: Elementwise) -> Elementwise:
-    """The plan for ``view_as_real`` of a complex tensor, as torch draws complex values."""
-    if plan.family == "normal":  # total variance std**2: each part std / sqrt(2)
-        mean, std = plan.fparams
-        return Elementwise("normal", (mean, std / math.sqrt(2)))
-    return plan
+def complex_plan(tensor: torch.Tensor, spec: Spec, fn: str):
+    """The plan for a complex ``tensor``, as ``torch.nn.init`` draws complex values.
+
+    The spec's complex form (:meth:`xinit.core.Spec.complex_plan`: random values
+    on the real view, ``torch.view_as_real(tensor)``; fills as they are), or the
+    error class torch raises where it has none (``trunc_normal_``; ``orthogonal_``,
+    whose ``torch.sign`` rejects complex numbers although a unitary draw exists).
+    """
+    if isinstance(spec, Orthogonal):
+        raise DtypeError(
+            f"{fn}: complex tensors are not supported: torch.nn.init.orthogonal_ raises for "
+            f"them too (torch.sign takes no complex numbers); got {tensor.dtype}"
+        )
+    try:
+        return spec.complex_plan(tuple(tensor.shape))
+    except DtypeError as err:
+        raise DtypeError(f"{fn}: {err}; torch.nn.init raises for {tensor.dtype} here too") from None
 
 
 def check_tensor(tensor, fn: str) -> None:
@@ -182,9 +185,9 @@ def fill_(tensor: torch.Tensor, spec: Spec, key, generator, fn: str) -> torch.Te
     key = resolve_key(key, generator)
     device = jax_device(tensor.device)
     target = tensor
-    if tensor.is_complex():
+    if tensor.is_complex():  # random values on the real view (torch.view_as_real)
+        plan = complex_plan(tensor, spec, fn)
         target = torch.view_as_real(tensor)
-        plan = _complex_plan(plan)
-    req = engine.request(plan, key, tuple(target.shape), np_dtype, device=device)
+    req = engine.request(plan, key, shape, np_dtype, device=device)
     engine.run([req], TorchSink([req], [target]))
     return tensor

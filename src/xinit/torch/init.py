@@ -320,6 +320,9 @@ def sparse_(
     r"""Fill the 2-D ``tensor`` with :math:`\mathcal{N}(0, \text{std}^2)` and exactly
     ``ceil(sparsity * rows)`` zeros in every column (Martens 2010).
 
+    A complex tensor gets torch's complex normal (each part
+    :math:`\mathcal{N}(0, \text{std}^2/2)`) with whole elements zeroed, as torch.
+
     Raises:
         ShapeError (``ValueError``): ``tensor.ndim != 2``.
 

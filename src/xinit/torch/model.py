@@ -19,9 +19,11 @@ place.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -31,7 +33,10 @@ from torch import nn
 from xinit.core import engine
 from xinit.core._keys import key_data, stable_hash
 from xinit.core.errors import DtypeError
-from xinit.core.recipes import Param, Plan, UnmatchedError, as_layer, get_recipe
+from xinit.core.layers import layer_of
+from xinit.core.layout import TORCH, Layout, canonical_shape
+from xinit.core.recipes import Param, Plan, Resolved, as_layer, check_unmatched, get_recipe
+from xinit.core.specs import Zeros
 from xinit.core.threefry import fold_in_many
 
 from . import _bridge
@@ -43,32 +48,29 @@ __all__ = ["initialize", "plan", "apply_fn", "materialize", "no_init", "describe
 # --------------------------------------------------------------- classification
 
 _RNN_ROLE = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)(_l\d+)?(_reverse)?$")
-_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
+
+#: Layer attributes that layer-dependent rules read, per kind (read with getattr,
+#: so a registered custom layer without them simply lacks them).
+_KIND_ATTRS = {
+    "bilinear": ("in1_features",),
+    "embedding": ("padding_idx",),
+    "recurrent": ("hidden_size",),
+    "prelu": ("init",),
+}
 
 
-def _layer(module: nn.Module, parent: tuple[nn.Module, str] | None) -> tuple[str, dict[str, Any]]:
-    """The layer kind of ``module`` and the attributes layer-dependent rules read."""
-    if isinstance(module, nn.Linear):
-        if parent is not None and isinstance(parent[0], nn.MultiheadAttention) and parent[1] == "out_proj":
-            return "attention", {}
-        return "linear", {}
-    if isinstance(module, nn.Bilinear):
-        return "bilinear", {"in1_features": module.in1_features}
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        return "conv_transpose", {}
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return "conv", {}
-    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
-        return "embedding", {"padding_idx": module.padding_idx}
-    if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
-        return "recurrent", {"hidden_size": module.hidden_size}
-    if isinstance(module, nn.MultiheadAttention):
-        return "attention", {}
-    if isinstance(module, _NORMS):
-        return "norm", {}
-    if isinstance(module, nn.PReLU):
-        return "prelu", {"init": module.init}
-    return "other", {}
+def classify(module: nn.Module, parent: tuple[nn.Module, str] | None
+           ) -> tuple[str, dict[str, Any], Layout]:
+    """The layer kind of ``module``, the attributes layer-dependent rules read, and the
+    layout of its weight, from the layer registry (:mod:`xinit.core.layers`)."""
+    if (isinstance(module, nn.Linear) and parent is not None
+            and isinstance(parent[0], nn.MultiheadAttention) and parent[1] == "out_proj"):
+        return "attention", {}, TORCH
+    entry = layer_of(type(module))
+    if entry is None:
+        return "other", {}, TORCH
+    attrs = {a: getattr(module, a, None) for a in _KIND_ATTRS.get(entry.kind, ())}
+    return entry.kind, attrs, entry.layout
 
 
 def _role(kind: str, attr: str, module: nn.Module, parent) -> str:
@@ -84,6 +86,14 @@ class Entry(NamedTuple):
     param: Param  # what the recipe sees
     tensor: torch.Tensor
     owner: nn.Module  # the first module found holding the tensor
+    layout: Layout = TORCH  # how ``tensor`` stores the canonical ``param.shape``
+
+
+def canonical_view(tensor: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """``tensor`` seen in the canonical ``(out, in, *k)`` order: a view, writes go through."""
+    if layout.is_identity(tensor.dim()):
+        return tensor
+    return tensor.permute(layout.permutation(tensor.dim()))
 
 
 def _np_dtype(t: torch.Tensor, name: str) -> np.dtype:
@@ -105,13 +115,13 @@ def _collect(module: nn.Module, *, buffers: bool = True) -> list[Entry]:
             parents.setdefault(id(child), (m, cname))
             ancestors.setdefault(id(child), (*above, type(m).__name__))
         parent = parents.get(id(m))
-        kind, attrs = _layer(m, parent)
+        kind, attrs, layout = classify(m, parent)
         if above:
             attrs = {**attrs, "ancestors": above}
         weight = m._parameters.get("weight")
         if (weight is not None and kind in ("linear", "conv", "conv_transpose", "attention")
                 and not isinstance(weight, nn.parameter.UninitializedTensorMixin)):
-            attrs = {**attrs, "weight_shape": tuple(weight.shape)}
+            attrs = {**attrs, "weight_shape": canonical_shape(weight.shape, layout)}
         members = [(n, t, False) for n, t in m._parameters.items()]
         if buffers:
             members += [(n, t, True) for n, t in m._buffers.items()]
@@ -125,48 +135,59 @@ def _collect(module: nn.Module, *, buffers: bool = True) -> list[Entry]:
                     f"{name!r} of {type(m).__name__} is an uninitialized lazy parameter or buffer; "
                     "run a forward pass (or call the module once) before initializing it"
                 )
+            own = layout if attr == "weight" else TORCH
             p = Param(
                 name=name,
                 kind=kind,
                 role=_role(kind, attr, m, parent),
-                shape=tuple(t.shape),
+                shape=canonical_shape(t.shape, own),
                 dtype=_np_dtype(t, name).name,
                 layer_type=type(m).__name__,
                 layer=as_layer(attrs),
                 buffer=is_buffer,
             )
-            out.append(Entry(p, t, m))
+            out.append(Entry(p, t, m, own))
     return out
 
 
-def plan(module: nn.Module, recipe="torch_default") -> Plan:
+def _renamed(entries: list[Entry], rename: Callable[[str], str] | None) -> list[Entry]:
+    """``entries`` with ``rename`` applied to each canonical name (keys and matching use it)."""
+    if rename is None:
+        return entries
+    return [e._replace(param=dataclasses.replace(e.param, name=rename(e.param.name)))
+            for e in entries]
+
+
+def plan(model: nn.Module, recipe="torch_default", *,
+         rename: Callable[[str], str] | None = None) -> Plan:
     """The dry run: every parameter and buffer -> rule -> initializer, nothing written.
 
     ``print(plan(model, "gpt2"))`` shows a table; ``.unmatched`` lists names no
     rule matches (buffers a recipe does not cover are left alone by
-    :func:`initialize`).
+    :func:`initialize`). ``rename`` as :func:`initialize`.
     """
-    return get_recipe(recipe).plan([e.param for e in _collect(module)])
+    return get_recipe(recipe).plan([e.param for e in _renamed(_collect(model), rename)])
 
 
-def describe(module: nn.Module) -> list[Param]:
-    """The :class:`~xinit.core.recipes.Param` records recipes see for ``module`` (for writing rules)."""
-    return [e.param for e in _collect(module)]
+def describe(model: nn.Module, *, rename: Callable[[str], str] | None = None) -> list[Param]:
+    """The :class:`~xinit.core.recipes.Param` records recipes see for ``model`` (for writing rules)."""
+    return [e.param for e in _renamed(_collect(model), rename)]
 
 
 # --------------------------------------------------------------------- drawing
 
 
-def _check_unmatched(p: Plan, unmatched: str, allowed: tuple[str, ...], *, buffers_too: bool) -> None:
-    if unmatched not in allowed:
-        raise ValueError(f"unmatched must be one of {list(allowed)}; got {unmatched!r}")
-    missing = [e.param.name for e in p.entries if e.rule is None and (buffers_too or not e.param.buffer)]
-    if missing and unmatched == "error":
-        raise UnmatchedError(
-            f"recipe {p.recipe!r} has no rule for {len(missing)} "
-            f"{'tensor' if buffers_too else 'parameter'}(s): {', '.join(missing)}. Add rules "
-            f"(Recipe(...) + recipe) or pass unmatched={allowed[1]!r}"
-        )
+def _todo(p: Plan, unmatched: str, *, buffers_too: bool) -> list[Resolved | None]:
+    """What each plan entry gets: its resolved spec; zeros for an unmatched parameter
+    (or buffer, with ``buffers_too``) under ``unmatched="zeros"``; None to leave it.
+
+    Raises :class:`~xinit.core.recipes.UnmatchedError` under ``"error"``, before anything
+    is written."""
+    missing = [e.rule is None and (buffers_too or not e.param.buffer) for e in p.entries]
+    p.raise_unmatched([e.param.name for e, m in zip(p.entries, missing, strict=True) if m],
+                      unmatched, "tensor" if buffers_too else "parameter")
+    return [Resolved(Zeros()) if m and unmatched == "zeros" else e.resolved
+            for e, m in zip(p.entries, missing, strict=True)]
 
 
 def _fold_keys(root_key, names: list[str]) -> list[np.ndarray]:
@@ -203,21 +224,30 @@ def _root_key(key):
     return key if key is not None else _bridge.seed_from_torch(None)
 
 
-def initialize(module: nn.Module, recipe="torch_default", *, key=None, unmatched: str = "error"):
-    """Initialize every parameter of ``module`` (and the buffers the recipe covers) in place.
+def initialize(model: nn.Module, recipe="torch_default", *, key=None, unmatched: str = "error",
+               rename: Callable[[str], str] | None = None):
+    """Initialize every parameter of ``model`` (and the buffers the recipe covers) in place.
+
+    The same arguments as ``xinit.flax.initialize``; for the same recipe, key and
+    canonical names the values are the flax model's.
 
     Args:
-        module: any ``torch.nn.Module``.
+        model: any ``torch.nn.Module``.
         recipe: a :class:`~xinit.core.recipes.Recipe` or a built-in's name
             (``"torch_default"``, ``"resnet"``, ``"transformer"``, ``"gpt2"``,
             ``"dcgan"``, ``"vit"``).
         key: root key (``jax.random.key``, ``uint32[2]`` key or int seed). Without
             it a seed is drawn from torch's global RNG (``torch.manual_seed``
             makes runs repeatable).
-        unmatched: ``"error"`` (default): a parameter no rule matches raises
+        unmatched: what happens to parameters no rule matches (see
+            :data:`~xinit.core.recipes.UNMATCHED`): ``"error"`` (default) raises
             :class:`~xinit.core.recipes.UnmatchedError` listing every such name,
-            before anything is written; ``"ignore"``: leave those as they are.
-            Buffers no rule matches are always left alone.
+            before anything is written; ``"ignore"`` leaves them as they are;
+            ``"zeros"`` fills them with zeros. Buffers no rule matches are always
+            left alone.
+        rename: maps each canonical name (``named_parameters()``'s) before keying
+            and matching, exactly as ``xinit.flax.initialize``'s ``rename``: e.g. to
+            give a torch model the values of a flax model with other names.
 
     Parameter objects, their storage and ``requires_grad`` are kept; a tensor
     shared by several modules is initialized once, under its first name. Meta
@@ -232,20 +262,22 @@ def initialize(module: nn.Module, recipe="torch_default", *, key=None, unmatched
     bumped.
 
     Returns:
-        ``module``.
+        ``model``.
 
     >>> m = torch.nn.Linear(3, 2)
     >>> w = m.weight
     >>> initialize(m, key=0).weight is w
     True
     """
+    check_unmatched(unmatched)
     recipe = get_recipe(recipe)
-    entries = _collect(module)
+    entries = _renamed(_collect(model), rename)
     p = recipe.plan([e.param for e in entries])
-    _check_unmatched(p, unmatched, ("error", "ignore"), buffers_too=False)
-    todo = [(e, pe.resolved) for e, pe in zip(entries, p.entries, strict=True) if pe.resolved is not None]
-    _write_all([e for e, _ in todo], [r for _, r in todo], _root_key(key), [e.tensor for e, _ in todo])
-    return module
+    todo = [(e, r) for e, r in zip(entries, _todo(p, unmatched, buffers_too=False), strict=True)
+            if r is not None]
+    _write_all([e for e, _ in todo], [r for _, r in todo], _root_key(key),
+               [canonical_view(e.tensor, e.layout) for e, _ in todo])
+    return model
 
 
 # --------------------------------------------------------------------- apply_fn
@@ -264,7 +296,8 @@ def _apply_root(skip: int = 2) -> nn.Module | None:
     return root
 
 
-def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error"):
+def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error",
+             rename: Callable[[str], str] | None = None):
     """A function for ``model.apply(fn)`` that gives the same values as :func:`initialize`.
 
     ``Module.apply`` calls ``fn`` on every submodule, children first, and never
@@ -278,10 +311,12 @@ def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error"):
 
     Without ``key``, one seed is drawn from torch's global RNG when ``apply_fn``
     is called, so every pass of the same ``fn`` gives the same values.
+    ``unmatched`` and ``rename`` as :func:`initialize`.
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
     >>> _ = net.apply(apply_fn("torch_default", key=0))
     """
+    check_unmatched(unmatched)
     recipe = get_recipe(recipe)
     root_key = _root_key(key)
     passes: dict[int, tuple[nn.Module, dict[int, list]]] = {}
@@ -289,22 +324,21 @@ def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error"):
     def init_fn(module: nn.Module) -> None:
         root = _apply_root()
         if root is None:
-            initialize(module, recipe, key=root_key, unmatched=unmatched)
+            initialize(module, recipe, key=root_key, unmatched=unmatched, rename=rename)
             return
         state = passes.get(id(root))
         if state is None or state[0] is not root:
-            entries = _collect(root)
+            entries = _renamed(_collect(root), rename)
             p = recipe.plan([e.param for e in entries])
-            _check_unmatched(p, unmatched, ("error", "ignore"), buffers_too=False)
             by_owner: dict[int, list] = {}
-            for e, pe in zip(entries, p.entries, strict=True):
-                if pe.resolved is not None:
-                    by_owner.setdefault(id(e.owner), []).append((e, pe.resolved))
+            for e, r in zip(entries, _todo(p, unmatched, buffers_too=False), strict=True):
+                if r is not None:
+                    by_owner.setdefault(id(e.owner), []).append((e, r))
             state = passes[id(root)] = (root, by_owner)
         todo = state[1].pop(id(module), [])
         if todo:
             _write_all([e for e, _ in todo], [r for _, r in todo], root_key,
-                       [e.tensor for e, _ in todo])
+                       [canonical_view(e.tensor, e.layout) for e, _ in todo])
         if module is root:
             del passes[id(root)]
 
@@ -316,7 +350,7 @@ def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error"):
 
 
 def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=None,
-                unmatched: str = "error") -> nn.Module:
+                unmatched: str = "error", rename: Callable[[str], str] | None = None) -> nn.Module:
     """Give a module built on the ``meta`` device real, initialized tensors on ``device``.
 
     Torch's own initialization never runs. Every meta parameter and buffer is
@@ -334,12 +368,13 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
     Args:
         module: a module whose tensors are (partly) on ``meta``.
         device: where the new tensors live.
-        recipe, key: as :func:`initialize`.
-        unmatched: ``"error"`` (default): parameters *or buffers* no rule matches
-            (e.g. a causal-mask buffer made in ``__init__``) raise
-            :class:`~xinit.core.recipes.UnmatchedError` naming every one, before
-            anything is allocated; ``"zeros"``: they are zero-filled, with a
-            warning naming them. Nothing is left holding ``empty`` garbage.
+        recipe, key, rename: as :func:`initialize`.
+        unmatched: for meta parameters *and buffers* no rule matches (e.g. a
+            causal-mask buffer made in ``__init__``): ``"error"`` (default)
+            raises :class:`~xinit.core.recipes.UnmatchedError` naming every one,
+            before anything is allocated; ``"ignore"`` leaves them on ``meta``
+            (ties kept), with a warning naming them; ``"zeros"`` fills them with
+            zeros. Nothing is left holding ``empty`` garbage.
 
     Returns:
         ``module``.
@@ -349,41 +384,40 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
     >>> materialize(net, key=0).weight.device.type
     'cpu'
     """
+    check_unmatched(unmatched)
     recipe = get_recipe(recipe)
     device = torch.device(device)
-    entries = [e for e in _collect(module) if e.tensor.is_meta]
+    entries = [e for e in _renamed(_collect(module), rename) if e.tensor.is_meta]
     p = recipe.plan([e.param for e in entries])
-    _check_unmatched(p, unmatched, ("error", "zeros"), buffers_too=True)
+    resolved = _todo(p, unmatched, buffers_too=True)
+    left = {id(e.tensor) for e, r in zip(entries, resolved, strict=True) if r is None}
     root_key = _root_key(key)
     new: dict[int, torch.Tensor] = {}
     for m in module.modules():
         for attr, t in list(m._parameters.items()):
-            if t is not None and t.is_meta:
+            if t is not None and t.is_meta and id(t) not in left:
                 if id(t) not in new:
                     new[id(t)] = nn.Parameter(torch.empty_like(t, device=device),
                                               requires_grad=t.requires_grad)
                 setattr(m, attr, new[id(t)])
         for attr, t in list(m._buffers.items()):
-            if t is not None and t.is_meta:
+            if t is not None and t.is_meta and id(t) not in left:
                 if id(t) not in new:
                     new[id(t)] = torch.empty_like(t, device=device)
                 setattr(m, attr, new[id(t)])
         if isinstance(m, nn.RNNBase):
             m._init_flat_weights()
-    todo = [(e, pe.resolved) for e, pe in zip(entries, p.entries, strict=True) if pe.resolved is not None]
+    todo = [(e, r) for e, r in zip(entries, resolved, strict=True) if r is not None]
     # One chunk in flight (not two): materialize is where peak memory matters most.
     _write_all([e for e, _ in todo], [r for _, r in todo], root_key,
-               [new[id(e.tensor)] for e, _ in todo], ahead=False)
-    zeros = [e for e, pe in zip(entries, p.entries, strict=True) if pe.resolved is None]
-    if zeros:
+               [canonical_view(new[id(e.tensor)], e.layout) for e, _ in todo], ahead=False)
+    if left:
         warnings.warn(
-            f"materialize: recipe {recipe.name!r} has no rule for {', '.join(e.param.name for e in zeros)}; "
-            "they were filled with zeros",
+            f"materialize: recipe {recipe.name!r} has no rule for "
+            f"{', '.join(e.param.name for e, r in zip(entries, resolved, strict=True) if r is None)}; "
+            "with unmatched='ignore' they stay on the meta device",
             stacklevel=2,
         )
-        with torch.no_grad():
-            for e in zeros:
-                new[id(e.tensor)].zero_()
     return module
 
 
