@@ -178,16 +178,22 @@ def measure(n: int = N, one_core: bool = True) -> dict:
     return out
 
 
-def floor_seconds(limits: dict, n: float, itemsize: int = 4) -> float:
+TRANSFORM = "xinit normal transform (erf_inv, after the hash)"
+
+
+def floor_seconds(limits: dict, n: float, itemsize: int = 4, normal: bool = False) -> float:
     """A lower bound for drawing ``n`` values into a torch tensor on this machine.
 
     One threefry hash per value and one copy of ``n * itemsize`` bytes into the
     tensor, each at its one-core rate, spread perfectly over every core (the
-    hash program writes its own output, so its write is in its rate).
+    hash program writes its own output, so its write is in its rate); with
+    ``normal``, also ``jax.random.normal``'s ``erf_inv`` transform per value.
     """
     one = limits.get("one_core") or limits["all_cores"]
     cores = 1 if "one_core" not in limits else limits["cpu"]["cores"]
     hash_ns = one["hash"]["xinit threefry (unit uniforms)"]["ns_per_value"]
+    if normal:
+        hash_ns += one["hash"][TRANSFORM]["ns_per_value"]
     copy_gbs = one["memory"]["copy JAX buffer -> torch tensor, warm"]["GB_per_s"]
     core_seconds = n * hash_ns * 1e-9 + n * itemsize / (copy_gbs * 1e9)
     return core_seconds / max(cores, 1)
