@@ -359,7 +359,7 @@ def test_apply_fn_writes_each_module_at_its_own_call(batch, monkeypatch):
     fn = apply_fn(key=7)
     owner = {}
     for prefix, m in net.named_modules():
-        for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
+        for name, _t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
             owner[f"{prefix}.{name}" if prefix else name] = m
     called: set[int] = set()
     checks = 0
@@ -396,6 +396,29 @@ def test_apply_fn_draws_many_small_modules_in_few_engine_runs(monkeypatch):
     drawn = [m for m in net.modules() if any(True for _ in m.parameters(recurse=False))]
     assert len(runs) == 2  # the apply pass (one batch) and initialize: not one per module
     assert runs[0] >= len(drawn) - 3  # norms' ones/zeros are written by torch ops
+
+
+def test_apply_fn_pass_after_one_that_stopped_midway_writes_every_module():
+    """A pass interrupted by an exception leaves no state behind: the next pass of the same
+    fn on the same model writes every module again (not only those the first did not reach)."""
+    fn = apply_fn(key=6)
+    net = _deep_net()
+    calls = 0
+
+    def stops(m):
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise RuntimeError("stop")
+        fn(m)
+
+    with pytest.raises(RuntimeError, match="stop"):
+        net.apply(stops)
+    _filled(net)
+    net.apply(fn)
+    ref = initialize(_filled(_deep_net()), key=6)
+    for (k, v), r in zip(net.state_dict().items(), ref.state_dict().values(), strict=True):
+        assert torch.equal(v, r), k
 
 
 def test_apply_fn_wrapped_to_skip_modules_leaves_them_alone():

@@ -320,15 +320,16 @@ def initialize(model: nn.Module, recipe="torch_default", *, key=None, unmatched:
 _APPLY_CODE = nn.Module.apply.__code__
 
 
-def _apply_root(skip: int = 2) -> nn.Module | None:
-    """``self`` of the outermost ``nn.Module.apply`` on the call stack, or None."""
+def _apply_root(skip: int = 2) -> tuple[nn.Module | None, Any]:
+    """``self`` of the outermost ``nn.Module.apply`` on the call stack and its frame
+    (which tells one pass from the next), or ``(None, None)``."""
     f = sys._getframe(skip)
-    root = None
+    root = frame = None
     while f is not None:
         if f.f_code is _APPLY_CODE:
-            root = f.f_locals.get("self")
+            root, frame = f.f_locals.get("self"), f
         f = f.f_back
-    return root
+    return root, frame
 
 
 class _Held:
@@ -381,8 +382,9 @@ class _ApplyPass:
 
     BATCH = engine.packing.chunk_size()  # elements drawn ahead at most (one full chunk)
 
-    def __init__(self, root: nn.Module, by_owner: dict[int, list], root_key):
+    def __init__(self, root: nn.Module, frame, by_owner: dict[int, list], root_key):
         self.root = root
+        self.frame = frame  # the outermost Module.apply call of this pass
         self.by_owner = by_owner
         self.root_key = root_key
         self.order = [id(m) for m in _apply_order(root)]
@@ -495,19 +497,20 @@ def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error",
     passes: dict[int, _ApplyPass] = {}
 
     def init_fn(module: nn.Module) -> None:
-        root = _apply_root()
+        root, frame = _apply_root()
         if root is None:
             initialize(module, recipe, key=root_key, unmatched=unmatched, rename=rename)
             return
         state = passes.get(id(root))
-        if state is None or state.root is not root:
+        if state is None or state.root is not root or state.frame is not frame:
+            # a new pass (the one before may have stopped midway: its state is dropped)
             entries = _renamed(_collect(root), rename)
             p = recipe.plan([e.param for e in entries])
             by_owner: dict[int, list] = {}
             for e, r in zip(entries, _todo(p, unmatched, buffers_too=False), strict=True):
                 if r is not None:
                     by_owner.setdefault(id(e.owner), []).append((e, r))
-            state = passes[id(root)] = _ApplyPass(root, by_owner, root_key)
+            state = passes[id(root)] = _ApplyPass(root, frame, by_owner, root_key)
         state.write(module)
         if module is root:
             del passes[id(root)]
