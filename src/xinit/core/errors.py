@@ -18,6 +18,12 @@ __all__ = [
     "NonlinearityError",
     "DtypeError",
     "ZeroSizeError",
+    "ArgumentTypeError",
+    "ComplexArgumentError",
+    "NotScalarError",
+    "IntegerError",
+    "RangeError",
+    "UnwritableTensorError",
     "OutOfMemoryError",
 ]
 
@@ -66,6 +72,50 @@ class DtypeError(XinitError, NotImplementedError, TypeError, ValueError):
 class ZeroSizeError(XinitError, ZeroDivisionError, ValueError):
     """A division by zero that torch also raises: e.g. ``groups=0``, ``std=0`` in
     ``trunc_normal_``, or Xavier on a tensor whose fans sum to zero."""
+
+
+class ArgumentTypeError(XinitError, TypeError):
+    """An argument of the wrong type: a string, bytes or ``None`` where a number is
+    expected (numeric strings included: torch rejects ``'0.5'`` too)."""
+
+
+class ComplexArgumentError(XinitError, TypeError, RuntimeError):
+    """A complex number where a real one is expected.
+
+    torch raises ``TypeError`` when its argument parser meets it (``uniform_``,
+    ``normal_``, the gains) and ``RuntimeError`` when an op does (``orthogonal_``'s
+    gain, ``constant_`` on a real tensor): this is both.
+    """
+
+
+class NotScalarError(XinitError, TypeError, ValueError, RuntimeError):
+    """An array or tensor with more than one element where a single number is expected.
+
+    torch raises ``TypeError``, ``ValueError`` or ``RuntimeError`` for this depending
+    on the function (e.g. ``constant_`` and ``sparse_`` differ): this is all three.
+    """
+
+
+class IntegerError(XinitError, TypeError, ValueError):
+    """A non-integer where an integer is expected (``dirac_``'s ``groups=2.0``).
+
+    torch raises ``TypeError``, or ``ValueError`` where its divisibility check
+    (``dim 0 must be divisible by groups``) meets the value first: this is both.
+    """
+
+
+class RangeError(BoundsError, OverflowError):
+    """A value outside the range of the dtype it is written in or computed in:
+    ``uniform_(-1e5, 1e5)`` on float16, a ``mean`` beyond float32 for a float32 tensor.
+
+    torch raises ``RuntimeError`` from its kernels' range checks, or ``OverflowError``
+    where its Python arithmetic overflows first (``trunc_normal_``): this is both.
+    """
+
+
+class UnwritableTensorError(XinitError, RuntimeError):
+    """The tensor cannot be written in place: an inference tensor outside
+    ``torch.inference_mode()``, or an expanded view whose elements share memory."""
 
 
 class OutOfMemoryError(XinitError, MemoryError, RuntimeError):

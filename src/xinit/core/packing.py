@@ -162,7 +162,8 @@ def row_params(family: str, dtype: np.dtype, fparams: tuple, iparams: tuple) -> 
     :func:`xinit.core.distributions.program_fparams`, :func:`programs.pack_params`),
     computed once per distinct plan."""
     fam = dist.FAMILIES[family]
-    fp = np.asarray(fparams, dist.param_dtype(family, dtype)).reshape(1, fam.n_float)
+    with np.errstate(over="ignore"):  # a parameter beyond float32 becomes inf, as in the kernel
+        fp = np.asarray(fparams, dist.param_dtype(family, dtype)).reshape(1, fam.n_float)
     ip = np.asarray(iparams, np.int32).reshape(1, fam.n_int)
     return programs.pack_params(dist.program_fparams(family, fp, dtype), ip)
 

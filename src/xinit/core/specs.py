@@ -15,12 +15,24 @@ real dtype; constant, eye and dirac fill the complex dtype itself.
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, NamedTuple
 
-from .errors import BoundsError, DtypeError, ModeError, ModeTypeError, ShapeError, ZeroSizeError
+from .errors import (
+    ArgumentTypeError,
+    BoundsError,
+    ComplexArgumentError,
+    DtypeError,
+    IntegerError,
+    ModeError,
+    ModeTypeError,
+    NotScalarError,
+    ShapeError,
+    ZeroSizeError,
+)
 from .gains import calculate_gain
 from .layout import compute_fans
 
@@ -137,18 +149,62 @@ def no_complex_form(name: str) -> DtypeError:
     )
 
 
+def _is_complex(value) -> bool:
+    if isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real):
+        return True  # complex, numpy complex scalars
+    dtype = getattr(value, "dtype", None)  # torch tensors, numpy arrays
+    return bool(getattr(dtype, "is_complex", False)) or getattr(dtype, "kind", "") == "c"
+
+
+def _number(name: str, arg: str, value, what: str = "a real number"):
+    """The one check of every numeric argument: ``value`` as a Python number, or the error
+    torch raises for it.
+
+    Accepts Python and numpy numbers and 0-d arrays or tensors (their ``item()``).
+    Rejects strings and bytes, numeric ones included (``'0.5'``: torch raises
+    ``TypeError`` too), ``None`` and other objects (:class:`ArgumentTypeError`), and
+    arrays or tensors of more than one element (:class:`NotScalarError`). Complex
+    values are returned; callers that need a real number reject them.
+    """
+    if isinstance(value, (str, bytes)) or value is None:
+        raise ArgumentTypeError(
+            f"{name}: {arg} must be {what}; got {type(value).__name__} {value!r}"
+            + (" (strings are not converted, as in torch)" if value is not None else "")
+        )
+    shape = getattr(value, "shape", None)
+    if shape is not None and len(shape) != 0:
+        raise NotScalarError(
+            f"{name}: {arg} must be a single number; got an array of shape {tuple(shape)}"
+        )
+    if isinstance(value, numbers.Number):
+        return value.item() if hasattr(value, "item") else value
+    if shape is not None and hasattr(value, "item"):
+        return value.item()  # 0-d tensors and arrays
+    raise ArgumentTypeError(f"{name}: {arg} must be {what}; got {type(value).__name__} {value!r}")
+
+
 def _real(name: str, arg: str, value) -> float:
+    """``value`` as a float, if it is one real number (see :func:`_number`)."""
+    number = _number(name, arg, value)
+    if _is_complex(number):
+        raise ComplexArgumentError(f"{name}: {arg} must be a real number; got {value!r}")
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: {arg} must be a real number; got {value!r}") from None
+        return float(number)
+    except (TypeError, ValueError):  # e.g. decimal.Decimal
+        raise ArgumentTypeError(
+            f"{name}: {arg} must be a real number; got {type(value).__name__} {value!r}"
+        ) from None
 
 
 def _int(name: str, arg: str, value) -> int:
+    """``value`` as an int, if it is one integer (bools count, as in torch)."""
+    number = _number(name, arg, value, "an int")
+    if _is_complex(number):
+        raise ComplexArgumentError(f"{name}: {arg} must be an int; got {value!r}")
     try:
-        return operator.index(value)
+        return operator.index(number)
     except TypeError:
-        raise TypeError(f"{name}: {arg} must be an int; got {value!r}") from None
+        raise IntegerError(f"{name}: {arg} must be an int; got {type(value).__name__} {value!r}") from None
 
 
 REGISTRY: dict[str, type[Spec]] = {}
@@ -221,6 +277,8 @@ class Uniform(Spec):
 
     def __post_init__(self):
         a, b = _real("uniform", "a", self.a), _real("uniform", "b", self.b)
+        if not (math.isfinite(a) and math.isfinite(b)):
+            raise BoundsError(f"uniform: a and b must be finite numbers; got a={a}, b={b}")
         if a > b:
             raise BoundsError(
                 f"uniform: a must be <= b (torch: uniform_ expects to return a [from, to) range); "
@@ -241,8 +299,9 @@ class Normal(Spec):
 
     def __post_init__(self):
         _real("normal", "mean", self.mean)
-        if _real("normal", "std", self.std) < 0:
-            raise BoundsError(f"normal: std must be >= 0.0; got std={self.std}")
+        std = _real("normal", "std", self.std)
+        if not std >= 0:  # NaN too
+            raise BoundsError(f"normal: std must be >= 0.0 (torch: normal expects std >= 0.0); got std={std}")
 
     def plan(self, shape):
         return Elementwise("normal", (float(self.mean), float(self.std)))
@@ -263,6 +322,16 @@ class TruncNormal(Spec):
     b: float = 2.0
 
     def __post_init__(self):
+        try:  # torch's warning, on the arguments as given, before any of its errors
+            far = self.mean < self.a - 2 * self.std or self.mean > self.b + 2 * self.std
+        except Exception:  # noqa: BLE001 - torch raises there; so do the checks below
+            far = False
+        if far:
+            warnings.warn(
+                "mean is more than 2 std from [a, b] in nn.init.trunc_normal_. "
+                "The distribution of values may be incorrect.",
+                stacklevel=3,
+            )
         mean = _real("trunc_normal", "mean", self.mean)
         std = _real("trunc_normal", "std", self.std)
         a, b = _real("trunc_normal", "a", self.a), _real("trunc_normal", "b", self.b)
@@ -270,15 +339,16 @@ class TruncNormal(Spec):
             raise ZeroSizeError(
                 "trunc_normal: std must be > 0 (the bounds are standardized by std); got std=0"
             )
-        if std < 0:
-            raise BoundsError(f"trunc_normal: std must be > 0; got std={std}")
+        if not (0 < std < math.inf and math.isfinite(mean)):
+            raise BoundsError(
+                f"trunc_normal: mean must be finite and std finite and > 0; got mean={mean}, std={std}"
+            )
         if a > b:
             raise BoundsError(f"trunc_normal: a must be <= b; got a={a} > b={b}")
-        if mean < a - 2 * std or mean > b + 2 * std:
-            warnings.warn(
-                "mean is more than 2 std from [a, b] in nn.init.trunc_normal_. "
-                "The distribution of values may be incorrect.",
-                stacklevel=3,
+        if math.isnan(a) or math.isnan(b) or a == b == math.copysign(math.inf, a):
+            raise BoundsError(
+                "trunc_normal: a and b must be numbers (either may be infinite, not both the "
+                f"same infinity); got a={a}, b={b}"
             )
 
     def plan(self, shape):
@@ -299,12 +369,10 @@ class Constant(Spec):
     val: float = 0.0
 
     def __post_init__(self):
-        if isinstance(self.val, complex):
-            return
-        _real("constant", "val", self.val)
+        _number("constant", "val", self.val, "a number")
 
     def plan(self, shape):
-        return Elementwise("constant", (self.val,))
+        return Elementwise("constant", (_number("constant", "val", self.val, "a number"),))
 
 
 @dataclass(frozen=True, repr=False)
@@ -362,24 +430,25 @@ class Dirac(Spec):
         if groups == 0:
             raise ZeroSizeError("dirac: groups must be a positive int; got groups=0")
         if groups < 0:
-            raise ValueError(f"dirac: groups must be a positive int; got groups={groups}")
+            raise BoundsError(f"dirac: groups must be a positive int; got groups={groups}")
 
     def plan(self, shape):
+        groups = _int("dirac", "groups", self.groups)
         if len(shape) not in (3, 4, 5):
             raise ShapeError(
                 "Only tensors with 3, 4, or 5 dimensions are supported by dirac; "
                 f"got shape {tuple(shape)}"
             )
-        if shape[0] % self.groups:
+        if shape[0] % groups:
             raise ShapeError(
                 f"dim 0 must be divisible by groups: dirac got shape {tuple(shape)} "
-                f"and groups={self.groups}"
+                f"and groups={groups}"
             )
         k = math.prod(shape[2:])
         centre = 0
         for size in shape[2:]:
             centre = centre * size + size // 2
-        return Elementwise("dirac", (), (shape[1], k, centre, shape[0] // self.groups))
+        return Elementwise("dirac", (), (shape[1], k, centre, shape[0] // groups))
 
 
 # ----------------------------------------------------------- fan-based draws
@@ -403,11 +472,12 @@ class XavierUniform(Spec):
     gain: float = 1.0
 
     def __post_init__(self):
-        if _real("xavier_uniform", "gain", self.gain) < 0:
-            raise BoundsError(f"xavier_uniform: gain must be >= 0; got gain={self.gain}")
+        gain = _real("xavier_uniform", "gain", self.gain)
+        if not gain >= 0:  # NaN too
+            raise BoundsError(f"xavier_uniform: gain must be >= 0; got gain={gain}")
 
     def plan(self, shape):
-        std = self.gain * math.sqrt(2.0 / float(_fan_sum("xavier_uniform", shape)))
+        std = float(self.gain) * math.sqrt(2.0 / float(_fan_sum("xavier_uniform", shape)))
         a = math.sqrt(3.0) * std
         return Elementwise("uniform", (-a, a))
 
@@ -420,11 +490,12 @@ class XavierNormal(Spec):
     gain: float = 1.0
 
     def __post_init__(self):
-        if _real("xavier_normal", "gain", self.gain) < 0:
-            raise BoundsError(f"xavier_normal: gain must be >= 0; got gain={self.gain}")
+        gain = _real("xavier_normal", "gain", self.gain)
+        if not gain >= 0:  # NaN too
+            raise BoundsError(f"xavier_normal: gain must be >= 0; got gain={gain}")
 
     def plan(self, shape):
-        std = self.gain * math.sqrt(2.0 / float(_fan_sum("xavier_normal", shape)))
+        std = float(self.gain) * math.sqrt(2.0 / float(_fan_sum("xavier_normal", shape)))
         return Elementwise("normal", (0.0, std))
 
 
@@ -432,15 +503,19 @@ FAN_MODES = ("fan_in", "fan_out")
 
 
 def _check_mode(name: str, mode, allowed) -> str:
-    if not isinstance(mode, str):
+    """``mode.lower()`` if it is one of ``allowed``, as torch's ``_calculate_correct_fan``."""
+    lower = getattr(mode, "lower", None)
+    if not callable(lower):
         raise ModeTypeError(
             f"{name}: mode must be a string, one of {list(allowed)}; got {mode!r} "
             f"(torch raises AttributeError: '{type(mode).__name__}' object has no attribute "
             "'lower')"
         )
-    if mode.lower() not in allowed:
-        raise ModeError(f"Mode {mode} not supported, please use one of {list(allowed)}")
-    return mode.lower()
+    mode = lower()
+    if mode not in allowed:
+        raise ModeError(f"Mode {mode} not supported, please use one of {list(allowed)} "
+                        f"({name}; case-insensitive)")
+    return mode
 
 
 @dataclass(frozen=True, repr=False)
@@ -451,7 +526,10 @@ class _Kaiming(Spec):
 
     def __post_init__(self):
         _check_mode(self.name, self.mode, FAN_MODES)
-        calculate_gain(self.nonlinearity, self.a)
+        gain = calculate_gain(self.nonlinearity, self.a)
+        if math.isnan(gain):
+            raise BoundsError(f"{self.name}: the gain is nan for nonlinearity="
+                              f"{self.nonlinearity!r}, a={self.a!r} (torch: the bounds are out of range)")
 
     def _std(self, shape) -> float:
         fans = compute_fans(shape)
@@ -529,15 +607,16 @@ class Sparse(Spec):
 
     def __post_init__(self):
         _real("sparse", "sparsity", self.sparsity)
-        if _real("sparse", "std", self.std) < 0:
-            raise BoundsError(f"sparse: std must be >= 0.0; got std={self.std}")
+        std = _real("sparse", "std", self.std)
+        if not std >= 0:  # NaN too
+            raise BoundsError(f"sparse: std must be >= 0.0 (torch: normal expects std >= 0.0); got std={std}")
 
     def plan(self, shape):
         if len(shape) != 2:
             raise ShapeError(
                 f"Only tensors with 2 dimensions are supported by sparse; got shape {tuple(shape)}"
             )
-        return SparsePlan(sparse_zero_count(self.sparsity, shape[0]), float(self.std))
+        return SparsePlan(sparse_zero_count(float(self.sparsity), shape[0]), float(self.std))
 
     def complex_plan(self, shape):
         """Complex normal values (torch's ``normal_`` on a complex tensor) with the
@@ -581,7 +660,7 @@ class VarianceScaling(Spec):
     distribution: str = "truncated_normal"
 
     def __post_init__(self):
-        if _real("variance_scaling", "scale", self.scale) < 0:
+        if not _real("variance_scaling", "scale", self.scale) >= 0:
             raise BoundsError(f"variance_scaling: scale must be >= 0; got scale={self.scale}")
         if not isinstance(self.mode, str) or self.mode not in VS_MODES:
             raise ModeError(
@@ -654,12 +733,12 @@ class TruncatedNormal(Spec):
     upper: float = 2.0
 
     def __post_init__(self):
-        if _real("truncated_normal", "stddev", self.stddev) < 0:
+        if not _real("truncated_normal", "stddev", self.stddev) >= 0:
             raise BoundsError(f"truncated_normal: stddev must be >= 0; got stddev={self.stddev}")
         lo = _real("truncated_normal", "lower", self.lower)
         hi = _real("truncated_normal", "upper", self.upper)
-        if lo > hi:
-            raise BoundsError(f"truncated_normal: lower must be <= upper; got {lo} > {hi}")
+        if not lo <= hi:  # NaN too
+            raise BoundsError(f"truncated_normal: lower must be <= upper; got lower={lo}, upper={hi}")
 
     def plan(self, shape):
         s = float(self.stddev)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 
 import jax
@@ -11,10 +12,10 @@ import numpy as np
 import torch
 
 from xinit.core import engine
-from xinit.core.errors import DtypeError
-from xinit.core.specs import Elementwise, Orthogonal, Spec
+from xinit.core.errors import BoundsError, DtypeError, RangeError, UnwritableTensorError
+from xinit.core.specs import Elementwise, Orthogonal, SparsePlan, Spec
 
-from ._sink import TorchSink
+from ._sink import TorchSink, bump_version
 
 _DTYPES = {
     torch.float16: np.dtype(jnp.float16),
@@ -132,6 +133,100 @@ def check_tensor(tensor, fn: str) -> None:
         )
 
 
+def check_inference(tensor: torch.Tensor, fn: str) -> None:
+    """An inference tensor can be written only inside ``torch.inference_mode()``, as in torch."""
+    if tensor.is_inference() and not torch.is_inference_mode_enabled():
+        raise UnwritableTensorError(
+            f"{fn}: Inplace update to inference tensor outside InferenceMode is not allowed "
+            "(torch raises this too); make a clone() to get a normal tensor, or call it inside "
+            "torch.inference_mode()"
+        )
+
+
+def check_no_overlap(tensor: torch.Tensor, fn: str) -> None:
+    """Reject an expanded view (elements sharing memory) before any RNG is used.
+
+    torch's random ops raise this from their kernel, after the generator was
+    looked up but before it advanced; torch's fills (``constant_``, ``eye_``,
+    ``dirac_``) allow it, and so do xinit's, which run those same ops.
+    """
+    if tensor.numel() and any(st == 0 and n > 1 for n, st in zip(tensor.shape, tensor.stride(), strict=True)):
+        raise UnwritableTensorError(
+            f"{fn}: unsupported operation: more than one element of the written-to tensor "
+            f"refers to a single memory location (an expanded view: shape {tuple(tensor.shape)}, "
+            f"strides {tensor.stride()}); clone() the tensor first"
+        )
+
+
+def _real_dtype(dtype: torch.dtype) -> torch.dtype:
+    return _COMPLEX.get(dtype, dtype)
+
+
+def check_params(plan, tensor: torch.Tensor, fn: str, *, filled_by_torch: bool = False) -> None:
+    """The checks torch's own kernels make on the values a plan writes into ``tensor``.
+
+    ``uniform_`` bounds must be finite in the tensor's dtype with ``b - a`` too
+    (``uniform_(-1e5, 1e5)`` on float16 is an error, not infinities); a normal's
+    std must be >= 0 and not NaN; a constant must convert to the dtype without
+    overflow (torch's ``fill_`` decides, on a 2-element scratch tensor, unless
+    ``filled_by_torch``: the caller writes it with ``fill_``, which checks first);
+    the interval of a truncated normal must meet the dtype's finite range.
+    """
+    if isinstance(plan, SparsePlan):
+        _check_std(plan.std, fn)
+        return
+    if not isinstance(plan, Elementwise):
+        return
+    if plan.family == "constant":
+        if not filled_by_torch:
+            _check_fill(plan.fparams[0], tensor.dtype, fn)
+        return
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        return  # eye and dirac fill any dtype; random families were refused by check_dtype
+    finfo = torch.finfo(_real_dtype(tensor.dtype))
+    if plan.family == "uniform":
+        a, b = plan.fparams
+        for name, bound in (("lower", a), ("upper", b)):
+            if not finfo.min <= bound <= finfo.max:
+                raise RangeError(
+                    f"{fn}: the {name} bound {bound} is out of range for {tensor.dtype} "
+                    f"(finite values in [{finfo.min}, {finfo.max}])"
+                )
+        if not b - a <= finfo.max:
+            raise RangeError(
+                f"{fn}: uniform_ expects to-from <= the largest {tensor.dtype} ({finfo.max}); "
+                f"got from={a}, to={b}"
+            )
+    elif plan.family == "normal":
+        _check_std(plan.fparams[1], fn)
+    elif plan.family == "trunc_normal":
+        mean, std, a, b = plan.fparams
+        if a > finfo.max or b < finfo.min:
+            raise RangeError(
+                f"{fn}: [a, b] = [{a}, {b}] lies outside the finite range of {tensor.dtype} "
+                f"([{finfo.min}, {finfo.max}]): every value would be infinite"
+            )
+        compute = torch.finfo(torch.float64 if finfo.bits == 64 else torch.float32)
+        if abs(mean) > compute.max or (std > compute.max and not (math.isfinite(a) and math.isfinite(b))):
+            raise RangeError(
+                f"{fn}: mean={mean}, std={std} do not fit {compute.dtype}, which {tensor.dtype} "
+                f"tensors are drawn in (a std beyond it is allowed only with finite [a, b], "
+                "where the values are then uniform)"
+            )
+
+
+def _check_std(std: float, fn: str) -> None:
+    if not std >= 0:  # NaN too
+        raise BoundsError(f"{fn}: normal expects std >= 0.0, but found std {std}")
+
+
+def _check_fill(value, dtype: torch.dtype, fn: str) -> None:
+    try:
+        torch.empty(2, dtype=dtype).fill_(value)  # (0-d and 1-element fills skip a check)
+    except RuntimeError as e:
+        raise RangeError(f"{fn}: {e} (got {value!r} for a {dtype} tensor)") from None
+
+
 #: Families with no draw, written with torch's own ops (see :func:`write_structural_`).
 STRUCTURAL = frozenset({"constant", "eye", "dirac"})
 
@@ -161,10 +256,27 @@ def write_structural_(tensor: torch.Tensor, plan: Elementwise) -> None:
     tensor[(out_idx, d.repeat(len(g)), *centre)] = 1
 
 
+# Functions whose torch counterpart returns before touching a meta or zero-element
+# tensor (and so leaves its version counter alone); every other no-op is an
+# in-place op on nothing, which bumps it.
+_UNTOUCHED = {
+    "meta": frozenset({"trunc_normal_", "dirac_", "orthogonal_", "sparse_"}),
+    "empty": frozenset({"orthogonal_"}),
+}
+
+
 def fill_(tensor: torch.Tensor, spec: Spec, key, generator, fn: str) -> torch.Tensor:
     """Validate, draw ``spec`` for ``tensor`` with a key, then write it in place.
 
-    Nothing is written (and no RNG state is consumed) unless validation passed.
+    Every check comes first, in torch's order (the tensor's type, the shape, the
+    dtype, the values torch's kernels would reject, an inference tensor outside
+    inference mode, an expanded view for a random draw), also for meta and zero-element
+    tensors, where torch skips some: then a random seed is drawn from
+    ``generator`` or the global RNG, then values, then the tensor is written.
+    So a failed call changes nothing and consumes no random state; nothing is
+    written unless the whole draw succeeded. A meta or zero-element tensor is a
+    no-op whose version counter moves as torch's does.
+
     Every program and chunk buffer the draw needs is prepared before the first
     byte is written, so running out of memory raises
     :class:`~xinit.core.errors.OutOfMemoryError` (a ``RuntimeError``, as torch's
@@ -176,9 +288,17 @@ def fill_(tensor: torch.Tensor, spec: Spec, key, generator, fn: str) -> torch.Te
     shape = tuple(tensor.shape)
     plan = spec.plan(shape)
     np_dtype = check_dtype(tensor, spec, plan, fn)
-    if tensor.is_meta or tensor.numel() == 0:
+    structural = isinstance(plan, Elementwise) and plan.family in STRUCTURAL
+    real = not tensor.is_meta and tensor.numel() > 0
+    check_params(plan, tensor, fn, filled_by_torch=structural and real)
+    check_inference(tensor, fn)
+    if not structural and not tensor.is_meta:
+        check_no_overlap(tensor, fn)
+    if not real:
+        if fn not in _UNTOUCHED["meta" if tensor.is_meta else "empty"]:
+            bump_version(tensor)
         return tensor
-    if isinstance(plan, Elementwise) and plan.family in STRUCTURAL:
+    if structural:
         with torch.no_grad():
             write_structural_(tensor, plan)
         return tensor

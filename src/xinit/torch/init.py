@@ -12,10 +12,15 @@ the same object is returned. Values equal ``torch.nn.init``'s *in distribution*,
 ``constant_``, ``ones_`` and ``zeros_`` have nothing to draw: they are written
 with torch's own ``fill_`` (the same values, at memory speed).
 
-Deliberate differences, each a strict widening: ``orthogonal_`` works on
-float16/bfloat16 tensors (computed in float32; torch's CPU QR rejects them), and
-``sparse_`` draws its zero pattern from ``generator`` too (torch draws it from
-the global RNG even when given a generator).
+Errors: a failed call raises the exception type torch raises for the same
+mistake and changes nothing (not the tensor, its version counter, the global RNG
+or ``generator``): every check runs before a seed is drawn. Deliberate
+differences from torch, each with its reason, are listed in the docs page "What
+PyTorch really does by default" (section "Differences from torch.nn.init"); among
+them ``orthogonal_`` works on float16/bfloat16 tensors (computed in float32;
+torch's CPU QR rejects them), ``sparse_`` draws its zero pattern from
+``generator`` too (torch draws it from the global RNG even when given a
+generator), and meta and zero-element tensors are validated like any other.
 
 Running out of memory raises :class:`~xinit.core.errors.OutOfMemoryError` (a
 ``RuntimeError``, as torch's allocation failures, and a ``MemoryError``) with the
@@ -85,8 +90,13 @@ def uniform_(
         key: keyword-only ``jax.random.key``, ``uint32[2]`` key or int seed.
 
     Raises:
-        BoundsError (``RuntimeError``/``ValueError``): ``a > b``.
+        BoundsError (``RuntimeError``/``ValueError``): ``a > b``, a NaN or infinite bound.
+        RangeError (``RuntimeError``): a bound, or ``b - a``, beyond the dtype's
+            finite range (``uniform_(t, -1e5, 1e5)`` on float16).
         DtypeError (``NotImplementedError``): integer or bool tensors.
+        ArgumentTypeError (``TypeError``): a bound that is not a number (``'0.5'``).
+        UnwritableTensorError (``RuntimeError``): an inference tensor outside
+            ``torch.inference_mode()``, or an expanded view.
 
     >>> w = torch.empty(3, 5)
     >>> uniform_(w, key=0).shape
@@ -106,7 +116,7 @@ def normal_(
     r"""Fill ``tensor`` with values from :math:`\mathcal{N}(\text{mean}, \text{std}^2)`.
 
     Raises:
-        BoundsError (``RuntimeError``/``ValueError``): ``std < 0``.
+        BoundsError (``RuntimeError``/``ValueError``): ``std < 0`` or NaN.
 
     >>> normal_(torch.empty(3, 5), std=0.02, key=0).shape
     torch.Size([3, 5])
@@ -129,12 +139,17 @@ def trunc_normal_(
     ``a`` and ``b`` are **absolute** bounds, not multiples of ``std``: with
     ``std=0.02`` the defaults ``a=-2, b=2`` truncate nothing (pass
     ``a=-2*std, b=2*std`` for two standard deviations). Sampled by inverse CDF,
-    exact in the tails; values never leave ``[a, b]`` after rounding to the
-    tensor's dtype.
+    exact also far in the tails and on narrow intervals (there as an offset from
+    the bound nearer the mean); values never leave ``[a, b]`` after rounding to
+    the tensor's dtype, and are never NaN. Either bound may be infinite.
 
     Raises:
         ZeroSizeError (``ZeroDivisionError``): ``std == 0``.
-        BoundsError (``RuntimeError``/``ValueError``): ``a > b`` or ``std < 0``.
+        BoundsError (``RuntimeError``/``ValueError``): ``a > b``, ``std < 0``, a NaN or
+            infinite ``mean`` or ``std``, a NaN bound.
+        RangeError (``RuntimeError``/``OverflowError``): ``[a, b]`` outside the
+            dtype's finite range, or ``mean`` beyond float32 for a float32 or 16-bit
+            tensor (which are drawn in float32).
 
     Warns:
         UserWarning: when ``mean`` is more than 2 std outside ``[a, b]`` (as torch).

@@ -219,6 +219,7 @@ def _draws(entries: list[Entry], resolved, root_key, targets: list[torch.Tensor]
         shape = tuple(t.shape)
         sp = res.spec.plan(shape)
         np_dtype = _bridge.check_dtype(t, res.spec, sp, f"initialize ({e.param.name})")
+        _bridge.check_params(sp, t, f"initialize ({e.param.name})")
         if (isinstance(sp, Elementwise) and sp.family in _bridge.STRUCTURAL and not res.zero_rows
                 and not t.is_complex()):
             structural.append((t, sp))
@@ -538,6 +539,13 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
     (not one ahead, as :func:`initialize`), so the peak memory is the model plus
     one chunk.
 
+    It is transactional: every rule, shape, dtype and value is checked before
+    anything is allocated, and if anything fails afterwards (an allocation, a
+    draw, ``KeyboardInterrupt``) every module gets its original meta tensors
+    back (the same objects, ties and buffer persistence intact; without ``key``,
+    torch's global RNG is rewound too) before the error propagates. No tensor is
+    ever left holding ``empty`` garbage.
+
     Args:
         module: a module whose tensors are (partly) on ``meta``.
         device: where the new tensors live.
@@ -547,7 +555,9 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
             raises :class:`~xinit.core.recipes.UnmatchedError` naming every one,
             before anything is allocated; ``"ignore"`` leaves them on ``meta``
             (ties kept), with a warning naming them; ``"zeros"`` fills them with
-            zeros. Nothing is left holding ``empty`` garbage.
+            zeros. Nothing is left holding ``empty`` garbage: on any failure
+            (a bad parameter, out of memory, Ctrl-C) every tensor is back on
+            ``meta`` and torch's global generator is as it was.
 
     Returns:
         ``module``.
@@ -564,26 +574,26 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
     p = recipe.plan([e.param for e in entries])
     resolved = _todo(p, unmatched, buffers_too=True)
     left = {id(e.tensor) for e, r in zip(entries, resolved, strict=True) if r is None}
-    root_key = _root_key(key)
-    new: dict[int, torch.Tensor] = {}
-    for m in module.modules():
-        for attr, t in list(m._parameters.items()):
-            if t is not None and t.is_meta and id(t) not in left:
-                if id(t) not in new:
-                    new[id(t)] = nn.Parameter(torch.empty_like(t, device=device),
-                                              requires_grad=t.requires_grad)
-                setattr(m, attr, new[id(t)])
-        for attr, t in list(m._buffers.items()):
-            if t is not None and t.is_meta and id(t) not in left:
-                if id(t) not in new:
-                    new[id(t)] = torch.empty_like(t, device=device)
-                setattr(m, attr, new[id(t)])
-        if isinstance(m, nn.RNNBase):
-            m._init_flat_weights()
     todo = [(e, r) for e, r in zip(entries, resolved, strict=True) if r is not None]
-    # One chunk in flight (not two): materialize is where peak memory matters most.
-    _write_all([e for e, _ in todo], [r for _, r in todo], root_key,
-               [canonical_view(new[id(e.tensor)], e.layout) for e, _ in todo], ahead=False)
+    for e, res in todo:  # everything _write_all checks, before anything is allocated
+        t = e.tensor
+        if t.numel():
+            sp = res.spec.plan(tuple(canonical_view(t, e.layout).shape))
+            _bridge.check_dtype(t, res.spec, sp, f"materialize ({e.param.name})")
+            _bridge.check_params(sp, t, f"materialize ({e.param.name})")
+    rng_state = torch.get_rng_state() if key is None else None
+    swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
+    try:
+        root_key = _root_key(key)
+        new = _swap_in_real_tensors(module, device, left, swapped)
+        # One chunk in flight (not two): materialize is where peak memory matters most.
+        _write_all([e for e, _ in todo], [r for _, r in todo], root_key,
+                   [canonical_view(new[id(e.tensor)], e.layout) for e, _ in todo], ahead=False)
+    except BaseException:
+        _swap_back(swapped)
+        if rng_state is not None:
+            torch.set_rng_state(rng_state)
+        raise
     if left:
         warnings.warn(
             f"materialize: recipe {recipe.name!r} has no rule for "
@@ -592,6 +602,40 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
             stacklevel=2,
         )
     return module
+
+
+def _swap_in_real_tensors(module: nn.Module, device: torch.device, left: set[int],
+                          swapped: list[tuple[nn.Module, str, torch.Tensor]]) -> dict[int, torch.Tensor]:
+    """Replace every meta parameter and buffer not in ``left`` (ids) by a new tensor on
+    ``device`` (one per meta tensor, so ties stay), recording each replacement in
+    ``swapped`` as it is made."""
+    new: dict[int, torch.Tensor] = {}
+    for m in module.modules():
+        for attr, t in list(m._parameters.items()):
+            if t is not None and t.is_meta and id(t) not in left:
+                if id(t) not in new:
+                    new[id(t)] = nn.Parameter(torch.empty_like(t, device=device),
+                                              requires_grad=t.requires_grad)
+                swapped.append((m, attr, t))
+                setattr(m, attr, new[id(t)])
+        for attr, t in list(m._buffers.items()):
+            if t is not None and t.is_meta and id(t) not in left:
+                if id(t) not in new:
+                    new[id(t)] = torch.empty_like(t, device=device)
+                swapped.append((m, attr, t))
+                setattr(m, attr, new[id(t)])
+        if isinstance(m, nn.RNNBase):
+            m._init_flat_weights()
+    return new
+
+
+def _swap_back(swapped: list[tuple[nn.Module, str, torch.Tensor]]) -> None:
+    """Undo :func:`_swap_in_real_tensors`: the original meta tensors, latest first."""
+    for m, attr, t in reversed(swapped):
+        setattr(m, attr, t)
+    for m in {id(m): m for m, _, _ in swapped}.values():
+        if isinstance(m, nn.RNNBase):
+            m._init_flat_weights()
 
 
 # ---------------------------------------------------------------------- no_init
