@@ -9,6 +9,9 @@ Every constructor takes a ``scale``-like argument so tests can build tiny versio
 that run the same code paths. :func:`torch_default_by_hand` applies torch's own
 per-layer defaults with a given ``init`` module (``torch.nn.init`` or
 ``xinit.torch``): the "same recipe by hand" peer of the benchmarks.
+:func:`init_weights` is the pattern every tutorial teaches for
+``model.apply(init_weights)``, and :func:`init_weights_recipe` the same as an
+xinit recipe (for ``model.apply(xinit.torch.model.apply_fn(recipe))``).
 """
 
 from __future__ import annotations
@@ -223,3 +226,41 @@ def torch_default_by_hand(model: nn.Module, init=torch.nn.init) -> None:
                     init.zeros_(m.bias)
                 if getattr(m, "running_mean", None) is not None:
                     m.reset_running_stats()
+
+
+def init_weights(init=torch.nn.init):
+    """The seeds' ``model.apply(init_weights)`` function, written with ``init``
+    (``torch.nn.init`` or ``xinit.torch``): ``kaiming_normal_(mode="fan_out",
+    nonlinearity="relu")`` for Conv2d weights, ``xavier_uniform_`` for Linear
+    weights, zeros for their biases, ones/zeros for BatchNorm and LayerNorm weight
+    and bias. Other modules (embeddings) keep their values."""
+
+    def fn(m: nn.Module) -> None:
+        if isinstance(m, nn.Conv2d):
+            init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
+            init.ones_(m.weight)
+            init.zeros_(m.bias)
+
+    return fn
+
+
+def init_weights_recipe():
+    """:func:`init_weights` as an xinit recipe (parameters it does not cover are unmatched:
+    pass ``unmatched="ignore"``)."""
+    from xinit.core import KaimingNormal, Ones, XavierUniform, Zeros
+    from xinit.core.recipes import Recipe, Rule
+
+    return Recipe("init_weights", (
+        Rule(KaimingNormal(mode="fan_out", nonlinearity="relu"), kind="conv", role="weight"),
+        Rule(XavierUniform(), kind="linear", role="weight"),
+        Rule(Zeros(), kind=("conv", "linear"), role="bias"),
+        Rule(Ones(), kind="norm", role="weight"),
+        Rule(Zeros(), kind="norm", role="bias"),
+    ))

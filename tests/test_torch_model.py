@@ -326,6 +326,113 @@ def test_apply_fn_equals_initialize(recipe):
         assert torch.equal(v, sa[k]), k
 
 
+def _filled(model, value=5.0):
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            t.fill_(value)
+    return model
+
+
+def _deep_net():
+    """Many small modules (convs, norms, linears), some above a small batch size."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.Conv2d(8, 16, 3)),
+        nn.Flatten(), nn.Linear(64, 300), nn.LayerNorm(300), nn.Linear(300, 10),
+        nn.Embedding(50, 12, padding_idx=3),
+    )
+
+
+@pytest.mark.parametrize("batch", [None, 200])
+def test_apply_fn_writes_each_module_at_its_own_call(batch, monkeypatch):
+    """Values are drawn ahead for the modules that come next, but each tensor changes
+    exactly at its module's call: a tensor read inside the pass holds its new values
+    from its module's call on and its old values before (batch 200: some modules are
+    drawn alone, straight into their tensors)."""
+    from xinit.torch import model as xm
+
+    if batch is not None:
+        monkeypatch.setattr(xm._ApplyPass, "BATCH", batch)
+    ref = initialize(_filled(_deep_net()), key=7)
+    final = {k: v.clone() for k, v in ref.state_dict().items()}
+    net = _filled(_deep_net())
+    fn = apply_fn(key=7)
+    owner = {}
+    for prefix, m in net.named_modules():
+        for name, _t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
+            owner[f"{prefix}.{name}" if prefix else name] = m
+    called: set[int] = set()
+    checks = 0
+
+    def spy(m):
+        nonlocal checks
+        fn(m)
+        called.add(id(m))
+        for k, v in net.state_dict().items():
+            if id(owner[k]) in called and not k.endswith("num_batches_tracked"):
+                assert torch.equal(v, final[k]), k  # written at (or before) this call
+            elif id(owner[k]) not in called:
+                assert torch.all(v == 5), k  # not yet: old values
+            checks += 1
+
+    net.apply(spy)
+    assert checks > 0
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, final[k]), k
+
+
+def test_apply_fn_draws_many_small_modules_in_few_engine_runs(monkeypatch):
+    from xinit.core import engine
+
+    runs = []
+    real = engine.run
+    monkeypatch.setattr(engine, "run", lambda reqs, *a, **k: (runs.append(len(list(reqs))),
+                                                               real(reqs, *a, **k))[1])
+    net = _deep_net()
+    net.apply(apply_fn(key=1))
+    ref = initialize(_deep_net(), key=1)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
+                                                    ref.state_dict().values(), strict=True))
+    drawn = [m for m in net.modules() if any(True for _ in m.parameters(recurse=False))]
+    assert len(runs) == 2  # the apply pass (one batch) and initialize: not one per module
+    assert runs[0] >= len(drawn) - 3  # norms' ones/zeros are written by torch ops
+
+
+def test_apply_fn_pass_after_one_that_stopped_midway_writes_every_module():
+    """A pass interrupted by an exception leaves no state behind: the next pass of the same
+    fn on the same model writes every module again (not only those the first did not reach)."""
+    fn = apply_fn(key=6)
+    net = _deep_net()
+    calls = 0
+
+    def stops(m):
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise RuntimeError("stop")
+        fn(m)
+
+    with pytest.raises(RuntimeError, match="stop"):
+        net.apply(stops)
+    _filled(net)
+    net.apply(fn)
+    ref = initialize(_filled(_deep_net()), key=6)
+    for (k, v), r in zip(net.state_dict().items(), ref.state_dict().values(), strict=True):
+        assert torch.equal(v, r), k
+
+
+def test_apply_fn_wrapped_to_skip_modules_leaves_them_alone():
+    fn = apply_fn(key=4)
+    net = _filled(_deep_net())
+    net.apply(lambda m: None if isinstance(m, nn.Linear) else fn(m))
+    ref = initialize(_filled(_deep_net()), key=4)
+    for (k, v), r in zip(net.state_dict().items(), ref.state_dict().values(), strict=True):
+        if k.startswith(("5.", "7.")):  # the two Linear layers
+            assert torch.all(v == 5), k
+        else:
+            assert torch.equal(v, r), k
+
+
 def test_apply_fn_outside_apply_initializes_the_module_and_validates_first():
     a, b = Two(), Two()
     apply_fn(key=3)(a)

@@ -100,6 +100,8 @@ __all__ = [
     "x64_scope",
     "device_scope",
     "release_buffers",
+    "deferred_interrupts",
+    "reuse_buffer",
 ]
 
 FLOAT_DTYPES = tuple(np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
@@ -356,6 +358,14 @@ def release_buffers() -> None:
     """Free the chunk buffers xinit keeps for reuse between draws (at most two per
     dtype, chunk size and device: 32 MB for float32 4 Mi-element chunks)."""
     _KEPT.clear()
+
+
+def reuse_buffer(array: jax.Array, device=None) -> None:
+    """Hand a chunk a sink kept (``Sink.write`` returned True) back for reuse by later
+    runs, once nothing reads it any more; ``device`` as in the chunk's requests. Arrays
+    that are not full chunk buffers are left to be freed."""
+    if array.ndim == 2 and array.shape[1] == packing.ROW and array.shape[0] in programs.ROW_BUCKETS:
+        _KEPT.give(_buffer_key(array.dtype, tuple(array.shape), device), array)
 
 
 def _buffer_key(dtype, shape: tuple[int, ...], device) -> tuple:
@@ -619,6 +629,13 @@ class _Interrupts:
         if exc_type is None:
             self.check()
         return False
+
+
+def deferred_interrupts() -> _Interrupts:
+    """A context in which SIGINT (on the main thread) is held until it exits, then raised
+    as ``KeyboardInterrupt``: for a sink's writes of chunks drawn earlier (see
+    ``xinit.torch.model.apply_fn``), so that no tensor is left partly written."""
+    return _Interrupts(True)
 
 
 # ------------------------------------------------------------------ running

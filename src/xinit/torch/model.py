@@ -36,7 +36,7 @@ from xinit.core.errors import DtypeError
 from xinit.core.layers import layer_of
 from xinit.core.layout import TORCH, Layout, canonical_shape
 from xinit.core.recipes import Param, Plan, Resolved, as_layer, check_unmatched, get_recipe
-from xinit.core.specs import Zeros
+from xinit.core.specs import Elementwise, Zeros
 from xinit.core.threefry import fold_in_many
 
 from . import _bridge, _dtensor
@@ -194,34 +194,69 @@ def _fold_keys(root_key, names: list[str]) -> list[np.ndarray]:
     return list(fold_in_many(key_data(root_key), [stable_hash(n) for n in names]))
 
 
-def _write_all(entries: list[Entry], resolved, root_key, targets: list[torch.Tensor], *,
-               ahead: bool = True) -> None:
-    """Draw ``resolved[i]`` for each entry and write it into ``targets[i]`` in place.
+class _Draws(NamedTuple):
+    """A validated set of writes: engine requests with their destination tensors, and
+    the structural plans (constant, eye, dirac) that torch's own ops write."""
 
-    Everything is validated (dtype against spec) before anything is drawn, and
-    the engine prepares every program and buffer before the first write (see
-    :func:`xinit.core.engine.run`). ``ahead``: draw the next chunk while copying
-    the current one (one chunk more memory).
+    requests: list[engine.Request]
+    dests: list[torch.Tensor]
+    structural: list[tuple[torch.Tensor, Any]]  # (canonical view, Elementwise plan)
+    sources: list[int]  # the entry of each request
+    structural_sources: list[int]  # the entry of each structural write
+
+
+def _draws(entries: list[Entry], resolved, root_key, targets: list[torch.Tensor]) -> _Draws:
+    """Validate every entry (dtype against spec) and make its request; nothing is drawn.
+
+    Constants, ``eye`` and ``dirac`` (without rows to zero) are written with torch's
+    ops, as the drop-ins do (:func:`xinit.torch._bridge.write_structural_`: the
+    engine kernel's values exactly, without a compiled call).
     """
-    requests, dests = [], []
-    for e, res, t in zip(entries, resolved, targets, strict=True):
+    requests, dests, structural, sources, structural_sources = [], [], [], [], []
+    for j, (e, res, t) in enumerate(zip(entries, resolved, targets, strict=True)):
         if t.is_meta or t.numel() == 0:
             continue
         shape = tuple(t.shape)
         sp = res.spec.plan(shape)
         np_dtype = _bridge.check_dtype(t, res.spec, sp, f"initialize ({e.param.name})")
         _bridge.check_params(sp, t, f"initialize ({e.param.name})")
+        if (isinstance(sp, Elementwise) and sp.family in _bridge.STRUCTURAL and not res.zero_rows
+                and not t.is_complex() and not _dtensor.is_dtensor(t)):
+            structural.append((t, sp))
+            structural_sources.append(j)
+            continue
         blocks = _dtensor.parts(t)  # a DTensor: its local shard's blocks and their regions
-        requests.append((e.param.name, shape, np_dtype, sp, _bridge.jax_device(t.device), res.zero_rows,
-                         [b.region for b in blocks]))
-        dests += [b.target for b in blocks]
-    if not requests:
-        return
-    keys = _fold_keys(root_key, [r[0] for r in requests])
+        for b in blocks:
+            requests.append((e.param.name, shape, np_dtype, sp, _bridge.jax_device(t.device),
+                             res.zero_rows, b.region))
+            dests.append(b.target)
+            sources.append(j)
+    keys = _fold_keys(root_key, [r[0] for r in requests]) if requests else []
     reqs = [engine.request(sp, k, shape, dt, region=region, name=name, device=dev, zero_rows=rows)
-            for (name, shape, dt, sp, dev, rows, regions), k in zip(requests, keys, strict=True)
-            for region in regions]
-    engine.run(reqs, TorchSink(reqs, dests), ahead=ahead)
+            for (name, shape, dt, sp, dev, rows, region), k in zip(requests, keys, strict=True)]
+    return _Draws(reqs, dests, structural, sources, structural_sources)
+
+
+def _write_structural(structural) -> None:
+    with torch.no_grad():
+        for t, sp in structural:
+            _bridge.write_structural_(t, sp)
+
+
+def _write_all(entries: list[Entry], resolved, root_key, targets: list[torch.Tensor], *,
+               ahead: bool = True) -> None:
+    """Draw ``resolved[i]`` for each entry and write it into ``targets[i]`` in place.
+
+    Everything is validated (dtype against spec) before anything is drawn, and
+    the engine prepares every program and buffer before the first write (see
+    :func:`xinit.core.engine.run`); the structural plans are written after the
+    draws. ``ahead``: draw the next chunk while copying the current one (one
+    chunk more memory).
+    """
+    d = _draws(entries, resolved, root_key, targets)
+    if d.requests:
+        engine.run(d.requests, TorchSink(d.requests, d.dests), ahead=ahead)
+    _write_structural(d.structural)
 
 
 def _root_key(key, tensors=()):
@@ -292,15 +327,152 @@ def initialize(model: nn.Module, recipe="torch_default", *, key=None, unmatched:
 _APPLY_CODE = nn.Module.apply.__code__
 
 
-def _apply_root(skip: int = 2) -> nn.Module | None:
-    """``self`` of the outermost ``nn.Module.apply`` on the call stack, or None."""
+def _apply_root(skip: int = 2) -> tuple[nn.Module | None, Any]:
+    """``self`` of the outermost ``nn.Module.apply`` on the call stack and its frame
+    (which tells one pass from the next), or ``(None, None)``."""
     f = sys._getframe(skip)
-    root = None
+    root = frame = None
     while f is not None:
         if f.f_code is _APPLY_CODE:
-            root = f.f_locals.get("self")
+            root, frame = f.f_locals.get("self"), f
         f = f.f_back
-    return root
+    return root, frame
+
+
+class _Held:
+    """A sink that keeps a run's chunks for later: drawn now, written into the tensors
+    when their modules' turn comes (:class:`_ApplyPass`)."""
+
+    in_place = False
+
+    def __init__(self):
+        self.chunks: list[engine.Chunk] = []
+
+    def write(self, chunk: engine.Chunk) -> bool:
+        self.chunks.append(chunk)
+        return True  # keep the array: the engine does not reuse its buffer
+
+    def finish(self, index: int) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def _apply_order(root: nn.Module) -> list[nn.Module]:
+    """The modules in the order ``root.apply(fn)`` calls ``fn`` on them (children first)."""
+    out: list[nn.Module] = []
+
+    def visit(m: nn.Module) -> None:
+        for child in m.children():
+            visit(child)
+        out.append(m)
+
+    visit(root)
+    return out
+
+
+class _ApplyPass:
+    """One ``model.apply(fn)`` pass of :func:`apply_fn`: what each module still has to
+    write, and the values drawn ahead for the modules that come next.
+
+    When ``fn(module)`` finds the module's values not drawn yet, it draws them
+    together with those of the modules the pass calls next (``Module.apply``'s
+    order), up to :data:`BATCH` elements, in one engine run whose chunks are kept
+    (:class:`_Held`); each module's tensors are still written at its own call, from
+    the kept chunks (the values do not depend on what is drawn together). So
+    nothing is written early or late (a tensor read inside the pass holds its new
+    values exactly from its module's call on), a batch holds at most about one
+    chunk, and many small modules (a ResNet's BatchNorms and 1x1 convolutions) cost
+    one compiled call instead of one each.
+    """
+
+    BATCH = engine.packing.chunk_size()  # elements drawn ahead at most (one full chunk)
+
+    def __init__(self, root: nn.Module, frame, by_owner: dict[int, list], root_key):
+        self.root = root
+        self.frame = frame  # the outermost Module.apply call of this pass
+        self.by_owner = by_owner
+        self.root_key = root_key
+        self.order = [id(m) for m in _apply_order(root)]
+        self.position = {}
+        for k, mid in enumerate(self.order):
+            self.position.setdefault(mid, k)
+        self.held: dict[int, tuple] = {}  # module id -> (batch, request indices, structural)
+
+    def _size(self, todo) -> int:
+        return sum(e.tensor.numel() for e, _ in todo)
+
+    def _draw_from(self, mid: int) -> None:
+        """Draw the module ``mid`` and those after it in the pass's order, up to BATCH."""
+        chosen, total = [], 0
+        for nid in self.order[self.position.get(mid, len(self.order)):] or [mid]:
+            todo = self.by_owner.get(nid)
+            if not todo or nid in self.held or any(c == nid for c, _ in chosen):
+                continue
+            size = self._size(todo)
+            if chosen and total + size > self.BATCH:
+                break
+            chosen.append((nid, todo))
+            total += size
+        if not any(c == mid for c, _ in chosen):
+            chosen.insert(0, (mid, self.by_owner[mid]))
+        entries = [e for _, todo in chosen for e, _ in todo]
+        resolved = [r for _, todo in chosen for _, r in todo]
+        owners = [nid for nid, todo in chosen for _ in todo]
+        d = _draws(entries, resolved, self.root_key,
+                   [canonical_view(e.tensor, e.layout) for e in entries])
+        held = _Held()
+        if d.requests:
+            engine.run(d.requests, held)
+        batch = (d, held, TorchSink(d.requests, d.dests))
+        per: dict[int, tuple[list[int], list]] = {nid: ([], []) for nid, _ in chosen}
+        for i, j in enumerate(d.sources):
+            per[owners[j]][0].append(i)
+        for w, j in zip(d.structural, d.structural_sources, strict=True):
+            per[owners[j]][1].append(w)
+        for nid, (idx, structural) in per.items():
+            self.held[nid] = (batch, idx, structural)
+
+    def write(self, module: nn.Module) -> None:
+        """Write ``module``'s own tensors (drawing them, and what follows, if needed)."""
+        mid = id(module)
+        todo = self.by_owner.get(mid)
+        if not todo:
+            return
+        if mid not in self.held and self._size(todo) >= self.BATCH:
+            del self.by_owner[mid]  # a large module: drawn straight into its tensors
+            _write_all([e for e, _ in todo], [r for _, r in todo], self.root_key,
+                       [canonical_view(e.tensor, e.layout) for e, _ in todo])
+            return
+        if mid not in self.held:
+            self._draw_from(mid)
+        (d, held, sink), idx, structural = self.held.pop(mid)
+        del self.by_owner[mid]
+        if idx:
+            mine = set(idx)
+            with engine.deferred_interrupts():
+                try:
+                    with torch.no_grad():
+                        for chunk in held.chunks:
+                            segments = [s for s in chunk.segments if s.index in mine]
+                            if segments:
+                                sink.write(engine.Chunk(chunk.array, segments))
+                    for i in idx:
+                        sink.finish(i)
+                except BaseException:
+                    sink.stop()
+                    raise
+            # the chunks every module of the batch has written go back to the engine
+            left = {i for _, (b, ix, _) in self.held.items() if b[1] is held for i in ix}
+            keep = []
+            for c in held.chunks:
+                if any(s.index in left for s in c.segments):
+                    keep.append(c)
+                else:
+                    engine.reuse_buffer(c.array, d.requests[c.segments[0].index].device)
+            held.chunks = keep
+        _write_structural(structural)
 
 
 def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error",
@@ -313,8 +485,11 @@ def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error",
     root (the ``self`` of the outermost ``Module.apply`` on the call stack), names
     and validates every parameter of the root once (an unmatched parameter
     raises before anything is written), and then each call initializes the
-    parameters and covered buffers held directly by its module. Called outside
-    ``Module.apply``, ``fn(module)`` initializes the whole ``module``.
+    parameters and covered buffers held directly by its module. The values of
+    the modules that come next are drawn together, about one chunk at a time, and
+    kept until their modules are called (see :class:`_ApplyPass`): each tensor
+    is written at its own module's call. Called outside ``Module.apply``,
+    ``fn(module)`` initializes the whole ``module``.
 
     Without ``key``, one seed is drawn from torch's global RNG when ``apply_fn``
     is called, so every pass of the same ``fn`` gives the same values; with
@@ -328,7 +503,7 @@ def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error",
     recipe = get_recipe(recipe)
     root_key = _root_key(key)
     agreed = key is not None  # the seed, once agreed with the other ranks of a mesh
-    passes: dict[int, tuple[nn.Module, dict[int, list]]] = {}
+    passes: dict[int, _ApplyPass] = {}
 
     def agree(tensors) -> None:
         nonlocal root_key, agreed
@@ -337,13 +512,14 @@ def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error",
             root_key, agreed = _dtensor.agreed_seed(root_key, meshes), True
 
     def init_fn(module: nn.Module) -> None:
-        root = _apply_root()
+        root, frame = _apply_root()
         if root is None:
             agree(list(module.parameters()))
             initialize(module, recipe, key=root_key, unmatched=unmatched, rename=rename)
             return
         state = passes.get(id(root))
-        if state is None or state[0] is not root:
+        if state is None or state.root is not root or state.frame is not frame:
+            # a new pass (the one before may have stopped midway: its state is dropped)
             entries = _renamed(_collect(root), rename)
             agree([e.tensor for e in entries])
             p = recipe.plan([e.param for e in entries])
@@ -351,11 +527,8 @@ def apply_fn(recipe="torch_default", *, key=None, unmatched: str = "error",
             for e, r in zip(entries, _todo(p, unmatched, buffers_too=False), strict=True):
                 if r is not None:
                     by_owner.setdefault(id(e.owner), []).append((e, r))
-            state = passes[id(root)] = (root, by_owner)
-        todo = state[1].pop(id(module), [])
-        if todo:
-            _write_all([e for e, _ in todo], [r for _, r in todo], root_key,
-                       [canonical_view(e.tensor, e.layout) for e, _ in todo])
+            state = passes[id(root)] = _ApplyPass(root, frame, by_owner, root_key)
+        state.write(module)
         if module is root:
             del passes[id(root)]
 
