@@ -108,9 +108,9 @@ def test_get_recipe():
     assert get_recipe("gpt2") == gpt2(n_layer=12)
     r = Recipe("x", ())
     assert get_recipe(r) is r
-    with pytest.raises(ValueError, match="recipe must be a Recipe or one of"):
+    with pytest.raises(ValueError, match="recipe must be a Recipe, 'hf' or one of"):
         get_recipe("xavier")
-    assert set(RECIPES) == {"torch_default", "resnet", "transformer", "gpt2", "dcgan", "vit"}
+    assert set(RECIPES) == {"torch_default", "resnet", "transformer", "gpt2", "dcgan", "vit", "timm"}
 
 
 # ------------------------------------------------------------------ plans
@@ -244,7 +244,12 @@ def test_rule_within_and_min_ndim():
     rule = Rule(XavierUniform(), within="Transformer", min_ndim=2)
     assert rule.matches(inside) and not rule.matches(bias) and not rule.matches(LIN_W)
     assert "within='Transformer', min_ndim=2" in repr(rule)
-    assert spec_of(torch_default(), inside) == XavierUniform()
+    # torch_default names torch's own Transformer (the adapter lists enclosing classes by
+    # qualified and bare name), so another library's class called "Transformer" is not it
+    torch_inside = Param("t.enc.fc.weight", "linear", "weight", (4, 4), layer=(
+        ("ancestors", ("torch.nn.modules.transformer.Transformer", "Transformer", "ModuleList")),))
+    assert spec_of(torch_default(), torch_inside) == XavierUniform()
+    assert spec_of(torch_default(), inside) == KaimingUniform(a=math.sqrt(5))
     assert spec_of(torch_default(), bias) == Uniform(-0.5, 0.5)
     with pytest.raises(TypeError, match="min_ndim"):
         Rule(Zeros(), min_ndim=-1)

@@ -17,6 +17,7 @@ __all__ = [
     "NonlinearityError",
     "DtypeError",
     "ZeroSizeError",
+    "CheckpointError",
 ]
 
 
@@ -55,3 +56,11 @@ class DtypeError(XinitError, NotImplementedError, TypeError):
 class ZeroSizeError(XinitError, ZeroDivisionError, ValueError):
     """A division by zero that torch also raises: e.g. ``groups=0``, ``std=0`` in
     ``trunc_normal_``, or Xavier on a tensor whose fans sum to zero."""
+
+
+class CheckpointError(XinitError, RuntimeError, ValueError):
+    """A checkpoint that does not fit the model (keys it lacks, other shapes or dtypes).
+
+    ``torch.nn.Module.load_state_dict`` raises ``RuntimeError`` for these; the
+    message lists every problem, and nothing was written.
+    """
