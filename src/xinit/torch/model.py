@@ -671,8 +671,8 @@ def _hf_loaded(module: nn.Module, keep: set[int]):
             del t._is_hf_initialized
 
 
-def _recompute(module: nn.Module, jobs: list[tuple[Entry, _BufferHook]]) -> None:
-    """Run each hook once, then check that it wrote every buffer it was run for."""
+def _recompute(module: nn.Module, jobs: list[tuple[Entry, _BufferHook]]) -> list[tuple[Entry, str]]:
+    """Run each hook once; return the buffers it did not write (with the hook's description)."""
     before = {id(e.tensor): (e.owner._buffers[e.attr], e.owner._buffers[e.attr]._version)
               for e, _ in jobs}
     done: set[tuple[int, int]] = set()
@@ -691,12 +691,8 @@ def _recompute(module: nn.Module, jobs: list[tuple[Entry, _BufferHook]]) -> None
         old, version = before[id(e.tensor)]
         now = e.owner._buffers.get(e.attr)
         if now is None or now.is_meta or (now is old and now._version == version):
-            missed.append(f"{e.param.name} (by {hook})")
-    if missed:
-        raise UnmatchedError(
-            f"materialize: the model's own code did not compute {', '.join(missed)}. "
-            + _BUFFER_FIXES
-        )
+            missed.append((e, str(hook)))
+    return missed
 
 
 _BUFFER_FIXES = (
@@ -809,22 +805,32 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
         targets = {i: new[id(e.tensor)] for i, e in enumerate(entries) if id(e.tensor) in new}
         if found:
             _load(entries, found, sd, targets)
-        if hooks:
-            _recompute(module, [(e._replace(tensor=new[id(e.tensor)]), h) for e, h in hooks])
+        missed = _recompute(module, [(e._replace(tensor=new[id(e.tensor)]), h) for e, h in hooks])
+        if missed and unmatched == "error":
+            raise UnmatchedError(
+                "materialize: the model's own code did not compute "
+                f"{', '.join(f'{e.param.name} (by {hook})' for e, hook in missed)}. {_BUFFER_FIXES}"
+            )
+        p = p.with_sources({e.param.name: "zeros" for e, _ in missed})
+        blanks = [(e.param.name, new[id(e.tensor)]) for e in zeros]
+        for e, _ in missed:
+            e.owner._buffers[e.attr] = e.tensor  # in case the hook replaced it
+            blanks.append((e.param.name, e.tensor))
         todo = [(i, e, pe.resolved) for i, (e, pe) in enumerate(zip(entries, p.entries, strict=True))
                 if pe.drawn]
         # One chunk in flight (not two): materialize is where peak memory matters most.
         _write_all([e for _, e, _ in todo], [r for _, _, r in todo], root_key,
                    [canonical_view(targets[i], e.layout) for i, e, _ in todo], ahead=False)
-        if zeros:
+        if blanks:
             warnings.warn(
                 f"materialize: recipe {recipe.name!r} has no rule for "
-                f"{', '.join(e.param.name for e in zeros)}; they were filled with zeros",
+                f"{', '.join(name for name, _ in blanks)} (and the model does not compute them); "
+                "they were filled with zeros",
                 stacklevel=2,
             )
             with torch.no_grad():
-                for e in zeros:
-                    new[id(e.tensor)].zero_()
+                for _, t in blanks:
+                    t.zero_()
     except BaseException:
         for m, attr, t, is_param in reversed(swapped):
             (m._parameters if is_param else m._buffers)[attr] = t
