@@ -359,14 +359,16 @@ def _names(value, arg: str) -> tuple[str, ...] | None:
     return value
 
 
-def _class_names(value) -> tuple[str, ...] | None:
-    """``kind=``: strings as they are, classes by their qualified name."""
+def _class_names(value, arg: str) -> tuple[str, ...] | None:
+    """``kind=``/``within=``: strings as they are, classes by their qualified name."""
     if value is None:
         return None
-    items = (value,) if isinstance(value, (str, type)) else tuple(value)
-    if not items or not all(isinstance(v, (str, type)) for v in items):
+    items = (value,) if isinstance(value, (str, type)) else value
+    if isinstance(items, (list, tuple, set, frozenset)):
+        items = tuple(items)
+    if not isinstance(items, tuple) or not items or not all(isinstance(v, (str, type)) for v in items):
         raise TypeError(
-            "Rule kind must be a kind, a class name, a class, or a tuple of those; "
+            f"Rule {arg} must be a kind, a class name, a class, or a tuple of those; "
             f"got {value!r}"
         )
     return tuple(v if isinstance(v, str) else f"{v.__module__}.{v.__qualname__}" for v in items)
@@ -419,10 +421,10 @@ class Rule:
     def __post_init__(self):
         if not isinstance(self.init, (Spec, Derived)):
             raise TypeError(f"Rule init must be a Spec or a Derived initializer; got {self.init!r}")
-        object.__setattr__(self, "kind", _class_names(self.kind))
+        object.__setattr__(self, "kind", _class_names(self.kind, "kind"))
         object.__setattr__(self, "role", _names(self.role, "role"))
         object.__setattr__(self, "name", _names(self.name, "name"))
-        object.__setattr__(self, "within", _class_names(self.within))
+        object.__setattr__(self, "within", _class_names(self.within, "within"))
         if self.min_ndim is not None and (not isinstance(self.min_ndim, int) or self.min_ndim < 0):
             raise TypeError(f"Rule min_ndim must be a non-negative int or None; got {self.min_ndim!r}")
         if not isinstance(self.buffers, bool):

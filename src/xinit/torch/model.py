@@ -253,9 +253,10 @@ def _header(sd: Mapping, key: str) -> tuple[tuple[int, ...], torch.dtype, bool]:
 def _tensor(sd: Mapping, key: str) -> torch.Tensor:
     value = sd[key]
     if isinstance(value, np.ndarray):
+        value = np.array(value, order="C", copy=not value.flags.c_contiguous)  # keeps 0-d arrays
         if value.dtype.name == "bfloat16":
-            return torch.from_numpy(np.ascontiguousarray(value).view(np.int16)).view(torch.bfloat16)
-        return torch.from_numpy(np.ascontiguousarray(value))
+            return torch.from_numpy(value.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(value)
     return value
 
 
