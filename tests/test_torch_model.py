@@ -606,3 +606,28 @@ def test_initialize_marks_parameters_modified_for_autograd():
     assert lin.weight._version > w_version and lin.bias._version > b_version
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+def test_no_init_replaces_only_the_init_functions(monkeypatch):
+    """Regression: a lookup that treated every None-valued module global as an init function
+    replaced those globals too (transformers then failed on its own cache variables)."""
+    import sys
+    import types
+
+    weight_init = types.ModuleType("timm.layers.weight_init")
+    weight_init.trunc_normal_ = lambda tensor, std=1.0: tensor.fill_(std)
+    user = types.ModuleType("timm.models.user")
+    user.trunc_normal_ = weight_init.trunc_normal_  # `from timm.layers import trunc_normal_`
+    user.normal_ = torch.nn.init.normal_
+    user.nothing, user.number = None, 3
+    monkeypatch.setitem(sys.modules, "timm.layers.weight_init", weight_init)
+    monkeypatch.setitem(sys.modules, "timm.models.user", user)
+    t = torch.zeros(3)
+    with no_init():
+        assert user.nothing is None and user.number == 3
+        assert user.trunc_normal_(t, std=2.0) is t and (t == 0).all()
+        user.normal_(t)
+        weight_init.trunc_normal_(t)
+        assert (t == 0).all()
+    assert user.trunc_normal_ is weight_init.trunc_normal_ and user.normal_ is torch.nn.init.normal_
+    assert (user.trunc_normal_(t, std=2.0) == 2).all()

@@ -950,7 +950,7 @@ def no_init():
         except TypeError:
             continue
         for attr, value in items:
-            if skipped.get(id(value)) is value:
+            if id(value) in skipped and skipped[id(value)] is value:
                 patched.append((mod, attr, value))
     try:
         for mod, attr, _ in patched:
