@@ -21,6 +21,14 @@ def test_import_xinit_loads_neither_torch_nor_flax():
     assert r.stdout.strip() == "[]"
 
 
+def test_xinit_imports_neither_transformers_nor_timm():
+    """Their layers and recipes are known by name; neither library is ever imported."""
+    r = _run("import sys, xinit, xinit.torch, xinit.core.recipes_hf, xinit.core.recipes_timm; "
+             "print([m for m in ('transformers', 'timm') if m in sys.modules])")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
 def test_xinit_torch_without_torch_names_the_extra():
     r = _run("import sys; sys.modules['torch'] = None; import xinit.torch")
     assert r.returncode != 0

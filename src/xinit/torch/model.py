@@ -543,6 +543,8 @@ def initialize(module: nn.Module, recipe="torch_default", *, key=None, unmatched
     if unmatched not in ("error", "ignore"):
         raise ValueError(f"unmatched must be one of ['error', 'ignore']; got {unmatched!r}")
     recipe = _recipe_for(recipe, module)
+    if save_manifest is not None:
+        recipe.to_config()  # a recipe that cannot be recorded fails before anything is written
     entries = _collect(module)
     sd = _checkpoint(state_dict)
     found = _match_checkpoint(entries, sd)
@@ -552,11 +554,12 @@ def initialize(module: nn.Module, recipe="torch_default", *, key=None, unmatched
     if recorded is not None:
         _check_replay(recorded, p, whole=True)
     root_key = _root_key(key)
-    if found:
-        _load(entries, found, sd, {})
     todo = [(e, pe.resolved) for e, pe in zip(entries, p.entries, strict=True) if pe.drawn]
+    # draw first: _write_all validates everything before writing, so a refusal writes nothing
     _write_all([e for e, _ in todo], [r for _, r in todo], root_key,
                [canonical_view(e.tensor, e.layout) for e, _ in todo])
+    if found:
+        _load(entries, found, sd, {})
     _report("initialize", p)
     _save_manifest(save_manifest, p, recipe, root_key, unmatched)
     return module
@@ -755,6 +758,8 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
     if unmatched not in ("error", "zeros"):
         raise ValueError(f"unmatched must be one of ['error', 'zeros']; got {unmatched!r}")
     recipe = _recipe_for(recipe, module)
+    if save_manifest is not None:
+        recipe.to_config()  # a recipe that cannot be recorded fails before anything is allocated
     device = torch.device(device)
     entries = _collect(module)
     sd = _checkpoint(state_dict)
