@@ -477,6 +477,35 @@ def _check_replay(m: Manifest, p: Plan, *, whole: bool) -> None:
                          + "\n  ".join(problems))
 
 
+class _Run(NamedTuple):
+    """What ``initialize``/``materialize`` work from, everything checked before anything is
+    written: the recipe, key and ``unmatched`` (a manifest's, when one is replayed), the
+    model's tensors and the checkpoint's keys matched to them."""
+
+    recipe: Recipe
+    key: Any
+    unmatched: str
+    recorded: Manifest | None
+    entries: list[Entry]
+    checkpoint: Mapping | None
+    found: dict[int, str]
+
+    @classmethod
+    def prepare(cls, module, recipe, key, unmatched, allowed, state_dict, manifest,
+                save_manifest) -> _Run:
+        recorded = None
+        if manifest is not None:
+            recipe, key, unmatched, recorded = _replay(manifest, recipe, key)
+        if unmatched not in allowed:
+            raise ValueError(f"unmatched must be one of {list(allowed)}; got {unmatched!r}")
+        recipe = _recipe_for(recipe, module)
+        if save_manifest is not None:
+            recipe.to_config()  # a recipe that cannot be recorded fails before anything is written
+        entries = _collect(module)
+        sd = _checkpoint(state_dict)
+        return cls(recipe, key, unmatched, recorded, entries, sd, _match_checkpoint(entries, sd))
+
+
 def _save_manifest(path, p: Plan, recipe: Recipe, root_key, unmatched: str) -> None:
     if path is None:
         return
@@ -537,17 +566,10 @@ def initialize(module: nn.Module, recipe="torch_default", *, key=None, unmatched
     >>> initialize(m, key=0).weight is w
     True
     """
-    recorded = None
-    if manifest is not None:
-        recipe, key, unmatched, recorded = _replay(manifest, recipe, key)
-    if unmatched not in ("error", "ignore"):
-        raise ValueError(f"unmatched must be one of ['error', 'ignore']; got {unmatched!r}")
-    recipe = _recipe_for(recipe, module)
-    if save_manifest is not None:
-        recipe.to_config()  # a recipe that cannot be recorded fails before anything is written
-    entries = _collect(module)
-    sd = _checkpoint(state_dict)
-    found = _match_checkpoint(entries, sd)
+    run = _Run.prepare(module, recipe, key, unmatched, ("error", "ignore"), state_dict, manifest,
+                       save_manifest)
+    recipe, key, unmatched, recorded = run.recipe, run.key, run.unmatched, run.recorded
+    entries, sd, found = run.entries, run.checkpoint, run.found
     p = recipe.plan([e.param for e in entries]).with_sources(
         {entries[i].param.name: "loaded" for i in found})
     _check_unmatched(p, unmatched, ("error", "ignore"), buffers_too=False)
@@ -752,18 +774,11 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
     >>> materialize(net, key=0).weight.device.type
     'cpu'
     """
-    recorded = None
-    if manifest is not None:
-        recipe, key, unmatched, recorded = _replay(manifest, recipe, key)
-    if unmatched not in ("error", "zeros"):
-        raise ValueError(f"unmatched must be one of ['error', 'zeros']; got {unmatched!r}")
-    recipe = _recipe_for(recipe, module)
-    if save_manifest is not None:
-        recipe.to_config()  # a recipe that cannot be recorded fails before anything is allocated
+    run = _Run.prepare(module, recipe, key, unmatched, ("error", "zeros"), state_dict, manifest,
+                       save_manifest)
+    recipe, key, unmatched, recorded = run.recipe, run.key, run.unmatched, run.recorded
+    entries, sd, found = run.entries, run.checkpoint, run.found
     device = torch.device(device)
-    entries = _collect(module)
-    sd = _checkpoint(state_dict)
-    found = _match_checkpoint(entries, sd)
     p = recipe.plan([e.param for e in entries])
     parents = {id(c): m for m in module.modules() for c in m.children()}
     sources: dict[str, str] = {}
