@@ -127,8 +127,9 @@ class Param:
             ``(key, value)`` pairs: the layer's plain attributes (numbers,
             strings, tuples of them: ``in_features``, ``padding_idx``,
             ``hidden_size``, ``init_values``, ...), ``weight_shape`` (the sibling
-            weight's canonical shape) and ``ancestors`` (the class names of the
-            modules enclosing the layer, outermost first).
+            weight's canonical shape) and ``ancestors`` (the names of the classes
+            of the modules enclosing the layer, outermost first, each qualified
+            and bare, bases included: what ``Rule(within=...)`` reads).
         buffer: True for buffers (running statistics, computed tables), False
             for parameters. Only rules with ``buffers=True`` match buffers.
         lineage: the layer's class and its bases, nearest first, each by

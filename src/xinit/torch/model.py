@@ -454,8 +454,9 @@ def _replay(manifest, recipe, key):
 def _check_replay(m: Manifest, p: Plan, *, whole: bool) -> None:
     """Every tensor of ``p`` must be what ``m`` recorded (same shape, dtype, source, rule)."""
     problems = []
+    records = {t.name: t for t in m.tensors}
     for e in p.entries:
-        rec = m.entry(e.param.name)
+        rec = records.get(e.param.name)
         if rec is None:
             problems.append(f"{e.param.name}: not in the manifest")
             continue
@@ -470,8 +471,8 @@ def _check_replay(m: Manifest, p: Plan, *, whole: bool) -> None:
                             f"by rule #{e.rule_index}")
     if whole:
         names = {e.param.name for e in p.entries}
-        problems += [f"{t.name}: in the manifest, not in the model" for t in m.tensors
-                     if t.name not in names]
+        problems += [f"{name}: in the manifest, not in the model" for name in records
+                     if name not in names]
     if problems:
         raise ValueError("the model does not match the manifest; nothing was written:\n  "
                          + "\n  ".join(problems))
@@ -924,8 +925,32 @@ _LIBRARY_INIT = {
 }
 
 
-def _skip(tensor, *args, **kwargs):
-    return tensor
+def _skipping(fn):
+    """A stand-in for the init function ``fn`` that returns its tensor untouched; it knows
+    ``fn`` (``__wrapped__``), so a reference to it that outlives the block can be put back."""
+
+    def skip(tensor, *args, **kwargs):
+        return tensor
+
+    skip.__wrapped__ = fn
+    skip.__name__ = skip.__qualname__ = f"no_init({getattr(fn, '__name__', 'init')})"
+    return skip
+
+
+def _put_back(namespace: dict, stand_ins: set[int]) -> None:
+    """Replace every stand-in among ``namespace``'s values (and its dicts' values) by its function.
+
+    A module imported inside :func:`no_init` that bound an init function by name
+    (``from torch.nn.init import normal_``, transformers' ``TORCH_INIT_FUNCTIONS``)
+    bound the stand-in; this makes it the function again.
+    """
+    for key, value in list(namespace.items()):
+        if id(value) in stand_ins:
+            namespace[key] = value.__wrapped__
+        elif isinstance(value, dict) and key != "__builtins__":
+            for k, v in list(value.items()):
+                if id(v) in stand_ins:
+                    value[k] = v.__wrapped__
 
 
 def _init_functions() -> dict[int, Any]:
@@ -954,13 +979,19 @@ def no_init():
     Embedding's padding row, rotary frequencies, position ids) are filled, and
     transformers still ties ``lm_head`` to the input embedding. Not
     thread-safe: other threads constructing layers meanwhile are affected too.
-    The functions are restored on exit, also after an error.
+    The functions are restored on exit, also after an error, including the
+    references that modules imported inside the block took to them (``from
+    torch.nn.init import normal_``, transformers' table of torch's functions).
+    Draws a constructor makes directly (``torch.randn`` in ``__init__``) are not
+    stopped.
 
     >>> with no_init():
     ...     layer = torch.nn.Linear(1000, 1000)
     >>> _ = initialize(layer, key=0)
     """
     skipped = _init_functions()
+    stand_in = {i: _skipping(fn) for i, fn in skipped.items()}
+    loaded = set(sys.modules)
     patched: list[tuple[Any, str, Any]] = []
     for modname, mod in list(sys.modules.items()):
         if mod is None or not modname.startswith(_PATCHED_PACKAGES):
@@ -973,9 +1004,16 @@ def no_init():
             if id(value) in skipped and skipped[id(value)] is value:
                 patched.append((mod, attr, value))
     try:
-        for mod, attr, _ in patched:
-            setattr(mod, attr, _skip)
+        for mod, attr, value in patched:
+            setattr(mod, attr, stand_in[id(value)])
         yield
     finally:
         for mod, attr, value in patched:
             setattr(mod, attr, value)
+        ids = {id(f) for f in stand_in.values()}
+        for modname, mod in list(sys.modules.items()):
+            if modname not in loaded and mod is not None:
+                try:
+                    _put_back(vars(mod), ids)
+                except TypeError:
+                    continue
