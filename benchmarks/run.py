@@ -496,6 +496,24 @@ def bench_port_memory(gib: float = 1.05, **shape) -> list[Row]:
     return [row]
 
 
+def bench_no_init(name: str = "gpt2", repeats: int = 5) -> list[Row]:
+    """A transformers GPT-2 built under ``xt.no_init()`` vs eagerly (``no_init.py``)."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        print("  skipped: transformers is not installed", flush=True)
+        return []
+    import no_init
+
+    r = no_init.bench_build(name, repeats)
+    note = (f"RNG untouched: {'yes' if r['rng_untouched'] else 'NO'}, "
+            f"head tied: {'yes' if r['head_tied'] else 'NO'}")
+    row = Row("no_init", r["case"], f"{r['parameters'] / 1e6:.0f}M params", "float32", r["xinit_s"],
+              r["peer"], r["peer_s"], note)
+    print(f"  {_fmt_row(row)}; {note}", flush=True)
+    return [row]
+
+
 # ----------------------------------------------------------------------------- report
 TARGETS = [
     # (label, section, case prefix, shape, dtype, peer, threshold)
@@ -517,6 +535,8 @@ TARGETS = [
     ("ResNet-50 cold, empty cache", "cold", "resnet50 cold, empty cache", None, None, None, 0.4),
     ("GPT-2 small torch_to_flax vs a per-tensor loop", "port", "gpt2 torch_to_flax (in memory)",
      None, None, None, 1.0),
+    ("GPT-2 small (transformers) built under no_init vs eager", "no_init",
+     "gpt2 (transformers) built under no_init", None, None, None, 3.0),
 ]
 
 
@@ -747,6 +767,15 @@ def render(rows, meta, notes: str) -> str:
             ("peak / checkpoint", lambda r: f"{r.extra['peak_rss'] / r.extra['checkpoint_bytes']:.2f}"),
             ("seconds", lambda r: f"{r.xinit_s:.1f}")])
         lines.append("")
+    built = [r for r in rows if r.section == "no_init"]
+    if built:
+        lines += ["## Building a transformers model under `no_init`", "",
+                  "A Hugging Face GPT-2 built whole (`GPT2LMHeadModel(config)`, "
+                  "`benchmarks/no_init.py`) eagerly, where transformers draws every weight, and "
+                  "inside `xinit.torch.no_init()`, where nothing is drawn (torch's RNG checked "
+                  "untouched, the head still tied to the input embedding).", ""]
+        lines += _table(built, model_columns + [("checks", lambda r: r.note)])
+        lines.append("")
     lines += ["## Chart", "", "![ratios](performance.png)", ""]
     if notes:
         lines += [notes.strip(), ""]
@@ -791,13 +820,14 @@ def chart(rows, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- main
 SECTIONS = ("single", "flax", "models", "flax_models", "cold", "flax_cold", "memory", "port",
-            "port_memory")
+            "port_memory", "no_init")
 
 
 def run(quick=False, out=HERE.parent / "docs", sections=SECTIONS, repeats=None,
         sizes=None, dtypes=None, model_names=None, cold_models=None, cold_repeats=None,
         memory_model="transformer_1b", notes_path=HERE / "notes.md",
-        flax_limit=None, port_model="gpt2", port_gib=1.05, port_shape=None) -> list[Row]:
+        flax_limit=None, port_model="gpt2", port_gib=1.05, port_shape=None,
+        no_init_model="gpt2") -> list[Row]:
     t0 = time.perf_counter()
     machine_lines = machine()  # the load average at the start
     repeats = repeats or (3 if quick else 5)
@@ -836,6 +866,9 @@ def run(quick=False, out=HERE.parent / "docs", sections=SECTIONS, repeats=None,
     if "port_memory" in sections and not quick:
         print("checkpoint porting memory (file to file)", flush=True)
         rows += bench_port_memory(port_gib, **(port_shape or {}))
+    if "no_init" in sections:
+        print("building a transformers model under no_init", flush=True)
+        rows += bench_no_init(no_init_model, repeats)
     meta = {"quick": quick, "repeats": repeats, "seconds": time.perf_counter() - t0,
             "cold_repeats": cold_repeats or (1 if quick else 3), "machine": machine_lines,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

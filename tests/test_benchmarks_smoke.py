@@ -284,3 +284,15 @@ def test_port_sections_on_a_tiny_model(run, tmp_path):
     assert "## Checkpoint porting (`xinit.port`)" in md
     assert "| gpt_tiny torch_to_flax (in memory) |" in md
     assert "port safetensors -> Flax safetensors: peak RSS / checkpoint bytes | <= 1.25 |" in md
+
+
+def test_no_init_section_on_a_tiny_gpt2(run, tmp_path):
+    pytest.importorskip("transformers")
+    rows = run.run(out=tmp_path, sections=("no_init",), repeats=1, no_init_model="gpt2_tiny",
+                   notes_path=None)
+    (row,) = rows
+    assert row.section == "no_init" and row.xinit_s > 0 and row.peer_s > 0
+    assert row.note == "RNG untouched: yes, head tied: yes"
+    md = (tmp_path / "performance.md").read_text()
+    assert "## Building a transformers model under `no_init`" in md
+    assert "| gpt2_tiny (transformers) built under no_init |" in md

@@ -23,6 +23,14 @@ def test_import_xinit_loads_neither_torch_nor_flax():
     assert r.stdout.strip() == "[]"
 
 
+def test_xinit_imports_neither_transformers_nor_timm():
+    """Their layers and recipes are known by name; neither library is ever imported."""
+    r = _run("import sys, xinit, xinit.torch, xinit.core.recipes_hf, xinit.core.recipes_timm; "
+             "print([m for m in ('transformers', 'timm') if m in sys.modules])")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
 def test_xinit_torch_without_torch_names_the_extra():
     r = _run("import sys; sys.modules['torch'] = None; import xinit.torch")
     assert r.returncode != 0
@@ -78,11 +86,22 @@ def _signature(fn):
     return [(p.name, p.default, p.kind) for p in inspect.signature(fn).parameters.values()]
 
 
+# Keyword-only arguments only torch has: loading a torch checkpoint and the reproducibility manifest.
+TORCH_ONLY = {"initialize": ["state_dict", "manifest", "save_manifest"], "plan": ["state_dict"],
+              "describe": []}
+
+
 @pytest.mark.parametrize("name", ["initialize", "plan", "describe"])
 def test_model_level_functions_take_the_same_arguments_in_both_adapters(name):
+    """The same arguments in the same order with the same defaults; torch's own extras come
+    after them, keyword-only, defaulting to None (so a call written for one adapter runs
+    unchanged on the other)."""
     xt = pytest.importorskip("xinit.torch")
     xf = pytest.importorskip("xinit.flax")
-    assert _signature(getattr(xt, name)) == _signature(getattr(xf, name))
+    torch_sig, flax_sig = _signature(getattr(xt, name)), _signature(getattr(xf, name))
+    assert torch_sig[:len(flax_sig)] == flax_sig
+    assert torch_sig[len(flax_sig):] == [(n, None, inspect.Parameter.KEYWORD_ONLY)
+                                         for n in TORCH_ONLY[name]]
 
 
 def test_initialize_signature_is_the_agreed_one():
