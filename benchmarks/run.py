@@ -577,6 +577,24 @@ def bench_port_memory(gib: float = 1.05, **shape) -> list[Row]:
     return [row]
 
 
+def bench_no_init(name: str = "gpt2", repeats: int = 5) -> list[Row]:
+    """A transformers GPT-2 built under ``xt.no_init()`` vs eagerly (``no_init.py``)."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        print("  skipped: transformers is not installed", flush=True)
+        return []
+    import no_init
+
+    r = no_init.bench_build(name, repeats)
+    note = (f"RNG untouched: {'yes' if r['rng_untouched'] else 'NO'}, "
+            f"head tied: {'yes' if r['head_tied'] else 'NO'}")
+    row = Row("no_init", r["case"], f"{r['parameters'] / 1e6:.0f}M params", "float32", r["xinit_s"],
+              r["peer"], r["peer_s"], note)
+    print(f"  {_fmt_row(row)}; {note}", flush=True)
+    return [row]
+
+
 # ----------------------------------------------------------------------------- report
 EVERY_RUN = "every run"  # a target met only if every run of the spread meets it
 
@@ -617,6 +635,8 @@ TARGETS = [
     ("ResNet-50 cold, filled cache", "cold", "resnet50 cold, filled cache", None, None, None, 0.5),
     ("GPT-2 small torch_to_flax vs a per-tensor loop", "port", "gpt2 torch_to_flax (in memory)",
      None, None, None, 1.0),
+    ("GPT-2 small (transformers) built under no_init vs eager", "no_init",
+     "gpt2 (transformers) built under no_init", None, None, None, 3.0),
 ]
 
 
@@ -1014,6 +1034,15 @@ def render(rows, meta, notes: str, runs=None, lim=None, history: str = "") -> st
             ("torch s", lambda r: f"{r.peer_s:.2f}"), ("xinit s", lambda r: f"{r.xinit_s:.2f}"),
             ratio, ("CPU", lambda r: r.extra.get("cpu", ""))])
         lines.append("")
+    built = [r for r in rows if r.section == "no_init"]
+    if built:
+        lines += ["## Building a transformers model under `no_init`", "",
+                  "A Hugging Face GPT-2 built whole (`GPT2LMHeadModel(config)`, "
+                  "`benchmarks/no_init.py`) eagerly, where transformers draws every weight, and "
+                  "inside `xinit.torch.no_init()`, where nothing is drawn (torch's RNG checked "
+                  "untouched, the head still tied to the input embedding).", ""]
+        lines += _table(built, model_columns + [("checks", lambda r: r.note)])
+        lines.append("")
     lines += ["## Chart", "", "![ratios](performance.png)", ""]
     if len(runs) > 1:
         lines += [f"## Run-to-run spread ({len(runs)} full runs)", "",
@@ -1064,13 +1093,14 @@ def chart(rows, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- main
 SECTIONS = ("limits", "single", "flax", "models", "apply", "flax_models", "cold", "flax_cold",
-            "memory", "port", "port_memory", "torch_sharding", "sharding")
+            "memory", "port", "port_memory", "no_init", "torch_sharding", "sharding")
 HISTORY = HERE / "history.md"
 
 
 def measure_once(quick, sections, repeats, sizes, dtypes, model_names, cold_models,
                  cold_repeats, memory_model, flax_limit, port_model="gpt2", port_gib=1.05,
-                 port_shape=None, torch_sharding_shape=None, sharding_model="gpt2_xl") -> list[Row]:
+                 port_shape=None, torch_sharding_shape=None, sharding_model="gpt2_xl",
+                 no_init_model="gpt2") -> list[Row]:
     """One full run of ``sections`` (the limits aside)."""
     rows: list[Row] = []
     if "single" in sections:
@@ -1110,6 +1140,9 @@ def measure_once(quick, sections, repeats, sizes, dtypes, model_names, cold_mode
     if "port_memory" in sections and not quick:
         print("checkpoint porting memory (file to file)", flush=True)
         rows += bench_port_memory(port_gib, **(port_shape or {}))
+    if "no_init" in sections:
+        print("building a transformers model under no_init", flush=True)
+        rows += bench_no_init(no_init_model, repeats)
     if "torch_sharding" in sections and not quick:
         print("FSDP2 materialize on gloo ranks (GPT-2 small shape by default, fresh processes per side)", flush=True)
         rows += bench_torch_sharding(**(torch_sharding_shape or {}))
@@ -1159,7 +1192,7 @@ def run(quick=False, out=HERE.parent / "docs", sections=SECTIONS, repeats=None,
         memory_model="transformer_1b", notes_path=HERE / "notes.md",
         flax_limit=None, port_model="gpt2", port_gib=1.05, port_shape=None, runs: int = 1,
         accumulate: bool = False, history_path=HISTORY, torch_sharding_shape=None,
-        sharding_model="gpt2_xl") -> list[Row]:
+        sharding_model="gpt2_xl", no_init_model="gpt2") -> list[Row]:
     """Measure ``runs`` full runs of ``sections`` and write the page; returns the last
     run's rows. ``accumulate``: add the runs to those already in ``out``'s JSON."""
     out = Path(out)
@@ -1177,7 +1210,7 @@ def run(quick=False, out=HERE.parent / "docs", sections=SECTIONS, repeats=None,
         machine_lines = machine()  # the load average at the start
         rows = measure_once(quick, sections, repeats, sizes, dtypes, model_names, cold_models,
                             cold_repeats, memory_model, flax_limit, port_model, port_gib,
-                            port_shape, torch_sharding_shape, sharding_model)
+                            port_shape, torch_sharding_shape, sharding_model, no_init_model)
         meta = {"quick": quick, "repeats": repeats, "seconds": time.perf_counter() - t0,
                 "cold_repeats": cold_repeats or (1 if quick else 3), "machine": machine_lines,
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

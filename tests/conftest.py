@@ -26,10 +26,10 @@ def restore_registry():
     """Layer registrations (``xinit.register_layer``) made by a test are undone after it."""
     from xinit.core import layers
 
-    qualified, bare = dict(layers._qualified), dict(layers._bare)
+    tables = (layers._qualified, layers._bare, layers._patterns)
+    saved = [dict(t) for t in tables]
     yield
-    layers._qualified.clear()
-    layers._qualified.update(qualified)
-    layers._bare.clear()
-    layers._bare.update(bare)
+    for table, old in zip(tables, saved, strict=True):
+        table.clear()
+        table.update(old)
     layers._cache.clear()

@@ -381,3 +381,15 @@ def test_sharding_section_on_a_tiny_model(run, tmp_path):
     md = (tmp_path / "performance.md").read_text()
     assert "## Sharded initialization over 8 CPU devices" in md
     assert "| sharded gpt_tiny over 8 CPU devices: peak RSS / parameter bytes (rise) | <= 1.25 |" in md
+
+
+def test_no_init_section_on_a_tiny_gpt2(run, tmp_path):
+    pytest.importorskip("transformers")
+    rows = run.run(out=tmp_path, sections=("no_init",), repeats=1, no_init_model="gpt2_tiny",
+                   notes_path=None)
+    (row,) = rows
+    assert row.section == "no_init" and row.xinit_s > 0 and row.peer_s > 0
+    assert row.note == "RNG untouched: yes, head tied: yes"
+    md = (tmp_path / "performance.md").read_text()
+    assert "## Building a transformers model under `no_init`" in md
+    assert "| gpt2_tiny (transformers) built under no_init |" in md

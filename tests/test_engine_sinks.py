@@ -191,3 +191,21 @@ def test_sample_on_the_host_compiles_nothing_per_region():
         xc.sample(spec, 1, shape, layout=xc.FLAX, region=region)
     assert compiles == []
     assert host_memory.on_host()
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex128"])
+@pytest.mark.parametrize("value", [1 + 2j, -3.25])
+def test_complex_constants_keep_their_imaginary_part(value, dtype, monkeypatch):
+    """A complex fill's value travels as complex parameter words (``jnp.full``'s values): on
+    the host, with JAX operations, and inside a user's jit."""
+    import jax
+
+    expected = np.full((3, 300), value, dtype)
+    with jax.enable_x64(True):
+        host = np.asarray(xc.sample(specs.Constant(value), 0, (3, 300), dtype))
+        traced = np.asarray(jax.jit(lambda k: xc.sample(specs.Constant(value), k, (3, 300), dtype))(
+            jax.random.key(0)))
+        monkeypatch.setattr(host_memory, "on_host", lambda: False)
+        device = np.asarray(xc.sample(specs.Constant(value), 0, (3, 300), dtype))
+    for got in (host, traced, device):
+        assert got.dtype == expected.dtype and np.array_equal(got, expected)

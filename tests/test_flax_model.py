@@ -210,7 +210,7 @@ def _mixed_abstract(dtype):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float64])
 def test_host_and_device_assembly_agree_bit_for_bit(dtype, monkeypatch):
-    """The CPU path (numpy views + DLPack) and the JAX-ops path (accelerators) give the same arrays,
+    """The CPU path (numpy views of a host buffer JAX adopts) and the JAX-ops path (accelerators) give the same arrays,
     also when parameters span several chunks."""
     from xinit.core import packing
     from xinit.core.recipes import Derived, Resolved
@@ -281,3 +281,20 @@ def test_boxed_leaves_inside_an_explicit_mesh_keep_their_boxes_and_are_placed():
     assert k.value.sharding.spec == jax.sharding.PartitionSpec(None, "m")
     plain = initialize(abstract, key=0)["params"]["Dense_0"]["kernel"].value
     np.testing.assert_array_equal(k.value, plain)
+
+
+def test_rules_naming_a_class_match_flax_subclasses_too():
+    """The same class-matching as in torch: the Flax adapter records each layer's lineage."""
+
+    class ScaledLinear(nnx.Linear):
+        pass
+
+    model = nnx.Sequential(ScaledLinear(4, 6, rngs=nnx.Rngs(0)), nnx.LayerNorm(6, rngs=nnx.Rngs(0)))
+    params = {p.name: p for p in describe(model)}
+    kernel = params["layers.0.weight"]
+    assert kernel.layer_type == "ScaledLinear" and "flax.nnx.nn.linear.Linear" in kernel.lineage
+    mine = Recipe("mine", (Rule(Normal(0.0, 3.0), kind="flax.nnx.nn.linear.Linear", role="weight"),))
+    initialize(model, mine + torch_default(), key=0)
+    assert float(jnp.std(model.layers[0].kernel[...])) > 1.0
+    assert "layers.1.weight" not in [p.name for p in describe(model) if Rule(Normal(0.0, 1.0),
+                                                                          kind="Linear").matches(p)]

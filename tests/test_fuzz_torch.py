@@ -400,14 +400,6 @@ DIFFERENCES = [
         Case(-12, "trunc_normal_", (5,), torch.float32, "contiguous", {"mean": 1e300, "std": 1e300},
              "global"),
     ),
-    Difference(
-        "sparse_ on complex tensors",
-        lambda c: c.fn == "sparse_" and c.dtype.is_complex,
-        "fills complex normal values, then zeros",
-        "raises NotImplementedError (not supported yet)",
-        "not implemented: complex sparse weights have no known use",
-        Case(-11, "sparse_", (6, 4), torch.complex64, "contiguous", {"sparsity": 0.5}, "global"),
-    ),
 ]
 
 

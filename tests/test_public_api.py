@@ -23,6 +23,14 @@ def test_import_xinit_loads_neither_torch_nor_flax():
     assert r.stdout.strip() == "[]"
 
 
+def test_xinit_imports_neither_transformers_nor_timm():
+    """Their layers and recipes are known by name; neither library is ever imported."""
+    r = _run("import sys, xinit, xinit.torch, xinit.core.recipes_hf, xinit.core.recipes_timm; "
+             "print([m for m in ('transformers', 'timm') if m in sys.modules])")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
 def test_xinit_torch_without_torch_names_the_extra():
     r = _run("import sys; sys.modules['torch'] = None; import xinit.torch")
     assert r.returncode != 0
@@ -78,8 +86,11 @@ def _signature(fn):
     return [(p.name, p.default, p.kind) for p in inspect.signature(fn).parameters.values()]
 
 
-# Keyword-only arguments only one adapter has, after the shared ones: the result's
-# shardings (JAX's out_shardings; torch's DTensors carry their own placements).
+# Keyword-only arguments only one adapter has, after the shared ones: torch's checkpoint
+# loading and reproducibility manifest; flax's result shardings (JAX's out_shardings; torch's
+# DTensors carry their own placements).
+TORCH_ONLY = {"initialize": ["state_dict", "manifest", "save_manifest"], "plan": ["state_dict"],
+              "describe": []}
 FLAX_ONLY = {"initialize": ["shardings"], "plan": [], "describe": []}
 
 
@@ -92,8 +103,10 @@ def test_model_level_functions_take_the_same_arguments_in_both_adapters(name):
     xf = pytest.importorskip("xinit.flax")
     torch_sig, flax_sig = _signature(getattr(xt, name)), _signature(getattr(xf, name))
     shared = len(flax_sig) - len(FLAX_ONLY[name])
-    assert torch_sig == flax_sig[:shared]
+    assert len(torch_sig) - len(TORCH_ONLY[name]) == shared
+    assert torch_sig[:shared] == flax_sig[:shared]
     assert flax_sig[shared:] == [(n, None, inspect.Parameter.KEYWORD_ONLY) for n in FLAX_ONLY[name]]
+    assert torch_sig[shared:] == [(n, None, inspect.Parameter.KEYWORD_ONLY) for n in TORCH_ONLY[name]]
 
 
 def test_initialize_signature_is_the_agreed_one():

@@ -108,9 +108,9 @@ def test_get_recipe():
     assert get_recipe("gpt2") == gpt2(n_layer=12)
     r = Recipe("x", ())
     assert get_recipe(r) is r
-    with pytest.raises(ValueError, match="recipe must be a Recipe or one of"):
+    with pytest.raises(ValueError, match="recipe must be a Recipe, 'hf' or one of"):
         get_recipe("xavier")
-    assert set(RECIPES) == {"torch_default", "resnet", "transformer", "gpt2", "dcgan", "vit"}
+    assert set(RECIPES) == {"torch_default", "resnet", "transformer", "gpt2", "dcgan", "vit", "timm"}
 
 
 # ------------------------------------------------------------------ plans
@@ -244,7 +244,154 @@ def test_rule_within_and_min_ndim():
     rule = Rule(XavierUniform(), within="Transformer", min_ndim=2)
     assert rule.matches(inside) and not rule.matches(bias) and not rule.matches(LIN_W)
     assert "within='Transformer', min_ndim=2" in repr(rule)
-    assert spec_of(torch_default(), inside) == XavierUniform()
+    # torch_default names torch's own Transformer (the adapter lists enclosing classes by
+    # qualified and bare name), so another library's class called "Transformer" is not it
+    torch_inside = Param("t.enc.fc.weight", "linear", "weight", (4, 4), layer=(
+        ("ancestors", ("torch.nn.modules.transformer.Transformer", "Transformer", "ModuleList")),))
+    assert spec_of(torch_default(), torch_inside) == XavierUniform()
+    assert spec_of(torch_default(), inside) == KaimingUniform(a=math.sqrt(5))
     assert spec_of(torch_default(), bias) == Uniform(-0.5, 0.5)
     with pytest.raises(TypeError, match="min_ndim"):
         Rule(Zeros(), min_ndim=-1)
+
+
+# ------------------------------------------- classes, buffers, configs (issue 14)
+
+
+def test_rule_kind_matches_class_lineage_and_globs():
+    conv_same = Param("c.weight", "conv", "weight", (4, 3, 3, 3), layer_type="Conv2dSame",
+                      lineage=("timm.layers.conv2d_same.Conv2dSame", "Conv2dSame",
+                               "torch.nn.modules.conv.Conv2d", "Conv2d", "torch.nn.modules.conv._ConvNd"))
+    assert Rule(Zeros(), kind="Conv2d").matches(conv_same)
+    assert Rule(Zeros(), kind="torch.nn.modules.conv.Conv2d").matches(conv_same)
+    assert Rule(Zeros(), kind="*Same").matches(conv_same)
+    assert not Rule(Zeros(), kind="Conv1d").matches(conv_same)
+    assert not Rule(Zeros(), kind="*Norm").matches(conv_same)
+
+    class Mine:
+        pass
+
+    rule = Rule(Zeros(), kind=Mine)
+    assert rule.kind == (f"{Mine.__module__}.{Mine.__qualname__}",)
+    with pytest.raises(TypeError, match="Rule kind must be"):
+        Rule(Zeros(), kind=3)
+
+
+def test_rules_touch_buffers_only_when_they_say_so():
+    buf = Param("rope.pos_embed", "other", "pos_embed", (64, 32), buffer=True)
+    par = Param("pos_embed", "other", "pos_embed", (1, 64, 32))
+    assert not Rule(Zeros(), name="*pos_embed*").matches(buf)
+    assert Rule(Zeros(), name="*pos_embed*", buffers=True).matches(buf)
+    assert Rule(Zeros(), name="*pos_embed*").matches(par)
+    (entry,) = vit().plan([buf]).entries
+    assert entry.rule is None
+    stats_ = Param("bn.running_var", "norm", "running_var", (8,), buffer=True)
+    assert spec_of(torch_default(), stats_) == Ones()
+    assert "buffers=True" in repr(torch_default().rules[-3])
+    with pytest.raises(TypeError, match="buffers must be True or False"):
+        Rule(Zeros(), buffers="yes")
+
+
+def test_plan_table_has_a_tensor_column():
+    plan = torch_default().plan([
+        Param("bn.weight", "norm", "weight", (8,)),
+        Param("bn.running_mean", "norm", "running_mean", (8,), buffer=True),
+        Param("rope.inv_freq", "other", "inv_freq", (8,), buffer=True),
+    ])
+    lines = str(plan).splitlines()
+    assert lines[1].split()[:2] == ["name", "tensor"]
+    assert lines[2].split()[1] == "param" and lines[3].split()[1] == "buffer"
+    assert lines[4].endswith("left as it is")
+    with_ckpt = plan.with_sources({"bn.weight": "loaded"})
+    assert with_ckpt.loaded == ("bn.weight",) and with_ckpt.drawn == ("bn.running_mean",)
+    assert "loaded from the checkpoint" in str(with_ckpt)
+
+
+def test_attr_constant_reads_any_attribute_and_never_falls_back_silently():
+    ls = Param("ls.gamma", "other", "gamma", (4,), layer_type="LayerScale",
+               layer=(("dim", 4), ("init_values", 1e-5)))
+    assert resolve(AttrConstant("init_values"), ls).spec == Constant(1e-5)
+    with pytest.raises(ValueError, match=r"'scale'.*the layer has: dim, init_values"):
+        resolve(AttrConstant("scale"), ls)
+    assert resolve(AttrConstant("scale", default=2.0), ls).spec == Constant(2.0)
+    assert repr(AttrConstant("init_values")) == "constant(init_values)"
+    with pytest.raises(TypeError, match="attr must be a non-empty string"):
+        AttrConstant("")
+
+
+def test_gpt2_residual_can_be_empty():
+    """Regression: gpt2(residual=()) raised a TypeError while resnet(zero_init_residual=())
+    is that recipe's default."""
+    proj = Param("h.0.attn.c_proj.weight", "linear", "weight", (8, 8))
+    for residual in ((), None, ""):
+        assert spec_of(gpt2(residual=residual), proj) == Normal(0.0, 0.02)
+    assert spec_of(gpt2(), proj) == Normal(0.0, 0.02 / math.sqrt(24))
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_builtin_recipes_round_trip_through_json(name):
+    import json
+
+    r = get_recipe(name)
+    config = json.loads(json.dumps(r.to_config()))
+    assert Recipe.from_config(config) == r
+    assert Recipe.from_config(config).config_hash() == r.config_hash()
+
+
+def test_recipe_config_keeps_every_condition_and_derived_initializer():
+    r = Recipe("all", (
+        Rule(PaddingZeroed(Normal(0.0, 0.5)), kind=("embedding", "Embed"), role="weight"),
+        Rule(FanInUniform(), regex=r"fc\.bias", min_ndim=1),
+        Rule(InvSqrtUniform("in1_features"), within="Bilinear", name=("a.*", "b.*")),
+        Rule(AttrConstant("init", default=0.25), kind="prelu", buffers=True),
+    ))
+    back = Recipe.from_config(r.to_config())
+    assert back == r and back.rules[3].buffers and back.rules[0].init.spec == Normal(0.0, 0.5)
+    assert r.config_hash() != gpt2().config_hash()
+
+    class Unnamed(FanInUniform.__mro__[1]):  # a Derived without a config name
+        def resolve(self, param):
+            return None
+
+    with pytest.raises(TypeError, match="cannot be written as a config"):
+        Recipe("x", (Rule(Unnamed()),)).to_config()
+
+
+def test_hf_recipe_reads_a_config_mapping():
+    from xinit.core.recipes_hf import hf
+
+    r = hf({"model_type": "gpt2", "initializer_range": 0.01, "n_layer": 8})
+    assert r.rules[0].init == Normal(0.0, 0.01 / 4)
+    llama = hf({"model_type": "llama", "initializer_range": 0.0})  # 0 means 0.02, as transformers
+    assert llama.rules[0].init == Normal(0.0, 0.02)
+    t5 = hf({"model_type": "t5", "initializer_factor": 2.0, "d_model": 16, "d_kv": 4, "d_ff": 32,
+             "num_heads": 2})
+    assert t5.rules[0].init == Constant(2.0)
+    with pytest.raises(ValueError, match="'n_layer' must be a positive number"):
+        hf({"model_type": "gpt2", "initializer_range": 0.02})
+    with pytest.raises(ValueError, match="hf\\(model.config\\)"):
+        get_recipe("hf")
+    norm = Param("model.norm.weight", "norm", "weight", (8,), layer_type="LlamaRMSNorm",
+                 lineage=("m.LlamaRMSNorm", "LlamaRMSNorm"))
+    assert spec_of(llama, norm) == Ones()
+
+
+def test_registry_knows_library_layers_by_name(restore_registry):
+    from xinit.core import layers
+    from xinit.core.layout import Layout
+
+    Conv1D = type("Conv1D", (), {"__module__": "transformers.pytorch_utils"})
+    entry = layers.layer_of(Conv1D)
+    assert entry.kind == "linear" and entry.layout == Layout(in_axis=0, out_axis=1)
+    for name in ("LlamaRMSNorm", "T5LayerNorm", "RmsNorm", "LayerNorm2d"):
+        assert layers.layer_of(type(name, (), {})).kind == "norm", name
+    assert layers.layer_of(type("LayerNormLinear", (), {})) is None  # a fused linear, not a norm
+    layers.register_layer("*Gate", kind="linear")
+    assert layers.layer_of(type("MyGate", (), {})).kind == "linear"
+    layers.unregister_layer("*Gate")
+    assert layers.layer_of(type("MyGate", (), {})) is None
+    layers.register_layer("transformers.pytorch_utils.Conv1D", kind="conv")  # a user's word wins
+    assert layers.layer_of(Conv1D).kind == "conv"
+    base = type("Base", (), {})
+    child = type("Child", (base,), {})
+    assert layers.lineage(child)[1::2] == ("Child", "Base")

@@ -232,7 +232,7 @@ class Model(nn.Module):
 
 
 RECIPE = Recipe("with-counts", (Rule(Normal(), name="stats.counts"),)) + get_recipe("torch_default")
-COVERING = Recipe("covering", (Rule(Normal(), name="mask"),)) + RECIPE
+COVERING = Recipe("covering", (Rule(Normal(), name="mask", buffers=True),)) + RECIPE
 
 
 def _state(m: nn.Module):

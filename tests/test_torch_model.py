@@ -749,3 +749,50 @@ def test_rename_maps_canonical_names_before_keying_and_matching():
     applied.apply(apply_fn(key=5, rename=_fc_rename))
     for m in (meta, applied):
         assert torch.equal(m[0].weight, named.fc.weight) and torch.equal(m[0].bias, named.fc.bias)
+
+
+def test_no_init_replaces_only_the_init_functions(monkeypatch):
+    """Regression: a lookup that treated every None-valued module global as an init function
+    replaced those globals too (transformers then failed on its own cache variables)."""
+    import sys
+    import types
+
+    weight_init = types.ModuleType("timm.layers.weight_init")
+    weight_init.trunc_normal_ = lambda tensor, std=1.0: tensor.fill_(std)
+    user = types.ModuleType("timm.models.user")
+    user.trunc_normal_ = weight_init.trunc_normal_  # `from timm.layers import trunc_normal_`
+    user.normal_ = torch.nn.init.normal_
+    user.nothing, user.number = None, 3
+    monkeypatch.setitem(sys.modules, "timm.layers.weight_init", weight_init)
+    monkeypatch.setitem(sys.modules, "timm.models.user", user)
+    t = torch.zeros(3)
+    with no_init():
+        assert user.nothing is None and user.number == 3
+        assert user.trunc_normal_(t, std=2.0) is t and (t == 0).all()
+        user.normal_(t)
+        weight_init.trunc_normal_(t)
+        assert (t == 0).all()
+    assert user.trunc_normal_ is weight_init.trunc_normal_ and user.normal_ is torch.nn.init.normal_
+    assert (user.trunc_normal_(t, std=2.0) == 2).all()
+
+
+def test_no_init_leaves_no_stand_in_in_modules_imported_inside_it(tmp_path, monkeypatch):
+    """Regression: a module first imported inside no_init (transformers' initialization module,
+    which keeps a table of torch's functions) kept the do-nothing stand-ins after the block, so
+    transformers' zeros_ stayed a no-op for the rest of the process."""
+    import importlib
+    import sys
+
+    (tmp_path / "xinit_probe_late.py").write_text(
+        "import torch\n"
+        "from torch.nn.init import normal_\n"
+        "TABLE = {'zeros_': torch.nn.init.zeros_, 'n': 1}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    original = torch.nn.init.normal_
+    with no_init():
+        late = importlib.import_module("xinit_probe_late")
+        assert late.normal_ is not original and late.normal_.__wrapped__ is original  # a stand-in
+    assert late.normal_ is original and late.TABLE["zeros_"] is torch.nn.init.zeros_
+    assert late.TABLE["n"] == 1
+    sys.modules.pop("xinit_probe_late", None)

@@ -25,6 +25,7 @@ from .layout import Fans as Fans
 from .layout import Layout as Layout
 from .layout import canonical_shape as canonical_shape
 from .layout import compute_fans as compute_fans
+from .manifest import Manifest as Manifest
 from .recipes import KINDS as KINDS
 from .recipes import RECIPES as RECIPES
 from .recipes import AttrConstant as AttrConstant
@@ -94,6 +95,7 @@ __all__ = [
     "canonical_shape",
     "compute_fans",
     "register_layer",
+    "Manifest",
     "uniform",
     "normal",
     "trunc_normal",

@@ -91,11 +91,10 @@ def compute_dtype(dtype) -> np.dtype:
 
 
 def param_dtype(family: str, out_dtype) -> np.dtype:
-    """The dtype ``family``'s parameters are passed (and computed) in for ``out_dtype``
-    (a complex fill: its real dtype, the value cast to complex with imaginary part 0)."""
+    """The dtype ``family``'s parameters are passed (and computed) in for ``out_dtype``:
+    the compute dtype for random families and floats, else ``out_dtype`` itself (a
+    complex fill's value is complex: ``constant(1 + 2j)``, as ``jnp.full``)."""
     out_dtype = np.dtype(out_dtype)
-    if out_dtype.kind == "c":
-        return np.dtype(f"f{out_dtype.itemsize // 2}")
     if FAMILIES[family].random or out_dtype.kind == "f":
         return compute_dtype(out_dtype)
     return out_dtype

@@ -541,7 +541,7 @@ def _launch_orthogonal(req: Request, bufs) -> tuple[jax.Array, list[tuple]]:
 
 def _sparse_args(req: Request):
     """``(program, args)`` of a sparse request's region (see :func:`programs.sparse_program`;
-    complex: :func:`programs.sparse_complex_program`, on the real view)."""
+    complex: on the real view)."""
     (r0, r1), (c0, c1) = req.region[:2]
     rows, cols = req.shape[:2]
     cdt = dist.compute_dtype(req.dtype)
@@ -556,12 +556,8 @@ def _sparse_args(req: Request):
     # A one-element block would compile to straight-line code, which XLA:CPU rounds
     # differently (1 ulp) from the loops every larger block runs: draw one more column.
     width = 2 if (r1 - r0) * (c1 - c0) == 1 else c1 - c0
-    if parts == 2:  # each part N(0, std^2 / 2): E|w|^2 = std^2
-        prog = programs.sparse_complex_program(rows, r1, r1 - r0, width, req.dtype)
-        std = req.plan.std / np.sqrt(2)
-    else:
-        prog = programs.sparse_program(rows, r1, r1 - r0, width, req.dtype)
-        std = req.plan.std
+    prog = programs.sparse_program(rows, r1, r1 - r0, width, req.dtype, parts)
+    std = req.plan.std / np.sqrt(2) if parts == 2 else req.plan.std  # complex: E|w|^2 = std^2
     args = (req.key, np.int32(req.plan.zeros), np.asarray((0.0, std), cdt),
             bases(r0, r1 - r0, 0, parts), bases(0, r1, parts * rows * cols, 1))
     return prog, args

@@ -24,6 +24,7 @@ __all__ = [
     "IntegerError",
     "RangeError",
     "UnwritableTensorError",
+    "CheckpointError",
     "OutOfMemoryError",
 ]
 
@@ -116,6 +117,14 @@ class RangeError(BoundsError, OverflowError):
 class UnwritableTensorError(XinitError, RuntimeError):
     """The tensor cannot be written in place: an inference tensor outside
     ``torch.inference_mode()``, or an expanded view whose elements share memory."""
+
+
+class CheckpointError(XinitError, RuntimeError, ValueError):
+    """A checkpoint that does not fit the model (keys it lacks, other shapes or dtypes).
+
+    ``torch.nn.Module.load_state_dict`` raises ``RuntimeError`` for these; the
+    message lists every problem, and nothing was written.
+    """
 
 
 class OutOfMemoryError(XinitError, MemoryError, RuntimeError):

@@ -14,8 +14,18 @@ never from the rank of a tensor:
 
 A lookup walks the class's method resolution order, checking each class's
 qualified name and then its bare name, so subclasses of a registered class
-(timm's ``Conv2dSame(nn.Conv2d)``) get the entry of their nearest registered
-ancestor. A user's declaration replaces a built-in one with the same key.
+(timm's ``Conv2dSame(nn.Conv2d)``, ``BatchNormAct2d(nn.BatchNorm2d)``) get the
+entry of their nearest registered ancestor. A user's declaration replaces a
+built-in one with the same key. A name may also be a glob (``"*RMSNorm"``),
+matched against the bare names of the class and its bases when no exact entry
+matched.
+
+Built-in knowledge of two libraries, by name (neither is imported): Hugging
+Face's ``transformers.pytorch_utils.Conv1D`` is a linear layer storing its
+weight ``(in, out)``; and, as transformers itself recognizes them, classes
+whose name ends in ``LayerNorm`` or ``RMSNorm`` (``LlamaRMSNorm``,
+``T5LayerNorm``; timm's ``RmsNorm``) are norms. timm's layers subclass
+torch's, so they need no entries.
 
 The layout applies to the layer's weight (the parameter named ``weight`` in
 torch, ``kernel`` in Flax): the canonical weight is ``weight.transpose(
@@ -34,6 +44,8 @@ This module never imports torch or flax.
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from dataclasses import dataclass
 
 from .layout import FLAX, TORCH, Layout
@@ -41,6 +53,7 @@ from .recipes import KINDS
 
 __all__ = [
     "RegisteredLayer",
+    "lineage",
     "register_layer",
     "unregister_layer",
     "layer_of",
@@ -48,6 +61,9 @@ __all__ = [
     "qualified_name",
     "FLAX_CONV_TRANSPOSE",
 ]
+
+#: Hugging Face's ``Conv1D``: a linear layer whose weight is stored ``(in, out)``.
+HF_CONV1D = Layout(in_axis=0, out_axis=1)
 
 #: flax's ConvTranspose kernel ``(*k, in, out)`` read in torch's ConvTranspose
 #: weight order ``(in, out, *k)`` (torch's fans of a transposed convolution).
@@ -115,7 +131,17 @@ def _builtin_table() -> dict[str, RegisteredLayer]:
         "activation.PReLU": ("prelu", TORCH),
         "activations.PReLU": ("prelu", TORCH),
     }
+    libraries = {  # by name: importing neither library
+        "transformers.pytorch_utils.Conv1D": ("linear", HF_CONV1D),
+        # transformers finds norms by class name ("LayerNorm"/"RMSNorm" in the name)
+        "*LayerNorm": ("norm", TORCH),
+        "*RMSNorm": ("norm", TORCH),
+        "*RmsNorm": ("norm", TORCH),  # timm
+        "*RmsNorm2d": ("norm", TORCH),
+        "*LayerNorm2d": ("norm", TORCH),
+    }
     table = {k: RegisteredLayer(k, kind, TORCH, True) for k, kind in torch_nn.items()}
+    table.update({k: RegisteredLayer(k, kind, layout, True) for k, (kind, layout) in libraries.items()})
     for package in ("flax.linen.", "flax.nnx.nn."):
         for name, (kind, layout) in flax_layers.items():
             key = package + name
@@ -133,9 +159,22 @@ CONTAINERS = {
     "flax.nnx.nn.recurrent.Bidirectional": "bidirectional",
 }
 
-_qualified: dict[str, RegisteredLayer] = _builtin_table()
+_GLOB = re.compile(r"[*?\[]")
+
+
+def _table_for(key: str) -> dict[str, RegisteredLayer]:
+    if _GLOB.search(key):
+        return _patterns
+    return _qualified if "." in key else _bare
+
+
+_qualified: dict[str, RegisteredLayer] = {}
 _bare: dict[str, RegisteredLayer] = {}
+_patterns: dict[str, RegisteredLayer] = {}
+for _k, _entry in _builtin_table().items():
+    _table_for(_k)[_k] = _entry
 _cache: dict[type, RegisteredLayer | None] = {}
+_lineages: dict[type, tuple[str, ...]] = {}
 
 
 def _key(cls_or_name) -> str:
@@ -145,7 +184,8 @@ def _key(cls_or_name) -> str:
         return cls_or_name
     raise TypeError(
         "register_layer: cls_or_name must be a class or its name as a non-empty string "
-        f"('Conv1D' or 'transformers.pytorch_utils.Conv1D'); got {cls_or_name!r}"
+        f"('Conv1D', 'transformers.pytorch_utils.Conv1D' or a glob such as '*RMSNorm'); "
+        f"got {cls_or_name!r}"
     )
 
 
@@ -154,15 +194,16 @@ def register_layer(cls_or_name, kind: str, layout: Layout = TORCH):
 
     Args:
         cls_or_name: the class, or its name: bare (``"Conv1D"``, matches any class
-            of that name) or qualified (``"transformers.pytorch_utils.Conv1D"``).
-            Subclasses match too.
+            of that name), qualified (``"transformers.pytorch_utils.Conv1D"``) or
+            a glob on bare names (``"*RMSNorm"``, consulted when no exact name
+            matches). Subclasses match too.
         kind: the layer kind, one of :data:`~xinit.core.recipes.KINDS`
             (``"linear"``, ``"conv"``, ``"norm"``, ...).
         layout: where the class keeps the ``in`` and ``out`` axes of its weight:
             :data:`~xinit.core.TORCH` for ``(out, in, *k)``, :data:`~xinit.core.FLAX`
             for ``(*k, in, out)``, or any :class:`~xinit.core.Layout`. Hugging
             Face's ``Conv1D`` stores a linear weight as ``(in, out)``:
-            ``Layout(in_axis=0, out_axis=1)``.
+            ``Layout(in_axis=0, out_axis=1)`` (a built-in entry).
 
     Returns:
         ``cls_or_name``.
@@ -184,8 +225,7 @@ def register_layer(cls_or_name, kind: str, layout: Layout = TORCH):
             f"register_layer: layout must be an xinit.Layout (e.g. xinit.TORCH, xinit.FLAX, "
             f"xinit.Layout(in_axis=0, out_axis=1)); got layout={layout!r}"
         )
-    entry = RegisteredLayer(key, kind, layout, False)
-    (_qualified if "." in key else _bare)[key] = entry
+    _table_for(key)[key] = RegisteredLayer(key, kind, layout, False)
     _cache.clear()
     return cls_or_name
 
@@ -193,37 +233,79 @@ def register_layer(cls_or_name, kind: str, layout: Layout = TORCH):
 def unregister_layer(cls_or_name) -> None:
     """Remove a user's declaration (a built-in entry it replaced comes back)."""
     key = _key(cls_or_name)
-    table = _qualified if "." in key else _bare
+    table = _table_for(key)
     if key not in table or table[key].builtin:
         raise KeyError(f"unregister_layer: {key!r} was not registered by register_layer")
     del table[key]
     builtin = _builtin_table().get(key)
     if builtin is not None:
-        _qualified[key] = builtin
+        table[key] = builtin
     _cache.clear()
+
+
+def _mro(cls) -> tuple:
+    return tuple(c for c in getattr(cls, "__mro__", (cls,)) if c is not object)
 
 
 def layer_of(cls: type) -> RegisteredLayer | None:
     """The registry entry of ``cls`` or of its nearest registered ancestor; None if none.
 
+    Exact names first (per class, nearest first: a user's declaration before a
+    built-in one), then glob entries on the bare names.
+
     >>> class Plain: ...
     >>> layer_of(Plain) is None
     True
+    >>> class LlamaRMSNorm: ...
+    >>> layer_of(LlamaRMSNorm).kind
+    'norm'
     """
     try:
         return _cache[cls]
     except (KeyError, TypeError):
         pass
     found = None
-    for c in getattr(cls, "__mro__", (cls,)):
-        found = _qualified.get(qualified_name(c)) or _bare.get(c.__name__)
-        if found is not None:
+    mro = _mro(cls)
+    for c in mro:
+        hits = [e for e in (_qualified.get(qualified_name(c)), _bare.get(c.__name__)) if e is not None]
+        if hits:
+            found = next((e for e in hits if not e.builtin), hits[0])
             break
+    if found is None:
+        patterns = sorted(_patterns.values(), key=lambda e: e.builtin)  # users' first
+        found = next((e for c in mro for e in patterns if fnmatch.fnmatchcase(c.__name__, e.key)),
+                     None)
     try:
         _cache[cls] = found
     except TypeError:  # an unhashable class object: answer without caching
         pass
     return found
+
+
+def lineage(cls: type) -> tuple[str, ...]:
+    """The names of ``cls`` and its bases (nearest first), each qualified then bare.
+
+    What :class:`~xinit.core.recipes.Param` keeps so that a rule naming a class
+    (``Rule(kind="Conv2d")``) matches its subclasses.
+
+    >>> class Base: ...
+    >>> class Child(Base): ...
+    >>> [n for n in lineage(Child) if "." not in n]
+    ['Child', 'Base']
+    """
+    try:
+        return _lineages[cls]
+    except (KeyError, TypeError):
+        pass
+    names: list[str] = []
+    for c in _mro(cls):
+        names += [qualified_name(c), c.__name__]
+    out = tuple(dict.fromkeys(names))
+    try:
+        _lineages[cls] = out
+    except TypeError:
+        pass
+    return out
 
 
 def container_of(cls: type) -> str | None:

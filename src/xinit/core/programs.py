@@ -55,7 +55,6 @@ __all__ = [
     "orthogonal_program",
     "sparse_program",
     "unitary_program",
-    "sparse_complex_program",
     "fold_program",
     "clear_caches",
     "on_clear",
@@ -235,7 +234,7 @@ ROW_KEY, ROW_BASE_LO, ROW_BASE_HI, ROW_PARAMS = slice(0, 2), 2, 3, 4
 
 
 def _param_words(pdt: np.dtype) -> int:
-    return 2 if pdt.itemsize == 8 else 1
+    return max(pdt.itemsize // 4, 1)  # complex128: 4 words, float64 and complex64: 2
 
 
 def _n_float(family: str) -> int:
@@ -251,8 +250,9 @@ def row_width(family: str, out_dtype) -> int:
 
 def pack_params(fparams: np.ndarray, iparams: np.ndarray) -> np.ndarray:
     """One row's parameters as uint32 words: ``fparams`` (1, n) in the parameter dtype
-    (8-byte values as two words, 4-byte ones as one, 1- and 2-byte ones zero-extended),
-    then ``iparams`` (1, m) int32. Unpacked bit for bit by the programs."""
+    (8- and 16-byte values as two and four words, 4-byte ones as one, 1- and 2-byte
+    ones zero-extended), then ``iparams`` (1, m) int32. Unpacked bit for bit by the
+    programs."""
     fparams = np.ascontiguousarray(fparams)
     size = fparams.dtype.itemsize
     if size < 4:
@@ -269,7 +269,12 @@ def _unpack_params(rows, family: str, out_dtype: np.dtype, offset: int = ROW_PAR
     cdt = pdt
     n, w = _n_float(family), _param_words(pdt)
     words = rows[:, offset : offset + n * w]
-    if pdt.itemsize == 8:
+    if pdt.kind == "c":  # (real, imag) parts, each in one or two words
+        part = np.dtype(f"f{pdt.itemsize // 2}")
+        shape = (rows.shape[0], n, 2, 2) if part.itemsize == 8 else (rows.shape[0], n, 2)
+        parts = lax.bitcast_convert_type(words.reshape(shape), part)
+        fvals = lax.complex(parts[..., 0], parts[..., 1])
+    elif pdt.itemsize == 8:
         fvals = lax.bitcast_convert_type(words.reshape(rows.shape[0], n, 2), pdt)
     elif pdt.itemsize == 4:
         fvals = lax.bitcast_convert_type(words, pdt)
@@ -430,7 +435,7 @@ def unitary_program(rows: int, cols: int, out_dtype: np.dtype, valids: tuple[int
 
 @functools.cache
 def sparse_program(total_rows: int, sel_rows: int, val_rows: int, width: int,
-                   out_dtype: np.dtype) -> Program:
+                   out_dtype: np.dtype, parts: int = 1) -> Program:
     """Sparse values of a block of columns: ``(key, zeros, fparams, vbase, sbase)``.
 
     ``vbase`` (2, val_rows): the (lo, hi) counter of each wanted row's first
@@ -439,6 +444,11 @@ def sparse_program(total_rows: int, sel_rows: int, val_rows: int, width: int,
     rows (each column's own uniforms), and the last ``val_rows`` of it apply.
     Row ``i`` of a whole ``(rows, cols)`` tensor has value counters
     ``i * cols + c`` and selection counters ``rows * cols + i * cols + c``.
+
+    ``parts=2``: complex values as their real view, each part at its own value
+    counter (``2 * (i * cols + c) + p``, selection counters from
+    ``2 * rows * cols``); a chosen element is zero in both parts, and the result
+    is ``(val_rows, width, 2)``, flattened.
     """
     out_dtype = np.dtype(out_dtype)
     cdt = dist.compute_dtype(out_dtype)
@@ -448,35 +458,13 @@ def sparse_program(total_rows: int, sel_rows: int, val_rows: int, width: int,
         k1, k2 = kd[0], kd[1]
         shi, slo = _sparse_counters(sbase, sel_rows, width)
         mask = dist.select_zeros(unit_uniform(k1, k2, shi, slo, cdt), zeros, total_rows)
-        vhi, vlo = _sparse_counters(vbase, val_rows, width)
+        vhi, vlo = _sparse_counters(vbase, val_rows, parts * width)
         z = dist.standard_normal(unit_uniform(k1, k2, vhi, vlo, cdt), cdt)
         vals = fparams[0] + fparams[1] * z
-        return jnp.where(mask[sel_rows - val_rows :], jnp.zeros((), cdt), vals).astype(out_dtype).reshape(-1)
-
-    return Program(program)
-
-
-@functools.cache
-def sparse_complex_program(total_rows: int, sel_rows: int, val_rows: int, width: int,
-                           out_dtype: np.dtype) -> Program:
-    """:func:`sparse_program` for complex values, as their real view: the values are a
-    complex normal (each part at its own real-view counter, ``2 * (i * cols + c) + p``),
-    the selection uniforms one per element (counters ``2 * rows * cols + i * cols + c``),
-    and a chosen element is zero in both parts. ``vbase`` holds each wanted row's first
-    real-view value counter; the result is ``(val_rows, width, 2)``, flattened."""
-    out_dtype = np.dtype(out_dtype)
-    cdt = dist.compute_dtype(out_dtype)
-
-    def program(kd, zeros, fparams, vbase, sbase):
-        count_trace()
-        k1, k2 = kd[0], kd[1]
-        shi, slo = _sparse_counters(sbase, sel_rows, width)
-        mask = dist.select_zeros(unit_uniform(k1, k2, shi, slo, cdt), zeros, total_rows)
-        vhi, vlo = _sparse_counters(vbase, val_rows, 2 * width)
-        z = dist.standard_normal(unit_uniform(k1, k2, vhi, vlo, cdt), cdt)
-        vals = (fparams[0] + fparams[1] * z).reshape(val_rows, width, 2)
-        keep = mask[sel_rows - val_rows :][..., None]
-        return jnp.where(keep, jnp.zeros((), cdt), vals).astype(out_dtype).reshape(-1)
+        chosen = mask[sel_rows - val_rows :]
+        if parts == 2:
+            vals, chosen = vals.reshape(val_rows, width, 2), chosen[..., None]
+        return jnp.where(chosen, jnp.zeros((), cdt), vals).astype(out_dtype).reshape(-1)
 
     return Program(program)
 
@@ -509,7 +497,7 @@ def on_clear(fn) -> None:
 def clear_caches() -> None:
     """Forget every built program (after the hash implementation changed)."""
     for builder in (rows_program, unit_program, transform_program, orthogonal_program,
-                    sparse_program, unitary_program, sparse_complex_program, fold_program):
+                    sparse_program, unitary_program, fold_program):
         builder.cache_clear()
     for fn in _ON_CLEAR:
         fn()

@@ -27,19 +27,23 @@ model into :class:`Param` records and call :meth:`Recipe.plan`; this module
 never sees a tensor.
 
 Built-ins (:data:`RECIPES`, :func:`get_recipe`): :func:`torch_default`,
-:func:`resnet`, :func:`transformer`, :func:`gpt2`, :func:`dcgan`, :func:`vit`.
+:func:`resnet`, :func:`transformer`, :func:`gpt2`, :func:`dcgan`, :func:`vit`,
+and the recipes of two libraries: ``"timm"``
+(:func:`xinit.core.recipes_timm.timm`) and ``"hf"``
+(:func:`xinit.core.recipes_hf.hf`, built from a transformers model's config).
 The literature recipes end with the ``torch_default`` rules, so layers they say
 nothing about keep PyTorch's defaults (as torchvision and timm do).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from .specs import (
     Constant,
@@ -54,6 +58,7 @@ from .specs import (
     XavierUniform,
     Zeros,
 )
+from .specs import from_config as spec_from_config
 
 __all__ = [
     "KINDS",
@@ -80,6 +85,10 @@ __all__ = [
     "vit",
     "RECIPES",
     "get_recipe",
+    "at_any_depth",
+    "init_config",
+    "init_from_config",
+    "DERIVED",
 ]
 
 KINDS = (
@@ -135,10 +144,18 @@ class Param:
         dtype: a numpy dtype name, e.g. ``"float32"``.
         layer_type: the layer's class name (``"Linear"``, ``"Dense"``), or ``""``.
         layer: layer attributes that layer-dependent initializers read, as
-            ``(key, value)`` pairs: ``weight_shape`` (the sibling weight's
-            canonical shape), ``hidden_size``, ``in1_features``, ``padding_idx``,
-            ``init`` (PReLU).
-        buffer: True for buffers (running statistics), False for parameters.
+            ``(key, value)`` pairs: the layer's plain attributes (numbers,
+            strings, tuples of them: ``in_features``, ``padding_idx``,
+            ``hidden_size``, ``init_values``, ...), ``weight_shape`` (the sibling
+            weight's canonical shape) and ``ancestors`` (the names of the classes
+            of the modules enclosing the layer, outermost first, each qualified
+            and bare, bases included: what ``Rule(within=...)`` reads).
+        buffer: True for buffers (running statistics, computed tables), False
+            for parameters. Only rules with ``buffers=True`` match buffers.
+        lineage: the layer's class and its bases, nearest first, each by
+            qualified and bare name (``("torch.nn.modules.conv.Conv2d",
+            "Conv2d", ...)``): a rule naming a class in ``kind=`` matches its
+            subclasses through it.
     """
 
     name: str
@@ -149,6 +166,7 @@ class Param:
     layer_type: str = ""
     layer: tuple[tuple[str, Any], ...] = ()
     buffer: bool = False
+    lineage: tuple[str, ...] = ()
 
     def attr(self, key: str, default: Any = None) -> Any:
         """The layer attribute ``key`` (see ``layer``), or ``default``."""
@@ -165,11 +183,46 @@ class Resolved(NamedTuple):
     zero_rows: tuple[int, ...] = ()
 
 
+#: Layer-dependent initializers by config name (``FanInUniform.name`` ...), for
+#: :func:`init_from_config`.
+DERIVED: dict[str, type[Derived]] = {}
+
+
 class Derived:
-    """Base of initializers whose arguments depend on the parameter's layer."""
+    """Base of initializers whose arguments depend on the parameter's layer.
+
+    Subclasses are frozen dataclasses with a class attribute ``name`` (their
+    config name, registered in :data:`DERIVED`) and implement :meth:`resolve`.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.name:
+            DERIVED[cls.name] = cls
 
     def resolve(self, param: Param) -> Resolved:
         raise NotImplementedError
+
+    def to_config(self) -> dict[str, Any]:
+        """``{"name": ..., **arguments}`` (specs among the arguments as their configs)."""
+        if not self.name or not dataclasses.is_dataclass(self):
+            raise TypeError(
+                f"{type(self).__name__} cannot be written as a config: a Derived initializer needs a "
+                "class attribute `name` and must be a dataclass"
+            )
+        config: dict[str, Any] = {"name": self.name}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            config[f.name] = init_config(value) if isinstance(value, (Spec, Derived)) else value
+        return config
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Derived:
+        args = {k: (init_from_config(v) if isinstance(v, Mapping) else v)
+                for k, v in config.items() if k != "name"}
+        return cls(**args)
 
 
 def _need(param: Param, key: str, who: str):
@@ -191,6 +244,8 @@ class FanInUniform(Derived):
     canonical shape comes from the layer attribute ``weight_shape``.
     """
 
+    name: ClassVar[str] = "fan_in_uniform"
+
     def resolve(self, param: Param) -> Resolved:
         shape = _need(param, "weight_shape", "FanInUniform")
         fan_in = shape[1] * math.prod(shape[2:]) if len(shape) >= 2 else 0
@@ -209,6 +264,7 @@ class InvSqrtUniform(Derived):
     ``InvSqrtUniform("in1_features")`` is ``torch.nn.Bilinear``'s.
     """
 
+    name: ClassVar[str] = "inv_sqrt_uniform"
     attr: str = "hidden_size"
 
     def resolve(self, param: Param) -> Resolved:
@@ -222,18 +278,41 @@ class InvSqrtUniform(Derived):
 
 @dataclass(frozen=True)
 class AttrConstant(Derived):
-    """Every element the layer attribute ``attr`` (``default`` when the layer has none).
+    """Every element the value of the layer attribute ``attr``.
 
-    ``AttrConstant("init", 0.25)`` is ``torch.nn.PReLU``'s default.
+    Reads any plain attribute of the layer (``Param.layer``): timm's
+    ``LayerScale`` keeps ``init_values``, ``torch.nn.PReLU`` keeps ``init``. A
+    layer without the attribute raises a ``ValueError`` naming the parameter and
+    the attributes the layer has, unless ``default`` is given (then the layer
+    may lack it): ``AttrConstant("init", default=0.25)`` is ``torch.nn.PReLU``'s
+    default, whose Flax counterpart keeps no ``init``.
     """
 
-    attr: str = "init"
-    default: float = 0.25
+    name: ClassVar[str] = "attr_constant"
+    attr: str
+    default: float | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.attr, str) or not self.attr:
+            raise TypeError(f"AttrConstant: attr must be a non-empty string; got attr={self.attr!r}")
 
     def resolve(self, param: Param) -> Resolved:
-        return Resolved(Constant(param.attr(self.attr, self.default)))
+        value = param.attr(self.attr)
+        if value is None:
+            if self.default is None:
+                have = sorted(k for k, _ in param.layer if k not in ("ancestors", "weight_shape"))
+                raise ValueError(
+                    f"AttrConstant for parameter {param.name!r} reads the layer attribute "
+                    f"{self.attr!r}, which its layer ({param.layer_type or param.kind}) does not have; "
+                    f"the layer has: {', '.join(have) or 'no plain attributes'}. Name another "
+                    "attribute, or give AttrConstant a default="
+                )
+            value = self.default
+        return Resolved(Constant(value))
 
     def __repr__(self) -> str:
+        if self.default is None:
+            return f"constant({self.attr})"
         return f"constant({self.attr}, default={self.default!r})"
 
 
@@ -245,6 +324,7 @@ class PaddingZeroed(Derived):
     without ``padding_idx`` gets ``spec`` alone.
     """
 
+    name: ClassVar[str] = "padding_zeroed"
     spec: Spec = field(default_factory=lambda: Normal(0.0, 1.0))
 
     def resolve(self, param: Param) -> Resolved:
@@ -271,6 +351,21 @@ def resolve(init, param: Param) -> Resolved:
     raise TypeError(f"a rule's init must be a Spec or a Derived initializer; got {init!r}")
 
 
+def init_config(init) -> dict[str, Any]:
+    """The config of a rule's initializer (a :class:`~xinit.core.Spec` or :class:`Derived`)."""
+    if isinstance(init, (Spec, Derived)):
+        return init.to_config()
+    raise TypeError(f"a rule's init must be a Spec or a Derived initializer; got {init!r}")
+
+
+def init_from_config(config: Mapping[str, Any]):
+    """The initializer :func:`init_config` wrote: a Derived one by its name, else a spec."""
+    name = config.get("name")
+    if name in DERIVED:
+        return DERIVED[name].from_config(config)
+    return spec_from_config(dict(config))
+
+
 # ----------------------------------------------------------------------- rules
 
 
@@ -285,20 +380,47 @@ def _names(value, arg: str) -> tuple[str, ...] | None:
     return value
 
 
+def _class_names(value, arg: str) -> tuple[str, ...] | None:
+    """``kind=``/``within=``: strings as they are, classes by their qualified name."""
+    if value is None:
+        return None
+    items = (value,) if isinstance(value, (str, type)) else value
+    if isinstance(items, (list, tuple, set, frozenset)):
+        items = tuple(items)
+    if not isinstance(items, tuple) or not items or not all(isinstance(v, (str, type)) for v in items):
+        raise TypeError(
+            f"Rule {arg} must be a kind, a class name, a class, or a tuple of those; "
+            f"got {value!r}"
+        )
+    return tuple(v if isinstance(v, str) else f"{v.__module__}.{v.__qualname__}" for v in items)
+
+
+_GLOB = re.compile(r"[*?\[]")
+
+
 @dataclass(frozen=True)
 class Rule:
     """Match parameters and name their initializer.
 
     Args:
         init: a :class:`~xinit.core.Spec` or a :class:`Derived` initializer.
-        kind: layer kind(s) or layer class name(s); None matches any.
+        kind: layer kind(s) (``"linear"``, ``"norm"``, ... see :data:`KINDS`),
+            layer class name(s) (bare ``"Conv2d"`` or qualified
+            ``"torch.nn.modules.conv.Conv2d"``; a glob such as ``"*RMSNorm"``
+            matches class names), or classes. A class matches its subclasses
+            too (timm's ``Conv2dSame`` is a ``"Conv2d"``). None matches any.
         role: role(s) in the layer (``"weight"``, ``"bias"``, ...); None matches any.
         name: glob pattern(s) on the canonical dotted name (``fnmatch``, case
             sensitive, ``*`` also crosses dots); None matches any.
         regex: a regular expression that must match the whole name; None matches any.
         within: class name(s) of which one must enclose the layer (the layer
-            attribute ``ancestors``, e.g. ``"Transformer"``); None matches any.
+            attribute ``ancestors``, e.g. ``"Transformer"``, or qualified
+            ``"timm.models.resnet.Bottleneck"``); None matches any.
         min_ndim: the parameter must have at least this many dimensions.
+        buffers: whether the rule may match buffers. A rule never writes a
+            buffer unless it says so: only the running-statistics rules of the
+            built-in recipes do. Computed buffers (rotary frequencies, position
+            ids, relative-position indices) are left as the model made them.
 
     All given conditions must hold.
 
@@ -315,16 +437,19 @@ class Rule:
     regex: str | None = None
     within: Any = None
     min_ndim: int | None = None
+    buffers: bool = False
 
     def __post_init__(self):
         if not isinstance(self.init, (Spec, Derived)):
             raise TypeError(f"Rule init must be a Spec or a Derived initializer; got {self.init!r}")
-        object.__setattr__(self, "kind", _names(self.kind, "kind"))
+        object.__setattr__(self, "kind", _class_names(self.kind, "kind"))
         object.__setattr__(self, "role", _names(self.role, "role"))
         object.__setattr__(self, "name", _names(self.name, "name"))
-        object.__setattr__(self, "within", _names(self.within, "within"))
+        object.__setattr__(self, "within", _class_names(self.within, "within"))
         if self.min_ndim is not None and (not isinstance(self.min_ndim, int) or self.min_ndim < 0):
             raise TypeError(f"Rule min_ndim must be a non-negative int or None; got {self.min_ndim!r}")
+        if not isinstance(self.buffers, bool):
+            raise TypeError(f"Rule buffers must be True or False; got buffers={self.buffers!r}")
         if self.regex is not None:
             try:
                 re.compile(self.regex)
@@ -332,7 +457,10 @@ class Rule:
                 raise ValueError(f"Rule regex {self.regex!r} is not a valid pattern: {err}") from None
 
     def matches(self, param: Param) -> bool:
-        if self.kind is not None and param.kind not in self.kind and param.layer_type not in self.kind:
+        if param.buffer and not self.buffers:
+            return False
+        if self.kind is not None and not _class_match(self.kind, (param.kind, param.layer_type,
+                                                                  *param.lineage)):
             return False
         if self.role is not None and param.role not in self.role:
             return False
@@ -340,11 +468,26 @@ class Rule:
             return False
         if self.regex is not None and re.fullmatch(self.regex, param.name) is None:
             return False
-        if self.within is not None and not set(self.within) & set(param.attr("ancestors", ())):
+        if self.within is not None and not _class_match(self.within, param.attr("ancestors", ())):
             return False
         if self.min_ndim is not None and len(param.shape) < self.min_ndim:
             return False
         return True
+
+    def to_config(self) -> dict[str, Any]:
+        """A JSON-ready dict; :meth:`from_config` inverts it."""
+        config: dict[str, Any] = {"init": init_config(self.init)}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name != "init" and value is not None and value != f.default:
+                config[f.name] = list(value) if isinstance(value, tuple) else value
+        return config
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Rule:
+        args = dict(config)
+        init = init_from_config(args.pop("init"))
+        return cls(init, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in args.items()})
 
     def __repr__(self) -> str:
         parts = [repr(self.init)]
@@ -356,24 +499,69 @@ class Rule:
             parts.append(f"regex={self.regex!r}")
         if self.min_ndim is not None:
             parts.append(f"min_ndim={self.min_ndim}")
+        if self.buffers:
+            parts.append("buffers=True")
         return f"Rule({', '.join(parts)})"
 
 
+def at_any_depth(*names: str) -> tuple[str, ...]:
+    """Globs for ``names`` at the top of a model and below it: ``("fc.weight", "*.fc.weight")``.
+
+    >>> at_any_depth("c_proj.weight")
+    ('c_proj.weight', '*.c_proj.weight')
+    """
+    out: list[str] = []
+    for n in names:
+        out += [n, f"*.{n}"]
+    return tuple(out)
+
+
+def _class_match(wanted: tuple[str, ...], names) -> bool:
+    """Whether any of ``names`` is one of ``wanted`` (exact names, or globs)."""
+    names = tuple(names)
+    for w in wanted:
+        if _GLOB.search(w):
+            if any(fnmatch.fnmatchcase(n, w) for n in names):
+                return True
+        elif w in names:
+            return True
+    return False
+
+
 class PlanEntry(NamedTuple):
-    """One line of a :class:`Plan`: a parameter, the rule that matched, the spec it gets."""
+    """One line of a :class:`Plan`: a parameter, the rule that matched, the spec it gets.
+
+    ``source`` says where its value comes from when no rule draws it: an
+    adapter's plan marks tensors a checkpoint provides ``"loaded"``, buffers the
+    model's own code computes ``"computed"`` and unmatched tensors to fill with
+    zeros ``"zeros"``; None otherwise (drawn by its rule, or left as it is).
+    """
 
     param: Param
     rule_index: int | None
     rule: Rule | None
     resolved: Resolved | None
+    source: str | None = None
+
+    @property
+    def drawn(self) -> bool:
+        """Whether a rule draws (or fills) this tensor."""
+        return self.resolved is not None and self.source is None
+
+
+#: What :attr:`PlanEntry.source` says in a plan's table.
+_SOURCE_TEXT = {"loaded": "loaded from the checkpoint", "computed": "computed by the model",
+                "zeros": "zeros (unmatched)"}
 
 
 @dataclass(frozen=True)
 class Plan:
     """A dry run: every parameter -> rule -> initializer, before anything is written.
 
-    ``str(plan)`` is a table to read; ``plan.unmatched`` lists the names no rule
-    matched.
+    ``str(plan)`` is a table to read (one row per tensor: parameter or buffer);
+    ``plan.unmatched`` lists the names no rule matched (and no checkpoint
+    provides); ``plan.drawn`` and ``plan.loaded`` the names a rule draws and a
+    checkpoint provides.
     """
 
     recipe: str
@@ -381,7 +569,24 @@ class Plan:
 
     @property
     def unmatched(self) -> tuple[str, ...]:
-        return tuple(e.param.name for e in self.entries if e.rule is None)
+        return tuple(e.param.name for e in self.entries if e.rule is None and e.source is None)
+
+    @property
+    def drawn(self) -> tuple[str, ...]:
+        return tuple(e.param.name for e in self.entries if e.drawn)
+
+    @property
+    def loaded(self) -> tuple[str, ...]:
+        return tuple(e.param.name for e in self.entries if e.source == "loaded")
+
+    @property
+    def computed(self) -> tuple[str, ...]:
+        return tuple(e.param.name for e in self.entries if e.source == "computed")
+
+    def with_sources(self, sources: Mapping[str, str]) -> Plan:
+        """This plan with ``sources`` (name -> ``"loaded"``/``"computed"``/``"zeros"``) marked."""
+        return Plan(self.recipe, tuple(e._replace(source=sources.get(e.param.name, e.source))
+                                       for e in self.entries))
 
     def check(self) -> None:
         """Raise :class:`UnmatchedError` listing every unmatched parameter."""
@@ -398,20 +603,23 @@ class Plan:
             )
 
     def __str__(self) -> str:
-        rows = [("name", "kind/role", "shape", "dtype", "rule", "initializer")]
+        rows = [("name", "tensor", "kind/role", "shape", "dtype", "rule", "initializer")]
         for e in self.entries:
             p = e.param
-            init = "UNMATCHED"
-            if e.resolved is not None:
+            init = "UNMATCHED" if not p.buffer else "left as it is"
+            if e.source is not None:
+                init = _SOURCE_TEXT[e.source]
+            elif e.resolved is not None:
                 init = repr(e.resolved.spec)
                 if e.resolved.zero_rows:
                     init += f", rows {list(e.resolved.zero_rows)} zeroed"
-            rule = "-" if e.rule_index is None else f"#{e.rule_index}"
-            rows.append((p.name, f"{p.kind}/{p.role}", str(tuple(p.shape)), p.dtype, rule, init))
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+            rule = "-" if e.rule_index is None or e.source is not None else f"#{e.rule_index}"
+            rows.append((p.name, "buffer" if p.buffer else "param", f"{p.kind}/{p.role}",
+                         str(tuple(p.shape)), p.dtype, rule, init))
+        widths = [max(len(r[i]) for r in rows) for i in range(6)]
         lines = [f"plan for recipe {self.recipe!r}:"]
         for r in rows:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r[:6], widths, strict=True)) + "  " + r[6])
         return "\n".join(lines)
 
 
@@ -440,6 +648,28 @@ class Recipe:
         if not isinstance(other, Recipe):
             return NotImplemented
         return Recipe(self.name, self.rules + other.rules)
+
+    def to_config(self) -> dict[str, Any]:
+        """``{"name": ..., "rules": [...]}``, JSON-ready; :meth:`from_config` inverts it.
+
+        >>> r = gpt2(n_layer=6)
+        >>> Recipe.from_config(r.to_config()) == r
+        True
+        """
+        return {"name": self.name, "rules": [r.to_config() for r in self.rules]}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Recipe:
+        """The recipe :meth:`to_config` wrote."""
+        return cls(config["name"], tuple(Rule.from_config(r) for r in config["rules"]))
+
+    def config_hash(self) -> str:
+        """SHA-256 of the canonical JSON of :meth:`to_config` (what a manifest records)."""
+        import hashlib
+        import json
+
+        text = json.dumps(self.to_config(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def match(self, param: Param) -> tuple[int, Rule] | None:
         """``(index, rule)`` of the first rule matching ``param``, or None."""
@@ -482,9 +712,9 @@ _SQRT5 = math.sqrt(5)
 _NORM_RULES = (
     Rule(Ones(), kind="norm", role="weight"),
     Rule(Zeros(), kind="norm", role="bias"),
-    Rule(Zeros(), kind="norm", role="running_mean"),
-    Rule(Ones(), kind="norm", role="running_var"),
-    Rule(Zeros(), kind="norm", role="num_batches_tracked"),
+    Rule(Zeros(), kind="norm", role="running_mean", buffers=True),
+    Rule(Ones(), kind="norm", role="running_var", buffers=True),
+    Rule(Zeros(), kind="norm", role="num_batches_tracked", buffers=True),
 )
 
 
@@ -501,14 +731,14 @@ def torch_default() -> Recipe:
       q/k/v_proj when kdim/vdim differ), in_proj_bias and out_proj.bias 0,
       out_proj.weight the Linear default, bias_k/bias_v xavier_normal.
     - Norms: weight 1, bias 0, running_mean 0, running_var 1, num_batches_tracked 0.
-    - PReLU: the layer's ``init`` (0.25 by default).
+    - PReLU: the layer's ``init`` (0.25 where the layer keeps none, as Flax's).
     - Inside ``torch.nn.Transformer``: every parameter with 2 or more dimensions
       ``xavier_uniform`` (its ``_reset_parameters``); 1-D ones as above.
     """
     return Recipe(
         "torch_default",
         (
-            Rule(XavierUniform(), within="Transformer", min_ndim=2),
+            Rule(XavierUniform(), within="torch.nn.modules.transformer.Transformer", min_ndim=2),
             Rule(KaimingUniform(a=_SQRT5), kind=("linear", "conv", "conv_transpose"), role="weight"),
             Rule(FanInUniform(), kind=("linear", "conv", "conv_transpose"), role="bias"),
             Rule(InvSqrtUniform("in1_features"), kind="bilinear", role=("weight", "bias")),
@@ -523,7 +753,7 @@ def torch_default() -> Recipe:
             Rule(KaimingUniform(a=_SQRT5), kind="attention", role="out_proj_weight"),
             Rule(XavierNormal(), kind="attention", role=("bias_k", "bias_v")),
             *_NORM_RULES,
-            Rule(AttrConstant("init", 0.25), kind="prelu", role="weight"),
+            Rule(AttrConstant("init", default=0.25), kind="prelu", role="weight"),
         ),
     )
 
@@ -577,12 +807,14 @@ def gpt2(n_layer: int = 12, residual=("*c_proj.weight",)) -> Recipe:
     Linear, attention and embedding weights N(0, 0.02); residual projections
     (names matching the globs ``residual``, by default ``*c_proj.weight``)
     N(0, 0.02/\sqrt{2\,n\_layer}); biases 0; norms 1/0; the rest torch default.
-    ``get_recipe("gpt2")`` is GPT-2 small (``n_layer=12``).
+    ``residual=()`` (or None) scales nothing. ``get_recipe("gpt2")`` is GPT-2
+    small (``n_layer=12``); for a transformers GPT-2 model, ``"hf"`` reads
+    ``n_layer`` and ``initializer_range`` from its config.
     """
     n_layer = int(n_layer)
     if n_layer <= 0:
         raise ValueError(f"gpt2: n_layer must be a positive int; got n_layer={n_layer}")
-    res = _names(residual, "residual")
+    res = _names(residual, "residual") if residual else None
     rules = []
     if res:
         rules.append(Rule(Normal(0.0, 0.02 / math.sqrt(2 * n_layer)), role=_MATRIX_ROLES, name=res,
@@ -640,18 +872,25 @@ RECIPES = {
 }
 
 
-def get_recipe(recipe) -> Recipe:
+def get_recipe(recipe, config=None) -> Recipe:
     """A :class:`Recipe` as it is, or a built-in by name (with its default arguments).
+
+    ``"hf"`` is built from a transformers model's ``config``
+    (:func:`~xinit.core.recipes_hf.hf`); the adapters pass ``model.config``.
 
     >>> get_recipe("torch_default").name
     'torch_default'
     """
     if isinstance(recipe, Recipe):
         return recipe
+    if recipe == "hf":
+        from .recipes_hf import hf
+
+        return hf(config)
     if isinstance(recipe, str) and recipe in RECIPES:
         return RECIPES[recipe]()
     raise ValueError(
-        f"recipe must be a Recipe or one of {sorted(RECIPES)}; got {recipe!r}"
+        f"recipe must be a Recipe, 'hf' or one of {sorted(RECIPES)}; got {recipe!r}"
     )
 
 
@@ -659,3 +898,8 @@ def as_layer(mapping: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     """Layer attributes in the hashable form :class:`Param` keeps (sorted pairs, tuples)."""
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in mapping.items()
                         if v is not None))
+
+
+from .recipes_timm import timm  # noqa: E402 - it builds on the rules above
+
+RECIPES["timm"] = timm

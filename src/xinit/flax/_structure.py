@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from xinit.core.layers import container_of, layer_of, qualified_name
+from xinit.core.layers import container_of, layer_of, lineage, qualified_name
 from xinit.core.layout import TORCH, Layout
 
 __all__ = ["FlaxLayer", "Traced", "trace"]
@@ -48,6 +48,8 @@ class FlaxLayer:
         cell_of: for a recurrent cell run by an ``RNN``: the path of the layer
             torch would call it (the ``RNN``, or its ``Bidirectional``) and
             whether it runs backwards; None otherwise.
+        lineage: the class and its bases by qualified and bare name
+            (:func:`xinit.core.layers.lineage`), for rules naming a class.
     """
 
     path: tuple[str, ...]
@@ -58,6 +60,7 @@ class FlaxLayer:
     attrs: Mapping[str, Any] = field(default_factory=dict)
     container: str | None = None
     cell_of: tuple[tuple[str, ...], bool] | None = None
+    lineage: tuple[str, ...] = ()
 
     @property
     def auto_index(self) -> int | None:
@@ -144,6 +147,7 @@ def _record(module, path: tuple[str, ...], attrs: dict, cell_of=None) -> FlaxLay
         attrs=attrs,
         container=container_of(cls),
         cell_of=cell_of,
+        lineage=lineage(cls),
     )
 
 

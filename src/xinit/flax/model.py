@@ -167,8 +167,8 @@ _LEAF_ROLES = {"kernel": "weight", "embedding": "weight", "scale": "weight",
 
 
 def _registered(lf: _Leaf, layers: Mapping[tuple, FlaxLayer]):
-    """(kind, role, layout, layer type, attrs) of a leaf whose module the structure knows;
-    None when it does not (then the tree alone is read)."""
+    """(kind, role, layout, layer type, attrs, lineage) of a leaf whose module the structure
+    knows; None when it does not (then the tree alone is read)."""
     mod = tuple(str(p) for p in lf.path[:-1])
     leaf = str(lf.path[-1])
     owner = next((layers[mod[:d]] for d in range(len(mod) + 1)
@@ -183,16 +183,17 @@ def _registered(lf: _Leaf, layers: Mapping[tuple, FlaxLayer]):
         else:
             role, attrs = f"{sub}_{base}", {}
         layout = FLAX if leaf == "kernel" else TORCH
-        return owner.kind, role, layout, owner.type_name, attrs
+        return owner.kind, role, layout, owner.type_name, attrs, owner.lineage
     layer = layers.get(mod)
     if layer is None:
         return None
+    attrs = dict(layer.attrs)
     if lf.collection == "batch_stats" and leaf in _STAT_LEAVES:
-        return layer.kind, _STAT_LEAVES[leaf], TORCH, layer.type_name, {}
+        return layer.kind, _STAT_LEAVES[leaf], TORCH, layer.type_name, attrs, layer.lineage
     layout = TORCH
     if leaf == "kernel":
         layout = FLAX if layer.attrs.get("transpose_kernel") else layer.layout
-    return layer.kind, _LEAF_ROLES.get(leaf, leaf), layout, layer.type_name, {}
+    return layer.kind, _LEAF_ROLES.get(leaf, leaf), layout, layer.type_name, attrs, layer.lineage
 
 
 def _classify(leaves: list[_Leaf], layers: Mapping[tuple, FlaxLayer],
@@ -212,11 +213,11 @@ def _classify(leaves: list[_Leaf], layers: Mapping[tuple, FlaxLayer],
         mod, leaf = lf.path[:-1], str(lf.path[-1])
         siblings = by_module.get(mod, {})
         stats = lf.collection == "batch_stats" and leaf in _STAT_LEAVES
-        layout, attrs, role = TORCH, {}, leaf
+        layout, attrs, role, names = TORCH, {}, leaf, ()
         kernel = siblings.get("kernel")
         known = _registered(lf, layers) if layers else None
         if known is not None:
-            kind, role, layout, ltype, attrs = known
+            kind, role, layout, ltype, attrs, names = known
             if kernel is not None and kind in ("linear", "conv", "conv_transpose") and lf is not kernel:
                 klayout = _registered(kernel, layers)[2]
                 attrs = {**attrs, "weight_shape": canonical_shape(kernel.shape, klayout)}
@@ -258,6 +259,7 @@ def _classify(leaves: list[_Leaf], layers: Mapping[tuple, FlaxLayer],
             layer_type=ltype,
             layer=as_layer(attrs),
             buffer=not lf.is_param,
+            lineage=names,
         )
         out.append((p, layout))
     return out

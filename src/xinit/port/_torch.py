@@ -14,7 +14,7 @@ from torch import nn
 
 from xinit.core import porting
 from xinit.core.layout import TORCH, Layout
-from xinit.torch.model import classify
+from xinit.torch.model import classify, plain_attrs
 
 _NP = {
     torch.float16: np.dtype(np.float16),
@@ -83,18 +83,6 @@ def read_only_sources():
         yield
 
 
-def _plain_attrs(module: nn.Module) -> dict[str, Any]:
-    out = {}
-    for key, value in vars(module).items():
-        if key.startswith("_") or key == "training":
-            continue
-        if value is None or isinstance(value, (bool, int, float, str)):
-            out[key] = value
-        elif isinstance(value, (tuple, list)) and all(isinstance(v, (int, float, str)) for v in value):
-            out[key] = tuple(value)
-    return out
-
-
 @dataclass
 class TorchEntry:
     """One ``state_dict`` key of a torch module.
@@ -154,7 +142,7 @@ def entries(model: nn.Module) -> tuple[dict[str, TorchEntry], dict[str, tuple[st
         unit, unit_module = prefix, m
         if kind == "attention" and parent is not None and not isinstance(m, nn.MultiheadAttention):
             unit, unit_module = prefix.rpartition(".")[0], parent[0]  # MultiheadAttention.out_proj
-        attrs = _plain_attrs(unit_module)
+        attrs = plain_attrs(unit_module)
         members = [(n, t, False) for n, t in m._parameters.items()]
         members += [(n, t, True) for n, t in m._buffers.items() if n not in m._non_persistent_buffers_set]
         for attr, t, is_buffer in members:

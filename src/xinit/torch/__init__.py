@@ -19,7 +19,8 @@ from .model import apply_fn as apply_fn
 from .model import describe as describe
 from .model import initialize as initialize
 from .model import materialize as materialize
+from .model import meta_params as meta_params
 from .model import no_init as no_init
 from .model import plan as plan
 
-__all__ = [*_init_all, "initialize", "plan", "apply_fn", "materialize", "no_init", "describe"]
+__all__ = [*_init_all, "initialize", "plan", "apply_fn", "materialize", "no_init", "meta_params", "describe"]
