@@ -31,6 +31,7 @@ still write one consistent tensor.
 from __future__ import annotations
 
 import itertools
+import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -40,16 +41,13 @@ from xinit.core.engine import Region
 
 __all__ = ["Part", "is_dtensor", "parts", "agreed_seed", "meshes", "adopt_fsdp"]
 
-try:
-    import torch.distributed as dist
-    from torch.distributed.tensor import DTensor
-    from torch.distributed.tensor.placement_types import (
-        Shard,
-        _StridedShard,
-        _StridedShardOffsetMode,
-    )
-except ImportError:  # a torch build without torch.distributed
-    DTensor = None
+
+
+def _dtensor_class():
+    """``torch.distributed.tensor.DTensor`` once something has imported it (a DTensor
+    cannot exist before), else None: importing it costs a cold start ~0.5 s."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
 
 
 class Part(NamedTuple):
@@ -61,12 +59,15 @@ class Part(NamedTuple):
 
 
 def is_dtensor(tensor) -> bool:
-    return DTensor is not None and isinstance(tensor, DTensor)
+    cls = _dtensor_class()
+    return cls is not None and isinstance(tensor, cls)
 
 
 def _global_indices(tensor) -> list[np.ndarray] | None:
     """The global indices the local shard holds along each dimension, in local order
     (None: this rank is not in the tensor's mesh)."""
+    from torch.distributed.tensor.placement_types import Shard, _StridedShard, _StridedShardOffsetMode
+
     mesh = tensor.device_mesh
     coordinate = mesh.get_coordinate()
     if coordinate is None:
@@ -157,7 +158,7 @@ def agreed_seed(seed: int, mesh_list) -> int:
             if mesh.size(d) == 1:
                 continue
             value = torch.tensor([seed], dtype=torch.int64, device=mesh.device_type)
-            dist.broadcast(value, group=mesh.get_group(d), group_src=0)
+            torch.distributed.broadcast(value, group=mesh.get_group(d), group_src=0)
             seed = int(value.item())
     return seed
 
@@ -171,9 +172,9 @@ def adopt_fsdp(module: torch.nn.Module) -> None:
     this does too. Called after the parameters are replaced and before they are
     written, so the values land in the storage FSDP2 keeps.
     """
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # not imported: no FSDP2 module exists
+    FSDPModule = getattr(fsdp, "FSDPModule", None)  # noqa: N806 - a class
+    if FSDPModule is None:
         return
     with torch.no_grad():
         for m in module.modules():
