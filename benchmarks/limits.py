@@ -17,6 +17,14 @@ What bounds any implementation of xinit's draws on this CPU:
 - **the copy into torch**: memcpy bandwidth from a host JAX buffer into a torch
   tensor (numpy views of both, one thread: what xinit's torch sink does), into a
   warm and into a fresh tensor.
+- **a call's fixed cost**: the latency of one compiled xinit chunk program of 1 Ki
+  values, from dispatch until its result is ready, back to back and after the cores
+  sat idle for 200 us (as between the calls of a loop over small tensors). XLA:CPU
+  runs such a program on its worker threads (only programs under ~1000 flops run
+  on the caller's), so each call pays two thread hand-offs; torch's kernel runs
+  on the caller's thread. And the time to ``import jax`` in a fresh process where
+  torch is already imported: every cold start of xinit pays it before anything
+  else.
 
 :func:`floor_seconds` turns these into a lower bound for a row that writes ``n``
 float32 values into a torch tensor: the hash and the copy, each at its measured
@@ -135,6 +143,58 @@ def measure_memory(n: int = N) -> dict:
             for name, s in seconds.items()}
 
 
+def measure_call(gap_us: float = 200.0, calls: int = 400) -> dict:
+    """Microseconds from dispatch to ready of one 1 Ki-value xinit chunk program (the
+    rows program xinit runs for a small uniform tensor), back to back and after
+    ``gap_us`` of busy Python (the caller's core busy, XLA's threads idle); torch's
+    ``uniform_`` on the same 1 Ki values for reference."""
+    import numpy as np
+    import torch
+
+    from xinit.core import engine, packing, specs
+
+    shape = (4, packing.ROW)
+    req = engine.request(specs.Uniform(-1.0, 1.0).plan(shape), 0, shape, np.float32)
+    runs = packing.runs_of(req)
+    (group,) = packing.groups_of([req], {0: runs})
+    (exe,) = engine._executables(group)
+    args = next(packing.pack(group, [req], {0: runs}))
+    out = [np.zeros(group.chunk_shape, np.float32)]
+    t = torch.empty(shape)
+
+    def xla_call():
+        out[0] = exe(out[0], args.rows)
+        out[0].block_until_ready()
+
+    def timed(fn, gap):
+        fn()
+        ts = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < gap * 1e-6:
+                pass
+            t1 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t1)
+        return statistics.median(ts) * 1e6
+
+    return {"xinit chunk program, back to back": timed(xla_call, 0.0),
+            f"xinit chunk program, after {gap_us:g} us idle": timed(xla_call, gap_us),
+            f"torch uniform_, after {gap_us:g} us idle": timed(t.uniform_, gap_us)}
+
+
+def measure_import_jax(repeats: int = 3) -> float:
+    """Median seconds to ``import jax`` in a fresh process that has imported torch."""
+    code = ("import time, torch; t0 = time.perf_counter(); import jax; "
+            "print(time.perf_counter() - t0)")
+    ts = []
+    for _ in range(repeats):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True)
+        ts.append(float(proc.stdout.strip().splitlines()[-1]))
+    return statistics.median(ts)
+
+
 def _pinned_child(n: int) -> dict:
     """The hash and memory measurements in a fresh process pinned to one core."""
     cmd = [sys.executable, os.path.abspath(__file__), "--one-core", "--n", str(n)]
@@ -172,7 +232,8 @@ def cpu_info() -> dict:
 def measure(n: int = N, one_core: bool = True) -> dict:
     """Every limit: ``{"cpu", "all_cores": {"hash", "memory"}, "one_core": {...}}``."""
     out = {"cpu": cpu_info(), "n": n,
-           "all_cores": {"hash": measure_hash(n), "memory": measure_memory(n)}}
+           "all_cores": {"hash": measure_hash(n), "memory": measure_memory(n)},
+           "call_us": measure_call(), "import_jax_s": measure_import_jax()}
     if one_core:
         out["one_core"] = _pinned_child(n)
     return out

@@ -736,6 +736,18 @@ def limit_lines(lim: dict, rows, runs) -> list[str]:
     for name, v in every["memory"].items():
         o = one["memory"][name]["GB_per_s"] if one else float("nan")
         out.append(f"| {name} | {o:.1f} | {v['GB_per_s']:.1f} |")
+    if "call_us" in lim:
+        out += ["", "| a call's fixed cost | us |", "|---|---:|"]
+        out += [f"| {name} | {us:.1f} |" for name, us in lim["call_us"].items()]
+        out += ["", "Each xinit call that draws random values runs at least one compiled "
+                "program on XLA:CPU's worker threads: the row above is its floor per call, "
+                "before any Python, against torch's whole kernel on the caller's thread. "
+                "Rows of many small calls (200 x 256x256, `model.apply` with drop-ins) pay it "
+                "once per tensor."]
+    if "import_jax_s" in lim:
+        out += ["", f"`import jax` in a fresh process that has imported torch: "
+                f"{lim['import_jax_s']:.2f} s. Every cold start of xinit pays it before "
+                "anything else: a cold row's ratio cannot exceed torch's time over this."]
     out += ["", "**Distance to the limits.** The floor of a row that writes *n* float32 values "
             "into torch tensors: one threefry hash per value (xinit's hash above, one core) "
             "plus one copy of 4*n* bytes into the tensor (the warm copy above, one core), "

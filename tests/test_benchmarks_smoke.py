@@ -269,6 +269,8 @@ def test_runs_accumulate_into_one_json_and_render_limits_and_history(run, tmp_pa
                           "memory": {"copy JAX buffer -> torch tensor, warm": {
                               "GB_per_s": 4.0, "ns_per_value": 1.0}}}}
     fake["one_core"] = {"hash": fake["all_cores"]["hash"], "memory": fake["all_cores"]["memory"]}
+    fake["call_us"] = {"xinit chunk program, after 200 us idle": 61.25}
+    fake["import_jax_s"] = 0.5
     monkeypatch.setattr(run.limits, "measure", lambda n, one_core=True: fake)
     measured = iter([2.0, 3.0, 4.0])
 
@@ -290,8 +292,17 @@ def test_runs_accumulate_into_one_json_and_render_limits_and_history(run, tmp_pa
     assert "| uniform_ 4096x4096 | 2x, every run | 2.00x / 3.00x / 4.00x | yes |" in md
     # floor: 16.8 M values * (1 ns hash + 4 bytes / 4 GB/s) / 2 cores = 16.8 ms
     assert "| uniform_ 4096x4096 | 16.8 M | 30.0 | 10.0 | 16.8 | 0.6x | 1.79x | 2x |" in md
+    assert "| xinit chunk program, after 200 us idle | 61.2 |" in md
+    assert "`import jax` in a fresh process that has imported torch: 0.50 s." in md
     assert "## Run-to-run spread (3 full runs)" in md
     assert md.rstrip().endswith("## History\n\nOld machine numbers.")
+
+
+def test_call_latency_limits_are_measured(run):
+    lat = run.limits.measure_call(calls=20)
+    assert set(lat) == {"xinit chunk program, back to back", "xinit chunk program, after 200 us idle",
+                        "torch uniform_, after 200 us idle"}
+    assert all(0 < us < 1e5 for us in lat.values())
 
 
 def test_apply_rows_on_tiny_models(run):

@@ -715,6 +715,20 @@ def run(requests: Iterable[Request], sink: Sink, *, ahead: bool = True) -> None:
         bufs.close()
 
 
+# Chunks up to this many elements are waited for by polling: XLA:CPU runs them on its
+# worker threads, and a blocked caller's core can go idle, which on a virtual machine
+# adds tens of microseconds to waking it up again (benchmarks/notes.md, "small draws").
+SPIN_MAX_SIZE = 64 * packing.ROW
+
+
+def _wait(array: jax.Array) -> None:
+    """Wait until ``array`` is computed; raises (never aborts) if its program failed."""
+    if array.size <= SPIN_MAX_SIZE:
+        while not array.is_ready():
+            pass
+    array.block_until_ready()
+
+
 def _consume(requests, groups, others, elementwise, left, bufs, sink, ahead) -> None:
     """Dispatch the run's chunks (one ahead or not) and hand each, once ready, to the sink."""
 
@@ -731,7 +745,7 @@ def _consume(requests, groups, others, elementwise, left, bufs, sink, ahead) -> 
         for chunk, held in _look_ahead(launches(), ahead):
             if interrupts.pending:  # finish what is partly written, start nothing new
                 chunk = chunk._replace(segments=[s for s in chunk.segments if s.index in partial])
-            chunk.array.block_until_ready()  # raises (never aborts) if it failed
+            _wait(chunk.array)
             kept = sink.write(chunk)
             for seg in chunk.segments:
                 left[seg.index] -= seg.length
