@@ -7,6 +7,24 @@ unless a :class:`Layout` says otherwise.
 :func:`sample` (and one functional sampler per spec), per-parameter keys,
 errors and the compilation cache. Tools for looking inside (compile counts,
 raw draws, key data, recipe resolution) are in :mod:`xinit.core.debug`.
+
+Where things are, from what a user asks for down to the bits:
+
+- what to draw: :mod:`.specs` (initializers as data), :mod:`.gains`,
+  :mod:`.layout` (canonical shapes and fans), :mod:`.layers` (which layer stores
+  its weight how), :mod:`.recipes` (+ ``recipes_hf``, ``recipes_timm``: which
+  parameter gets what), :mod:`._keys` (user keys to key data);
+- how values are made: :mod:`.threefry` (the hash and its self-check) and
+  :mod:`.distributions` (each family's values from unit uniforms or indices);
+- the one draw engine: :mod:`.engine` (requests for any region of any tensors,
+  run chunk by chunk into a sink), :mod:`.packing` (regions as runs, chunks as
+  packed rows), :mod:`.programs` (compiled programs, compile counts, memory
+  release), :mod:`.host_memory` (aligned buffers and copies on the host);
+- sinks: :mod:`.arrays` (new JAX arrays; ``xinit.torch._sink`` writes torch
+  tensors in place) and :mod:`.sharding` (each device's shard of a ``Sharding``);
+- around it: :mod:`.samplers` (one function per initializer), :mod:`.porting`
+  (checkpoint layouts and names between frameworks), :mod:`.manifest`,
+  :mod:`.cache`, :mod:`.errors`.
 """
 
 from . import debug as debug
