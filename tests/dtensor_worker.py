@@ -91,6 +91,25 @@ def conv1d_model() -> nn.Module:
 CONV1D_PLAN = {"0.weight": "S1", "0.bias": "S0", "2.weight": "S0", "2.bias": "R"}
 
 
+#: Entries of ``checkpoint()`` (the rest is drawn): a colwise (Shard(0)) and a rowwise
+#: (Shard(1)) weight, a replicated bias, a norm weight (plain under tensor parallelism).
+CHECKPOINT_KEYS = ("0.weight", "2.weight", "2.bias", "3.weight")
+
+#: (case, key) of the checkpoint cases: initialize and materialize with ``checkpoint()``.
+CHECKPOINT_CASES = (("ckpt_tp_init", 13), ("ckpt_tp_meta", 14), ("ckpt_fsdp", 15),
+                    ("ckpt_dtensors", 16), ("ckpt_fsdp_tp", 17))
+
+
+def checkpoint() -> dict[str, torch.Tensor]:
+    """A full (unsharded) checkpoint of part of ``mlp()``: other values than any recipe
+    draws, ``2.weight`` in float64 (cast on loading)."""
+    model = mlp()
+    xt.initialize(model, "torch_default", key=99)
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items() if k in CHECKPOINT_KEYS}
+    sd["2.weight"] = sd["2.weight"].double()
+    return sd
+
+
 def reference() -> dict[str, torch.Tensor]:
     """The single-process values of every case (plain tensors, the same calls and keys)."""
     out = {}
@@ -111,6 +130,10 @@ def reference() -> dict[str, torch.Tensor]:
             model = conv1d_model()
             xt.initialize(model, key=key)
             out.update({f"{case}.{n}": p.detach().clone() for n, p in model.named_parameters()})
+    for case, key in CHECKPOINT_CASES:
+        model = mlp()
+        xt.initialize(model, "transformer", key=key, state_dict=checkpoint())
+        out.update({f"{case}.{n}": p.detach().clone() for n, p in model.named_parameters()})
     return out
 
 
@@ -158,6 +181,134 @@ def _full(model, case, out):
         out[f"{case}.{n}"] = (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
 
 
+def _versions(t: torch.Tensor) -> tuple[int, int | None]:
+    """The version counters of ``t`` and, for a DTensor, of its local tensor."""
+    from torch.distributed.tensor import DTensor
+
+    return t._version, t.to_local()._version if isinstance(t, DTensor) else None
+
+
+def _moved(t: torch.Tensor, before: tuple[int, int | None]) -> tuple[int, int | None]:
+    """How far each counter of :func:`_versions` moved since ``before``."""
+    now = _versions(t)
+    return now[0] - before[0], None if now[1] is None else now[1] - before[1]
+
+
+def _model_versions(model: nn.Module) -> dict[str, tuple[int, int | None]]:
+    return {n: _versions(p) for n, p in model.named_parameters()}
+
+
+def _model_moved(model: nn.Module, before: dict) -> dict[str, tuple[int, int | None]]:
+    return {n: _moved(p, before[n]) for n, p in model.named_parameters()}
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter's local values (a plain parameter's own)."""
+    from torch.distributed.tensor import DTensor
+
+    return {n: (p.to_local() if isinstance(p, DTensor) else p).detach().clone()
+            for n, p in model.named_parameters()}
+
+
+def _same(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(v, snapshot[n]) for n, v in _snapshot(model).items())
+
+
+def _torch_versions(mesh, placements) -> dict[str, tuple[int, int | None] | str]:
+    """What torch's own ``torch.nn.init`` moves on DTensors (the error, where torch refuses)."""
+    out: dict[str, tuple[int, int | None] | str] = {}
+    for name, fn, kwargs, shape, dtype in CALLS:
+        dt = _dtensor(shape, dtype, mesh, placements)
+        before = _versions(dt)
+        try:
+            getattr(torch.nn.init, fn)(dt, **kwargs)
+        except Exception as err:  # noqa: BLE001 - recorded: torch refuses some families
+            out[name] = f"{type(err).__name__}: {err}"
+            continue
+        out[name] = _moved(dt, before)
+    return out
+
+
+def _checkpoint_cases(rank: int, world: int, mesh, path: str, out: dict, versions: dict) -> None:
+    """initialize/materialize with a full checkpoint on sharded models; refused DTensor entries."""
+    from safetensors.torch import save_file
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor, Replicate, distribute_tensor
+
+    from xinit.core.errors import CheckpointError
+
+    keys = dict(CHECKPOINT_CASES)
+
+    model = _parallelize(mlp(), mesh)  # tensor parallel: real model, initialize
+    before = _model_versions(model)
+    xt.initialize(model, "transformer", key=keys["ckpt_tp_init"], state_dict=checkpoint())
+    versions["ckpt_tp_init"] = _model_moved(model, before)
+    _full(model, "ckpt_tp_init", out)
+
+    with torch.device("meta"):  # tensor parallel on meta, materialize
+        model = mlp()
+    _parallelize(model, mesh)
+    xt.materialize(model, "cpu", "transformer", key=keys["ckpt_tp_meta"], state_dict=checkpoint())
+    _full(model, "ckpt_tp_meta", out)
+
+    with torch.device("meta"):  # FSDP2 on meta, materialize from a .safetensors file
+        model = mlp()
+    for layer in (model[0], model[2]):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    file = f"{path}.rank{rank}.safetensors"
+    save_file(checkpoint(), file)
+    xt.materialize(model, "cpu", "transformer", key=keys["ckpt_fsdp"], state_dict=file)
+    _full(model, "ckpt_fsdp", out)
+
+    # DTensor entries: the model's own placements, or Replicate (torch's copy_ redistributes)
+    model = _parallelize(mlp(), mesh)
+    params = dict(model.named_parameters())
+    sd = {}
+    for k, v in checkpoint().items():
+        p = params[k]
+        if isinstance(p, DTensor):
+            placements = (Replicate(),) if k == "0.weight" else p.placements
+            v = distribute_tensor(v, p.device_mesh, placements)
+        sd[k] = v
+    xt.initialize(model, "transformer", key=keys["ckpt_dtensors"], state_dict=sd)
+    _full(model, "ckpt_dtensors", out)
+
+    # refused before anything is written: a DTensor entry for a plain parameter, one on another mesh
+    other = init_device_mesh("cpu", (1, world))
+    bad = {**checkpoint(),
+           "3.weight": distribute_tensor(checkpoint()["3.weight"], mesh, (Replicate(),)),
+           "0.weight": distribute_tensor(checkpoint()["0.weight"], other, (Replicate(), Replicate()))}
+    model = _parallelize(mlp(), mesh)
+    snapshot, before, state = _snapshot(model), _model_versions(model), torch.get_rng_state()
+    try:
+        xt.initialize(model, "transformer", state_dict=bad)
+        out["ckpt_refused"] = ""
+    except CheckpointError as err:
+        out["ckpt_refused"] = str(err)
+    versions["ckpt_refused"] = _model_moved(model, before)
+    out["ckpt_refused_untouched"] = _same(model, snapshot) and torch.equal(state, torch.get_rng_state())
+    with torch.device("meta"):
+        model = mlp()
+    _parallelize(model, mesh)
+    try:
+        xt.materialize(model, "cpu", "transformer", key=0, state_dict=bad)
+        out["ckpt_refused_meta"] = ""
+    except CheckpointError as err:
+        out["ckpt_refused_meta"] = str(err)
+    out["ckpt_refused_meta_untouched"] = all(p.is_meta for p in model.parameters())
+
+    if world == 4:  # FSDP2 over tensor parallelism: _StridedShard slices with gaps
+        mesh2 = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+        with torch.device("meta"):
+            model = mlp()
+        _parallelize(model, mesh2["tp"])
+        fully_shard(model, mesh=mesh2["dp"])
+        xt.materialize(model, "cpu", "transformer", key=keys["ckpt_fsdp_tp"], state_dict=checkpoint())
+        _full(model, "ckpt_fsdp_tp", out)
+
+
 def worker(path: str) -> None:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
@@ -178,7 +329,7 @@ def worker(path: str) -> None:
         return run(requests, sink, **kw)
 
     engine.run = counting_run
-    out, counts = {}, {}
+    out, counts, versions = {}, {}, {}
     for pname, mesh_shape, codes in PLACEMENTS[world]:
         mesh = init_device_mesh("cpu", mesh_shape)
         placements = tuple(_placement(c) for c in codes)
@@ -187,7 +338,9 @@ def worker(path: str) -> None:
             local = dt.to_local()
             ptr = local.data_ptr()
             drawn.clear()
+            before = _versions(dt)
             assert call(fn, kwargs, dt, 100 + k) is dt
+            versions[f"{pname}/{name}"] = _moved(dt, before)
             assert dt.to_local().data_ptr() == ptr  # written in place
             counts[f"{pname}/{name}"] = (sum(drawn), local.numel())
             out[f"{pname}/{name}"] = dt.full_tensor().clone()
@@ -204,29 +357,41 @@ def worker(path: str) -> None:
     _full(model, "nokey_init", out)
     torch.manual_seed(2000 + rank)
     model = _parallelize(mlp(), mesh)
+    before = _model_versions(model)
     model.apply(xt.apply_fn("transformer"))
+    versions["nokey_apply"] = _model_moved(model, before)
     _full(model, "nokey_apply", out)
 
     # a Partial DTensor is refused, nothing consumed
     partial = torch.distributed.tensor.DTensor.from_local(torch.ones(3, 3), mesh, (Partial(),))
-    state = torch.get_rng_state()
+    state, before = torch.get_rng_state(), _versions(partial)
     try:
         xt.normal_(partial)
         out["partial_error"] = ""
     except ValueError as e:
         out["partial_error"] = str(e)
     out["partial_untouched"] = bool((partial.to_local() == 1).all() and torch.equal(state, torch.get_rng_state()))
+    versions["partial"] = _moved(partial, before)
+    # a refused value: nothing written, no counter moved
+    dt = _dtensor((7, 5), torch.float32, mesh, (_placement("S0"),))
+    before = _versions(dt)
+    with contextlib.suppress(ValueError):
+        xt.normal_(dt, std=-1.0, key=0)
+    versions["negative_std"] = _moved(dt, before)
 
     # tensor parallel: real model, initialize
     model = _parallelize(mlp(), mesh)
+    before = _model_versions(model)
     xt.initialize(model, "transformer", key=7)
+    versions["tp_init"] = _model_moved(model, before)
     _full(model, "tp_init", out)
 
-    # tensor parallel on meta, materialize
+    # tensor parallel on meta, materialize (new tensors: their counters from 0)
     with torch.device("meta"):
         model = mlp()
     _parallelize(model, mesh)
     xt.materialize(model, "cpu", "transformer", key=8)
+    versions["tp_meta"] = _model_versions(model)
     _full(model, "tp_meta", out)
 
     # FSDP2 on meta, materialize; then a training step runs on the FSDP storage
@@ -237,6 +402,7 @@ def worker(path: str) -> None:
     fully_shard(model, mesh=mesh)
     drawn.clear()
     xt.materialize(model, "cpu", "transformer", key=9)
+    versions["fsdp"] = _model_versions(model)
     counts["fsdp"] = (sum(drawn), sum(p.to_local().numel() for p in model.parameters()))
     # memory each rank holds: its (padded) shard, never the global tensor
     out["fsdp_storage"] = [(p.to_local().untyped_storage().nbytes(), p.nbytes, p.shape[0])
@@ -275,10 +441,17 @@ def worker(path: str) -> None:
         out["fsdp_tp_placements"] = [str(p.placements) for p in model.parameters()]
         _full(model, "fsdp_tp", out)
 
-    all_counts = [None] * world
+    engine.run = run
+    _checkpoint_cases(rank, world, mesh, path, out, versions)
+    # last: torch's own DTensor random ops start its RNG tracker (which syncs RNG states)
+    versions["torch"] = _torch_versions(mesh, (_placement("S0"),))
+
+    all_counts, all_versions = [None] * world, [None] * world
     dist.all_gather_object(all_counts, counts)
+    dist.all_gather_object(all_versions, versions)
     if rank == 0:
         out["counts"] = all_counts
+        out["versions"] = all_versions
         torch.save(out, path)
     dist.barrier()
     dist.destroy_process_group()

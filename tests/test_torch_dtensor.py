@@ -4,9 +4,11 @@ Each world size is one job of subprocesses (``tests/dtensor_worker.py``): the
 drop-ins on DTensors of every family under ``Shard(0)``, ``Shard(1)``,
 ``Replicate`` and 2-D meshes (``_StridedShard`` included), with uneven shards;
 ``initialize`` on a tensor-parallel model; ``materialize`` on tensor-parallel,
-FSDP2 and FSDP2-over-TP models built on ``meta``. Every shard is gathered with
-torch's own ``full_tensor()`` and compared bit for bit with the single-process
-values of the same call and key.
+FSDP2 and FSDP2-over-TP models built on ``meta``; both with a full checkpoint
+(``state_dict=``). Every shard is gathered with torch's own ``full_tensor()`` and
+compared bit for bit with the single-process values of the same call and key.
+Each rank also reports the version counters it saw move, and torch's own
+``torch.nn.init`` on the same DTensors.
 """
 
 from __future__ import annotations
@@ -179,6 +181,99 @@ def test_fsdp_over_tensor_parallel(job, reference):
     assert any("_StridedShard" in p for p in out["fsdp_tp_placements"])
     for n, _ in cases.mlp().named_parameters():
         assert _equal(out[f"fsdp_tp.{n}"], reference[f"fsdp_tp.{n}"]), n
+
+
+# ------------------------------------------------------------ version counters
+
+
+def test_torch_moves_the_dtensors_counter_not_its_local_tensors(job):
+    """What torch's own in-place initializers do on a DTensor, on every rank (one that
+    holds none of the tensor too: 5 and 3 rows over 4 ranks): the DTensor's counter
+    moves (by the number of in-place ops they run: trunc_normal_ two, dirac_ three), its
+    local tensor's does not (DTensor writes it below autograd). sparse_ is refused (and
+    orthogonal_ of a wide matrix: ``t_`` has no sharding strategy)."""
+    _, out = job
+    for rank_versions in out["versions"]:
+        theirs = rank_versions["torch"]
+        assert "got mixed torch.Tensor and DTensor" in theirs["sparse"]
+        ran = {name: v for name, v in theirs.items() if not isinstance(v, str)}
+        assert {"normal", "uniform", "xavier_uniform", "constant", "eye", "dirac"} <= set(ran)
+        for name, (moved, local_moved) in ran.items():
+            assert moved >= 1 and local_moved == 0, name
+
+
+def test_dropins_move_the_dtensors_counter_as_torch_does(job):
+    """Every drop-in moves the DTensor's counter once per call and leaves its local
+    tensor's alone, on every rank and placement: also where the rank holds nothing of
+    the tensor, where the shard is cut into several blocks (``_StridedShard``), and for
+    fills (written by torch's ``fill_``)."""
+    world, out = job
+    for rank_versions in out["versions"]:
+        theirs = rank_versions["torch"]
+        for pname, _, _ in cases.PLACEMENTS[world]:
+            for name, *_ in cases.CALLS:
+                assert rank_versions[f"{pname}/{name}"] == (1, 0), f"{pname}/{name}"
+                if not isinstance(theirs[name], str):
+                    assert (theirs[name][0] > 0, theirs[name][1]) == (True, 0), name
+
+
+def test_models_move_the_dtensors_counters(job):
+    """initialize, apply_fn and materialize move each DTensor parameter's counter once,
+    its local tensor's not at all; a plain parameter (a norm under tensor parallelism)
+    moves as before."""
+    _, out = job
+    plain = {"3.weight", "3.bias"}  # not in TP_PLAN
+    for rank_versions in out["versions"]:
+        for case in ("tp_init", "nokey_apply", "ckpt_tp_init"):
+            for n, (moved, local_moved) in rank_versions[case].items():
+                if n in plain:
+                    assert local_moved is None and moved > 0, (case, n)
+                else:
+                    assert (moved, local_moved) == (1, 0), (case, n)
+        for n, (version, local_version) in rank_versions["tp_meta"].items():
+            assert version == 1 and (local_version == 0 or n in plain), n  # new tensors
+        for n, (version, _) in rank_versions["fsdp"].items():
+            assert version == 1, n
+
+
+def test_refused_calls_move_no_counter(job):
+    _, out = job
+    for rank_versions in out["versions"]:
+        assert rank_versions["partial"] == (0, 0)
+        assert rank_versions["negative_std"] == (0, 0)
+        for n, moved in rank_versions["ckpt_refused"].items():
+            assert moved[0] == 0 and moved[1] in (0, None), n
+
+
+# ----------------------------------------------------------------- checkpoints
+
+
+@pytest.mark.parametrize("case", [c for c, _ in cases.CHECKPOINT_CASES])
+def test_checkpoint_loads_each_rank_its_slice(job, reference, case):
+    """A full checkpoint into sharded parameters (tensor parallel, FSDP2 from a
+    ``.safetensors`` file, FSDP2 over tensor parallelism, DTensor entries): each rank
+    holds its slice of the checkpoint's tensors (cast to the parameter's dtype), the
+    other parameters are the single-process draws."""
+    world, out = job
+    if case == "ckpt_fsdp_tp" and world != 4:
+        pytest.skip("a 2x2 mesh needs 4 ranks")
+    sd = cases.checkpoint()
+    for n, _ in cases.mlp().named_parameters():
+        assert _equal(out[f"{case}.{n}"], reference[f"{case}.{n}"]), n
+        if n in sd:
+            assert _equal(out[f"{case}.{n}"], sd[n].float()), n
+
+
+def test_checkpoint_dtensor_entries_refused_untouched(job):
+    """A DTensor entry for a plain parameter (its full_tensor() would be a collective
+    xinit cannot promise every rank runs) or on another mesh is refused before anything
+    is written or drawn, by initialize and materialize alike."""
+    _, out = job
+    for key in ("ckpt_refused", "ckpt_refused_meta"):
+        message = out[key]
+        assert "3.weight: a DTensor in the checkpoint, a plain tensor in the model" in message
+        assert "0.weight: a DTensor on the device mesh" in message
+        assert out[f"{key}_untouched"], key
 
 
 def test_plain_tensors_take_no_collective():

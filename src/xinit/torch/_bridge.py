@@ -16,7 +16,7 @@ from xinit.core.errors import BoundsError, DtypeError, RangeError, UnwritableTen
 from xinit.core.specs import Elementwise, Orthogonal, RealView, SparsePlan, Spec
 
 from . import _dtensor
-from ._sink import TorchSink, bump_version
+from ._sink import bump_version
 
 _DTYPES = {
     torch.float16: np.dtype(jnp.float16),
@@ -286,7 +286,8 @@ def fill_(tensor: torch.Tensor, spec: Spec, key, generator, fn: str) -> torch.Te
 
     A DTensor gets its local shard written with the shard's slice of the values
     (see :mod:`xinit.torch._dtensor`); without ``key`` every rank takes the seed
-    of its mesh's first rank.
+    of its mesh's first rank. Its own version counter moves (on every rank) and its
+    local tensor's does not, as with torch's in-place ops on a DTensor.
     """
     check_tensor(tensor, fn)
     shape = tuple(tensor.shape)
@@ -304,9 +305,8 @@ def fill_(tensor: torch.Tensor, spec: Spec, key, generator, fn: str) -> torch.Te
             bump_version(tensor)
         return tensor
     if structural and (plan.family == "constant" or not _dtensor.is_dtensor(tensor)):
-        with torch.no_grad():
-            for block in blocks:  # a shard's eye or dirac is drawn (its region) below
-                write_structural_(block.target, plan)
+        with torch.no_grad():  # a DTensor: torch's fill_ writes its shard (a shard's eye or
+            write_structural_(tensor, plan)  # dirac is drawn, its region, below)
         return tensor
     if key is None and _dtensor.is_dtensor(tensor):
         key = _dtensor.agreed_seed(resolve_key(None, generator), _dtensor.meshes([tensor]))
@@ -320,5 +320,5 @@ def fill_(tensor: torch.Tensor, spec: Spec, key, generator, fn: str) -> torch.Te
             np_dtype = np.result_type(np_dtype, np.complex64)
     reqs = [engine.request(plan, key, shape, np_dtype, region=b.region, device=device) for b in blocks]
     targets = [torch.view_as_real(b.target) if real_view else b.target for b in blocks]
-    engine.run(reqs, TorchSink(reqs, targets))
+    engine.run(reqs, _dtensor.torch_sink(reqs, targets, [b.dtensor for b in blocks]))
     return tensor

@@ -66,7 +66,6 @@ from xinit.core.threefry import fold_in_many
 
 from . import _bridge, _dtensor
 from ._checkpoint import LazySafetensors, load_torch_state
-from ._sink import TorchSink
 
 __all__ = ["initialize", "plan", "apply_fn", "materialize", "no_init", "meta_params", "describe"]
 
@@ -309,6 +308,9 @@ def _match_checkpoint(entries: list[Entry], sd: Mapping | None) -> dict[int, str
                 problems.append(f"{k}: shape {shape} in the checkpoint, {want_shape} in the model")
             elif dtype != want and not (dtype.is_floating_point and want.is_floating_point):
                 problems.append(f"{k}: dtype {dtype} in the checkpoint, {want} in the model")
+            elif problem := _dtensor.load_problem(
+                    e.tensor, None if isinstance(sd, LazySafetensors) else sd[k]):
+                problems.append(f"{k}: {problem}")
         if len(keys) > 1 and not problems:
             first = _tensor(sd, keys[0])
             for k in keys[1:]:
@@ -328,11 +330,14 @@ def _match_checkpoint(entries: list[Entry], sd: Mapping | None) -> dict[int, str
 
 
 def _load(entries: list[Entry], found: dict[int, str], sd: Mapping, targets: dict[int, torch.Tensor]):
-    """Copy each checkpoint tensor into its target (casting floating point dtypes)."""
+    """Copy each checkpoint tensor into its target (casting floating point dtypes); a
+    DTensor target takes its shard's slice (:func:`xinit.torch._dtensor.load_`)."""
     with torch.no_grad():
         for i, key in found.items():
             target = targets.get(i, entries[i].tensor)
-            if not target.is_meta:
+            if _dtensor.is_dtensor(target) and not target.is_meta:
+                _dtensor.load_(target, _tensor(sd, key))
+            elif not target.is_meta:
                 target.copy_(_tensor(sd, key))
 
 
@@ -390,6 +395,7 @@ class _Draws(NamedTuple):
 
     requests: list[engine.Request]
     dests: list[torch.Tensor]
+    dtensors: list[torch.Tensor | None]  # the DTensor each dest is a part of (None: plain)
     structural: list[tuple[torch.Tensor, Any]]  # (canonical view, Elementwise plan)
     sources: list[int]  # the entry of each request
     structural_sources: list[int]  # the entry of each structural write
@@ -402,7 +408,7 @@ def _draws(entries: list[Entry], resolved, root_key, targets: list[torch.Tensor]
     ops, as the drop-ins do (:func:`xinit.torch._bridge.write_structural_`: the
     engine kernel's values exactly, without a compiled call).
     """
-    requests, dests, structural, sources, structural_sources = [], [], [], [], []
+    requests, dests, dtensors, structural, sources, structural_sources = [], [], [], [], [], []
     for j, (e, res, t) in enumerate(zip(entries, resolved, targets, strict=True)):
         if t.is_meta or t.numel() == 0:
             continue
@@ -420,11 +426,12 @@ def _draws(entries: list[Entry], resolved, root_key, targets: list[torch.Tensor]
             requests.append((e.param.name, shape, np_dtype, sp, _bridge.jax_device(t.device),
                              res.zero_rows, b.region))
             dests.append(b.target)
+            dtensors.append(b.dtensor)
             sources.append(j)
     keys = _fold_keys(root_key, [r[0] for r in requests]) if requests else []
     reqs = [engine.request(sp, k, shape, dt, region=region, name=name, device=dev, zero_rows=rows)
             for (name, shape, dt, sp, dev, rows, region), k in zip(requests, keys, strict=True)]
-    return _Draws(reqs, dests, structural, sources, structural_sources)
+    return _Draws(reqs, dests, dtensors, structural, sources, structural_sources)
 
 
 def _write_structural(structural) -> None:
@@ -445,7 +452,7 @@ def _write_all(entries: list[Entry], resolved, root_key, targets: list[torch.Ten
     """
     d = _draws(entries, resolved, root_key, targets)
     if d.requests:
-        engine.run(d.requests, TorchSink(d.requests, d.dests), ahead=ahead)
+        engine.run(d.requests, _dtensor.torch_sink(d.requests, d.dests, d.dtensors), ahead=ahead)
     _write_structural(d.structural)
 
 
@@ -575,7 +582,11 @@ def initialize(model: nn.Module, recipe="torch_default", *, key=None, unmatched:
             first (floating point dtypes are cast), every problem listed in a
             :class:`~xinit.core.errors.CheckpointError`.
             ``plan(model, recipe, state_dict=...)`` shows what is loaded and
-            what drawn.
+            what drawn. A DTensor parameter takes its local shard's slice of
+            the full tensor on each rank, without communication; a DTensor
+            entry loads into a DTensor on the same mesh (torch's ``copy_``,
+            redistributing where the placements differ), never into a plain
+            tensor (pass its ``full_tensor()``).
         manifest: a manifest written by ``save_manifest=`` (path or
             :class:`~xinit.core.manifest.Manifest`): its recipe, root key and
             ``unmatched`` are used, and every tensor is checked against its
@@ -727,7 +738,7 @@ class _ApplyPass:
         held = _Held()
         if d.requests:
             engine.run(d.requests, held)
-        batch = (d, held, TorchSink(d.requests, d.dests))
+        batch = (d, held, _dtensor.torch_sink(d.requests, d.dests, d.dtensors))
         per: dict[int, tuple[list[int], list]] = {nid: ([], []) for nid, _ in chosen}
         for i, j in enumerate(d.sources):
             per[owners[j]][0].append(i)
