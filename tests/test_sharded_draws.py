@@ -261,6 +261,46 @@ with jax.set_mesh(mesh):
             if not recorded:
                 failures.append(f"{name} out_sharding={spec_p}: not drawn shard by shard")
 
+# ---------------------------------------------------------------- inside a user's jit
+# A traced draw is elementwise in the tensor's own shape: under an initializer's
+# out_sharding (Explicit axes) or jit's out_shardings (Auto axes) XLA's partitioner
+# computes each device's shard only, so its temporaries shrink with the shard count.
+auto = jax.make_mesh((2, 4), ("a", "b"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+def temp_bytes(f):
+    return f.lower(key).compile().memory_analysis().temp_size_in_bytes
+
+for name, init, shape in [
+    ("normal", xf.normal(0.02), (512, 256)),
+    ("lecun_normal", xf.lecun_normal(), (512, 256)),
+    ("truncated_normal", xf.truncated_normal(), (512, 256)),
+    ("uniform", xf.uniform(), (512, 256)),
+    ("torch_init.linear_kernel", xf.torch_init.linear_kernel(), (512, 256)),
+    ("lecun_normal 4-D", xf.lecun_normal(), (3, 3, 32, 64)),
+]:
+    ref = np.asarray(init(key, shape))
+    whole_temp = temp_bytes(jax.jit(lambda k: init(k, shape)))
+    for spec_p in (P("a"), P(None, "b"), P(*([None] * (len(shape) - 1)), ("a", "b")), P("b", "a")):
+        spec_full = P(*spec_p, *([None] * (len(shape) - len(spec_p))))
+        for axes, m in (("explicit", mesh), ("auto", auto)):
+            sh = NamedSharding(m, spec_full)
+            try:
+                sh.shard_shape(shape)
+            except ValueError:
+                continue
+            if axes == "explicit":
+                f = jax.jit(lambda k: init(k, shape, None, spec_p))
+            else:
+                f = jax.jit(lambda k: init(k, shape), out_shardings=sh)
+            with jax.set_mesh(m):
+                out, temp = f(key), temp_bytes(f)
+            tag = f"jit {name} {axes} {spec_p}"
+            check(tag, out, ref, sh)
+            shards = len({tuple((s.start, s.stop) for s in idx) for idx in sh.devices_indices_map(shape).values()})
+            if temp > whole_temp / shards * 1.25 + 4096:
+                failures.append(f"{tag}: {temp} bytes of temporaries per device, the whole draw "
+                                f"takes {whole_temp}: not drawn shard by shard")
+
 print(json.dumps({"checked": checked, "failures": failures}))
 '''
 

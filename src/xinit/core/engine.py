@@ -810,7 +810,7 @@ def _traced_rows(req: Request, index: int) -> tuple[jax.Array, list[Segment]]:
         # parameters as a runtime value, as in eager programs: XLA would otherwise fold
         # the constants (e.g. trunc_normal's CDF values) with other arithmetic, ulps apart
         params = lax.optimization_barrier(jnp.asarray(params.reshape(-1)))
-        prog = programs.tensor_program(req.plan.family, req.dtype, n)
+        prog = programs.tensor_program(req.plan.family, req.dtype, req.shape)
         return prog.traced(jnp.asarray(req.key, np.uint32).reshape(2), params), [Segment(index, 0, n, 0)]
     nrows = rr.rows
     g = packing.Group(req.plan.family, req.dtype, req.device, rr.indexed, False, [0], nrows, 1)

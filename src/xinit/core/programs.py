@@ -25,6 +25,7 @@ a user's ``jit`` a program is the plain jitted function and inlines.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -357,33 +358,52 @@ def transform_program(family: str, out_dtype: np.dtype, nrows: int) -> Program:
 
 
 @functools.cache
-def tensor_program(family: str, out_dtype: np.dtype, n: int) -> Program:
-    """One whole tensor of ``n < 2**32`` elements inside a user's ``jit``: ``(key, params)``.
+def tensor_program(family: str, out_dtype: np.dtype, shape: tuple[int, ...]) -> Program:
+    """One whole tensor of ``shape`` (``< 2**32`` elements) inside a user's ``jit``:
+    ``(key, params)``, its values in ``shape``.
 
     The rows programs' values for a single tensor, with its key and parameters
-    (``params`` as :func:`pack_params` words) as scalars over a flat counter range:
-    inlined into the user's program, where per-row machinery would only cost
-    (XLA:CPU vectorizes the fused hash + transform loop worse with per-row operands).
+    (``params`` as :func:`pack_params` words) as scalars: inlined into the user's
+    program, where per-row machinery would only cost (XLA:CPU vectorizes the fused
+    hash + transform loop worse with per-row operands). Each element's counter (its
+    row-major flat index) is computed from iotas over ``shape`` itself, so the
+    program is elementwise in the tensor's own shape: XLA's partitioner can give
+    each device only its shard's elements (see :func:`flat_index`).
     """
     out_dtype = np.dtype(out_dtype)
     cdt = dist.param_dtype(family, out_dtype)
 
+    n = math.prod(shape)
     # One element would compile to straight-line code, which XLA:CPU rounds differently
     # (1 ulp) from the loops of every larger draw: draw two, keep one.
     size = max(n, 2)
+    grid = shape if n > 1 else (size,)
 
     def program(key, params):
         count_trace()
-        lo = lax.iota(np.uint32, size)
+        lo = flat_index(grid)
         hi = jnp.zeros((), np.uint32)
         fp, ip = _unpack_params(params.reshape(1, -1), family, out_dtype, offset=0)
         out = dist.family_values(
             family, cdt, out_dtype, lo,
             lambda lo2=None: unit_uniform(key[0], key[1], hi, lo if lo2 is None else lo2, cdt),
             lambda j: fp(j)[0, 0], lambda j: ip(j)[0, 0])
-        return out if size == n else lax.optimization_barrier(out)[:n]
+        return out if size == n else lax.optimization_barrier(out)[:n].reshape(shape)
 
     return Program(program)
+
+
+def flat_index(shape: tuple[int, ...]) -> jax.Array:
+    """The row-major flat index of every element of ``shape`` as uint32 (traced;
+    ``prod(shape) < 2**32``), from one iota per dimension."""
+    index = jnp.zeros(shape, np.uint32)
+    stride = 1
+    for d in range(len(shape) - 1, -1, -1):
+        if shape[d] > 1:
+            iota = lax.broadcasted_iota(np.uint32, shape, d)
+            index = index + (iota * np.uint32(stride) if stride > 1 else iota)
+        stride *= shape[d]
+    return index
 
 
 def concat_prefix(chunks, valids, n):

@@ -92,20 +92,21 @@ def place(x: jax.Array, out_sharding, api_name: str) -> jax.Array:
     return jax.sharding.auto_axes(_identity, out_sharding=target, axes=target.mesh.explicit_axes)(x)
 
 
-def shard_target(out_sharding, api_name: str, ndim: int) -> NamedSharding | None:
+def shard_target(out_sharding, api_name: str, ndim: int, traced: bool = False) -> NamedSharding | None:
     """The sharding to draw shard by shard for ``out_sharding``, or ``None`` (then
     :func:`place` places a whole draw): a ``NamedSharding`` that shards some axis,
     canonicalized by JAX's own function (so with JAX's errors, raised before
     anything is drawn) and with its spec padded to ``ndim`` as JAX types its
     results. Replicated targets (and none) are left to :func:`place`, whose
-    result sharding is JAX's there (a single device, or the ambient mesh)."""
+    result sharding is JAX's there (a single device, or the ambient mesh).
+    ``traced`` (inside a user's jit): the mesh may stay abstract."""
     from jax._src.sharding_impls import canonicalize_sharding  # JAX's own rules and errors
 
     target = canonicalize_sharding(out_sharding, api_name)
     if not isinstance(target, NamedSharding):
         return None
     mesh = target.mesh
-    if isinstance(mesh, jax.sharding.AbstractMesh):  # a PartitionSpec under jax.set_mesh
+    if isinstance(mesh, jax.sharding.AbstractMesh) and not traced:  # a PartitionSpec under jax.set_mesh
         mesh = jax.sharding.get_mesh()
         if mesh.empty or mesh.abstract_mesh != target.mesh:
             return None
@@ -206,9 +207,19 @@ class SpecInitializer:
         if not self.spec.random:
             key = _fill_key(key)
         ensure_checked()
-        target = None if isinstance(key, jax.core.Tracer) else shard_target(
-            out_sharding, self.qualname, len(shape))
+        traced = isinstance(key, jax.core.Tracer)
+        target = shard_target(out_sharding, self.qualname, len(shape), traced)
         try:
+            if traced and target is not None:
+                # Inside a user's jit: the draw is staged with the mesh's axes Auto and its
+                # result constrained to the target, so XLA's partitioner gives each device
+                # only its shard of the (elementwise) draw, as jit's out_shardings do.
+                def draw(k):
+                    return sample(self.spec, k, shape, dtype, layout=self.layout)
+
+                with x64_scope(dtype):
+                    return jax.sharding.auto_axes(draw, out_sharding=target,
+                                                  axes=target.mesh.explicit_axes)(key)
             out = sample(self.spec, key, shape, dtype, layout=self.layout, sharding=target)
         except XinitError as err:
             raise with_context(err, self.qualname, shape, dtype, self.layout) from err
