@@ -251,6 +251,7 @@ with jax.set_mesh(mesh):
         ("torch_init.linear_kernel", xf.torch_init.linear_kernel(), (16, 24)),
         ("torch_init.orthogonal", xf.torch_init.orthogonal(), (16, 24)),
         ("torch_init.sparse", xf.torch_init.sparse(0.5), (16, 24)),
+        ("torch_init.embedding padding_idx", xf.torch_init.embedding(padding_idx=-3), (16, 24)),
     ]:
         ref = np.asarray(init(key, shape))
         for spec_p in (P("a"), P(None, "b"), P("b", "a")):
@@ -277,6 +278,7 @@ for name, init, shape in [
     ("uniform", xf.uniform(), (512, 256)),
     ("torch_init.linear_kernel", xf.torch_init.linear_kernel(), (512, 256)),
     ("lecun_normal 4-D", xf.lecun_normal(), (3, 3, 32, 64)),
+    ("torch_init.embedding padding_idx", xf.torch_init.embedding(padding_idx=300), (512, 256)),
 ]:
     ref = np.asarray(init(key, shape))
     whole_temp = temp_bytes(jax.jit(lambda k: init(k, shape)))

@@ -16,6 +16,8 @@ rows zeroed where a request says so (an embedding's padding row):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -168,7 +170,7 @@ class JaxSink:
 
 
 def sample(spec: Spec, key, shape, dtype=None, *, layout: Layout = TORCH, device=None,
-           region=None, sharding=None) -> jax.Array:
+           region=None, sharding=None, zero_rows: Sequence[int] = ()) -> jax.Array:
     """Draw ``spec`` for a weight of ``shape`` stored in ``layout`` (or a ``region`` of it).
 
     The values are those of the canonical shape, moved into ``layout`` by a pure
@@ -196,6 +198,9 @@ def sample(spec: Spec, key, shape, dtype=None, *, layout: Layout = TORCH, device
             exactly that sharding, equal bit for bit to the unsharded draw
             (see :mod:`xinit.core.sharding`). Not with ``device`` or
             ``region``, nor inside ``jax.jit``.
+        zero_rows: canonical rows (dimension 0) set to zero after the draw
+            (an embedding's padding row), in every region or shard that holds
+            them.
 
     >>> from xinit.core import Uniform
     >>> sample(Uniform(-1, 1), 0, (4, 3)).shape
@@ -212,7 +217,7 @@ def sample(spec: Spec, key, shape, dtype=None, *, layout: Layout = TORCH, device
         if len(region) != len(shape):
             raise ShapeError(f"region {region!r} needs one (start, stop) pair per axis of shape {shape}")
         region = tuple(region[p] for p in layout.permutation(len(shape)))
-    req = request(plan, key, canon, dtype, region=region, device=device)
+    req = request(plan, key, canon, dtype, region=region, device=device, zero_rows=zero_rows)
     if sharding is not None:
         from . import sharding as sharded
 

@@ -200,6 +200,10 @@ class SpecInitializer:
     def check_call(self, shape: tuple[int, ...], dtype: np.dtype, out_sharding) -> None:
         """Reject what this initializer does not accept, before anything is drawn."""
 
+    def zero_rows(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Canonical rows the draw sets to zero (an embedding's padding row): none."""
+        return ()
+
     def __call__(self, key, shape, dtype=None, out_sharding=None) -> jax.Array:
         shape = as_shape(shape)
         dtype = self.resolve_dtype(dtype)
@@ -215,12 +219,14 @@ class SpecInitializer:
                 # result constrained to the target, so XLA's partitioner gives each device
                 # only its shard of the (elementwise) draw, as jit's out_shardings do.
                 def draw(k):
-                    return sample(self.spec, k, shape, dtype, layout=self.layout)
+                    return sample(self.spec, k, shape, dtype, layout=self.layout,
+                                  zero_rows=self.zero_rows(shape))
 
                 with x64_scope(dtype):
                     return jax.sharding.auto_axes(draw, out_sharding=target,
                                                   axes=target.mesh.explicit_axes)(key)
-            out = sample(self.spec, key, shape, dtype, layout=self.layout, sharding=target)
+            out = sample(self.spec, key, shape, dtype, layout=self.layout, sharding=target,
+                         zero_rows=self.zero_rows(shape))
         except XinitError as err:
             raise with_context(err, self.qualname, shape, dtype, self.layout) from err
         if target is not None:  # drawn shard by shard (xinit.core.sharding)

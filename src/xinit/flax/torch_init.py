@@ -49,12 +49,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import jax
 import numpy as np
 
 from xinit.core import specs
-from xinit.core.engine import x64_scope
-from xinit.core.layout import FLAX, TORCH, Layout, as_shape
+from xinit.core.layout import FLAX, TORCH, Layout
 
 from ._initializers import (
     CONV_TRANSPOSE,
@@ -62,7 +60,6 @@ from ._initializers import (
     SpecInitializer,
     check_dtype,
     check_layout,
-    place,
 )
 
 #: The torch drop-ins: ``torch_init.<name>`` for ``torch.nn.init.<name>_``.
@@ -410,20 +407,20 @@ def conv_transpose_bias(fan_in: int, *, dtype=None):
 
 @dataclass(frozen=True, repr=False)
 class _PaddedEmbedding(SpecInitializer):
-    """``SpecInitializer`` that zeroes one row afterwards (torch's ``padding_idx``)."""
+    """``SpecInitializer`` whose draw zeroes one row (torch's ``padding_idx``): in
+    every shard that holds it, so a sharded table is drawn shard by shard too."""
 
     padding_idx: int = 0
 
-    def __call__(self, key, shape, dtype=None, out_sharding=None) -> jax.Array:
-        shape = as_shape(shape)
+    def check_call(self, shape: tuple[int, ...], dtype: np.dtype, out_sharding) -> None:
         if len(shape) != 2 or not -shape[0] <= self.padding_idx < shape[0]:
             raise ValueError(
                 f"embedding: padding_idx={self.padding_idx} must index a row of a 2-D "
                 f"(num_embeddings, features) table; got shape {shape}"
             )
-        table = super().__call__(key, shape, dtype)
-        with x64_scope(table.dtype):
-            return place(table.at[self.padding_idx].set(0), out_sharding, self.qualname)
+
+    def zero_rows(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (self.padding_idx % shape[0],)  # identity layout: the table's row
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, padding_idx={self.padding_idx})"
