@@ -762,6 +762,23 @@ def _consume(requests, groups, others, elementwise, left, bufs, sink, ahead) -> 
                 interrupts.check()
 
 
+def compile_programs(requests: Iterable[Request]) -> None:
+    """Compile every program a :func:`run` of ``requests`` will run, and nothing else
+    (no buffer, no draw): for a caller that allocates much memory of its own before
+    the run (``xinit.torch.materialize``), so that the compiler's transient memory
+    comes and goes before that, not on top of it. Traced requests compile in the
+    user's program: skipped."""
+    requests = [r for r in requests if r.size and not _is_tracer(r.key)]
+    elementwise = {i: packing.runs_of(r) for i, r in enumerate(requests) if isinstance(r.plan, Elementwise)}
+    with memory_errors("xinit: compiling"), _without_mesh():
+        ensure_checked()
+        for i, r in enumerate(requests):
+            if i not in elementwise:
+                _compile_other(r)
+        for g in packing.groups_of(requests, elementwise) if elementwise else []:
+            _executables(g)
+
+
 def _prepare(requests, groups: list[packing.Group], others: list[int], bufs: _RunBuffers,
              ahead: bool) -> None:
     """Compile every program of the run and reserve every buffer its chunks reuse.

@@ -401,16 +401,19 @@ class _Draws(NamedTuple):
     structural_sources: list[int]  # the entry of each structural write
 
 
-def _draws(entries: list[Entry], resolved, root_key, targets: list[torch.Tensor]) -> _Draws:
+def _draws(entries: list[Entry], resolved, root_key, targets: list[torch.Tensor], *,
+           meta: bool = False) -> _Draws:
     """Validate every entry (dtype against spec) and make its request; nothing is drawn.
 
     Constants, ``eye`` and ``dirac`` (without rows to zero) are written with torch's
     ops, as the drop-ins do (:func:`xinit.torch._bridge.write_structural_`: the
-    engine kernel's values exactly, without a compiled call).
+    engine kernel's values exactly, without a compiled call). Meta targets are
+    skipped, unless ``meta`` (the requests their real tensors will have, for
+    compiling ahead: see :func:`materialize`).
     """
     requests, dests, dtensors, structural, sources, structural_sources = [], [], [], [], [], []
     for j, (e, res, t) in enumerate(zip(entries, resolved, targets, strict=True)):
-        if t.is_meta or t.numel() == 0:
+        if (t.is_meta and not meta) or t.numel() == 0:
             continue
         shape = tuple(t.shape)
         sp = res.spec.plan(shape)
@@ -1028,6 +1031,9 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
     swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
     try:
         root_key = _root_key(key, [e.tensor for e in entries])
+        # Compile first: XLA's transient compiler memory then comes and goes before the
+        # parameters are allocated, instead of on top of them (a cold call's peak RSS).
+        _compile_for(device, [e for e, _ in todo], [r for _, r in todo], root_key)
         new = _swap_in_real_tensors(module, device, left, swapped)
         _dtensor.adopt_fsdp(module)
         targets = {i: new[id(e.tensor)] for i, e in enumerate(entries) if id(e.tensor) in new}
@@ -1072,6 +1078,14 @@ def materialize(module: nn.Module, device="cpu", recipe="torch_default", *, key=
     _report("materialize", p)
     _save_manifest(save_manifest, p, recipe, root_key, unmatched)
     return module
+
+
+def _compile_for(device: torch.device, entries: list[Entry], resolved, root_key) -> None:
+    """Compile the programs that drawing ``entries`` (meta tensors) on ``device`` will run."""
+    meta_views = [canonical_view(e.tensor, e.layout) for e in entries]
+    d = _draws(entries, resolved, root_key, meta_views, meta=True)
+    dev = _bridge.jax_device(torch.device(device))
+    engine.compile_programs([r._replace(device=dev) for r in d.requests])
 
 
 def _swap_in_real_tensors(module: nn.Module, device: torch.device, left: set[int],
