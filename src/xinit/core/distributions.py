@@ -258,8 +258,9 @@ def _narrow_fraction(u, slope, curve):
     return t
 
 
-def trunc_normal_values(u, mean, std, a, b):
-    """N(mean, std**2) truncated to ``[a, b]`` from unit uniforms ``u``, in ``u``'s dtype.
+def trunc_normal_values(u, mean, std, a, b, out_dtype=None):
+    """N(mean, std**2) truncated to ``[a, b]`` from unit uniforms ``u``, in ``u``'s dtype
+    (or cast to ``out_dtype`` and clipped to the bounds cast to it, as torch does).
 
     The interval is reflected onto the lower half-line when most of its mass is
     above the mean, so its upper end ``hi`` is the bound nearer the mean. An
@@ -269,7 +270,9 @@ def trunc_normal_values(u, mean, std, a, b):
     offset`` with the offset relative-precise: :func:`_narrow_fraction` on
     narrow intervals (in the tails too), else :func:`_tail_offset`. Those run
     only when some element needs them (``lax.cond``): other draws cost what
-    they did and keep their values.
+    they did and keep their values. Everything after the sample (the limits of
+    degenerate parameters, the cast, the clip) is inside each branch, so that a
+    branch is one pass over the values.
     """
     alpha = (a - mean) / std
     beta = (b - mean) / std
@@ -296,10 +299,17 @@ def trunc_normal_values(u, mean, std, a, b):
         offset = jnp.where(thin, (b - a) * frac, std * _tail_offset(u, c_tail, w_tail, log_r))
         return jnp.where(tail | narrow, jnp.where(flip, a + offset, b - offset), inverse_cdf(u))
 
-    x = lax.cond(jnp.any(tail | narrow), with_offsets, inverse_cdf, u)
-    # Parameters that degenerate in the compute dtype (std underflows to 0, mean
-    # overflows): their limit, the point mass at the bound nearest the mean.
-    return jnp.where(jnp.isnan(x), jnp.clip(mean, a, b), x)
+    def finished(x):
+        # Parameters that degenerate in the compute dtype (std underflows to 0, mean
+        # overflows): their limit, the point mass at the bound nearest the mean.
+        x = jnp.where(jnp.isnan(x), jnp.clip(mean, a, b), x)
+        if out_dtype is None:
+            return x
+        # torch casts the bounds to the tensor dtype; so do we, after rounding.
+        return jnp.clip(x.astype(out_dtype), a.astype(out_dtype), b.astype(out_dtype))
+
+    return lax.cond(jnp.any(tail | narrow), lambda u: finished(with_offsets(u)),
+                    lambda u: finished(inverse_cdf(u)), u)
 
 
 def values_from_unit(family, cdt, out_dtype, u, fp):
@@ -311,10 +321,7 @@ def values_from_unit(family, cdt, out_dtype, u, fp):
         z = standard_normal(u, cdt)
         return (fp(0) + fp(1) * z).astype(out_dtype)
     if family == "trunc_normal":
-        mean, std, a, b = fp(0), fp(1), fp(2), fp(3)
-        x = trunc_normal_values(u, mean, std, a, b).astype(out_dtype)
-        # torch casts the bounds to the tensor dtype; so do we, after rounding.
-        return jnp.clip(x, a.astype(out_dtype), b.astype(out_dtype))
+        return trunc_normal_values(u, fp(0), fp(1), fp(2), fp(3), np.dtype(out_dtype))
     raise AssertionError(family)
 
 
