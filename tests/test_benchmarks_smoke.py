@@ -294,7 +294,7 @@ def test_runs_accumulate_into_one_json_and_render_limits_and_history(run, tmp_pa
     assert "| uniform_ 4096x4096 | 16.8 M | 30.0 | 10.0 | 16.8 | 0.6x | 1.79x | 2x |" in md
     assert "| xinit chunk program, after 200 us idle | 61.2 |" in md
     assert "`import jax` in a fresh process that has imported torch: 0.50 s." in md
-    assert "## Run-to-run spread (3 full runs)" in md
+    assert "## Run-to-run spread (3 complete runs)" in md
     assert md.rstrip().endswith("## History\n\nOld machine numbers.")
 
 
