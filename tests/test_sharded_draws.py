@@ -40,12 +40,8 @@ from xinit.core import sharding as sharded
 
 assert len(jax.devices()) == 8
 failures, checked = [], 0
-recorded = []
-_run = sharded.run
-def recording_run(requests, sink, **kw):
-    recorded.extend(requests)
-    return _run(requests, sink, **kw)
-sharded.run = recording_run
+from engine_spy import record_requests  # tests/, the script's working directory
+recorded = record_requests(sharded)
 
 MESHES = {s: jax.make_mesh(s, ("a", "b")) for s in [(2, 4), (4, 2), (8, 1)]}
 CONV1D = Layout(in_axis=0, out_axis=1, name="HF_CONV1D")  # transformers' Conv1D weight (in, out)
@@ -311,7 +307,7 @@ print(json.dumps({"checked": checked, "failures": failures}))
 def result() -> dict:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=900,
-                       env=env)
+                       env=env, cwd=Path(__file__).parent)
     assert r.returncode == 0, r.stderr[-4000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 

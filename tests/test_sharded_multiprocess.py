@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,12 +37,8 @@ from xinit.core import FLAX, sample, specs
 from xinit.core import sharding as sharded
 
 failures, checked = [], 0
-recorded = []
-_run = sharded.run
-def recording_run(requests, sink, **kw):
-    recorded.extend(requests)
-    return _run(requests, sink, **kw)
-sharded.run = recording_run
+from engine_spy import record_requests  # tests/, the script's working directory
+recorded = record_requests(sharded)
 
 def check(tag, out, ref, canon_shape, layout):
     global checked
@@ -96,7 +93,8 @@ def test_each_process_draws_only_its_shards():
     address = f"127.0.0.1:{_free_port()}"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), address], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              cwd=Path(__file__).parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
              for i in range(2)]
     results = []
     try:
