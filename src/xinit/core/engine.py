@@ -693,11 +693,7 @@ def run(requests: Iterable[Request], sink: Sink, *, ahead: bool = True) -> None:
         _run_traced(requests, sink)
         return
     left = [r.size for r in requests]
-    elementwise = {i: packing.runs_of(r) for i, r in enumerate(requests)
-                   if left[i] and isinstance(r.plan, Elementwise)}
-    others = sorted((i for i, r in enumerate(requests) if left[i] and i not in elementwise),
-                    key=lambda i: requests[i].name)
-    groups = packing.groups_of(requests, elementwise)
+    elementwise, others, groups = _split(requests)
     bufs = _RunBuffers()
     try:
         with memory_errors("xinit: drawing"), _without_mesh():
@@ -762,21 +758,39 @@ def _consume(requests, groups, others, elementwise, left, bufs, sink, ahead) -> 
                 interrupts.check()
 
 
+def _split(requests: list[Request]) -> tuple[dict[int, packing.Runs], list[int], list[packing.Group]]:
+    """How a run draws ``requests``: the elementwise ones' runs, the structured ones
+    (orthogonal, sparse: drawn first, by name) and the elementwise groups, chunk by
+    chunk. Zero-element requests are in none."""
+    elementwise = {i: packing.runs_of(r) for i, r in enumerate(requests)
+                   if r.size and isinstance(r.plan, Elementwise)}
+    others = sorted((i for i, r in enumerate(requests) if r.size and i not in elementwise),
+                    key=lambda i: requests[i].name)
+    return elementwise, others, packing.groups_of(requests, elementwise)
+
+
+def _compile(requests: list[Request], groups: list[packing.Group], others: list[int]) -> None:
+    """Compile every program of a run (see :func:`_split`)."""
+    for i in others:
+        _compile_other(requests[i])
+    for g in groups:
+        _executables(g)
+
+
 def compile_programs(requests: Iterable[Request]) -> None:
     """Compile every program a :func:`run` of ``requests`` will run, and nothing else
     (no buffer, no draw): for a caller that allocates much memory of its own before
     the run (``xinit.torch.materialize``), so that the compiler's transient memory
     comes and goes before that, not on top of it. Traced requests compile in the
-    user's program: skipped."""
-    requests = [r for r in requests if r.size and not _is_tracer(r.key)]
-    elementwise = {i: packing.runs_of(r) for i, r in enumerate(requests) if isinstance(r.plan, Elementwise)}
-    with memory_errors("xinit: compiling"), _without_mesh():
-        ensure_checked()
-        for i, r in enumerate(requests):
-            if i not in elementwise:
-                _compile_other(r)
-        for g in packing.groups_of(requests, elementwise) if elementwise else []:
-            _executables(g)
+    user's program: nothing to do."""
+    requests = list(requests)
+    if any(_is_tracer(r.key) for r in requests):
+        return
+    _, others, groups = _split(requests)
+    if others or groups:
+        with memory_errors("xinit: compiling"), _without_mesh():
+            ensure_checked()
+            _compile(requests, groups, others)
 
 
 def _prepare(requests, groups: list[packing.Group], others: list[int], bufs: _RunBuffers,
@@ -786,11 +800,9 @@ def _prepare(requests, groups: list[packing.Group], others: list[int], bufs: _Ru
     Structured requests (drawn first) take their buffers as they go: each of them
     is written only once it is complete, so a failure leaves it untouched.
     """
-    for i in others:
-        _compile_other(requests[i])
+    _compile(requests, groups, others)
     need: dict[tuple, int] = defaultdict(int)
     for g in groups:
-        _executables(g)
         for key in _group_buffers(g):
             need[key] += g.chunks
     bufs.reserve({key: min(n, 2 if ahead else 1) for key, n in need.items()})
