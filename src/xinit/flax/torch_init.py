@@ -413,6 +413,7 @@ class _PaddedEmbedding(SpecInitializer):
     padding_idx: int = 0
 
     def check_call(self, shape: tuple[int, ...], dtype: np.dtype, out_sharding) -> None:
+        super().check_call(shape, dtype, out_sharding)
         if len(shape) != 2 or not -shape[0] <= self.padding_idx < shape[0]:
             raise ValueError(
                 f"embedding: padding_idx={self.padding_idx} must index a row of a 2-D "
