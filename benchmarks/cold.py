@@ -30,27 +30,10 @@ import argparse
 import inspect
 import json
 import os
-import resource
 import sys
 import time
 
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_rss_bytes() -> int:
-    """This process's peak RSS: ``VmHWM`` (ru_maxrss would include the parent's peak:
-    Linux carries it across fork + exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+from rss import peak_rss_bytes, rss_bytes
 
 
 def _call(fn, model, recipe):
@@ -79,7 +62,7 @@ def main(argv=None) -> dict:
     import torch  # noqa: F401 - imported before the clock for both sides
 
     build = models.MODELS[args.model]
-    rss_before = _rss_bytes()
+    rss_before = rss_bytes()
     out = {"model": args.model, "who": args.who, "cache": bool(args.cache)}
     if args.who == "torch":
         t0 = time.perf_counter()
@@ -119,7 +102,7 @@ def main(argv=None) -> dict:
 
         out["compiles"] = xinit.core.debug.compile_count()
     out["rss_before"] = rss_before
-    out["peak_rss"] = _peak_rss_bytes()
+    out["peak_rss"] = peak_rss_bytes()
     out["state_bytes"] = models.state_bytes(model)
     print(json.dumps(out))
     return out
@@ -135,7 +118,7 @@ def _flax(args) -> dict:
         from xinit.core.cache import enable_compilation_cache
 
         enable_compilation_cache(args.cache)
-    rss_before = _rss_bytes()
+    rss_before = rss_bytes()
     out = {"model": args.model, "who": args.who, "framework": "flax", "cache": bool(args.cache)}
     t0 = time.perf_counter()
     if args.who == "flax":
@@ -157,7 +140,7 @@ def _flax(args) -> dict:
         out["compiles"] = xinit.core.debug.compile_count()
     out["seconds"] = time.perf_counter() - t0
     out["rss_before"] = rss_before
-    out["peak_rss"] = _peak_rss_bytes()
+    out["peak_rss"] = peak_rss_bytes()
     out["state_bytes"] = flax_models.state_bytes(variables)
     print(json.dumps(out))
     return out

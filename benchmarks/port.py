@@ -15,7 +15,7 @@ model, vs ``param.copy_(torch.from_numpy(...))`` per tensor) too.
 Memory: a GPT-style checkpoint of at least 1 GiB is written as ``.safetensors``
 (tensor by tensor), then a fresh process converts it into a Flax
 ``.safetensors`` file with ``xinit.port.convert_file`` and reports its peak RSS
-(``ru_maxrss``) over the checkpoint's bytes. Run by ``benchmarks/run.py``
+(``VmHWM``, :mod:`rss`) over the checkpoint's bytes. Run by ``benchmarks/run.py``
 (sections ``port`` and ``port_memory``); nothing here asserts a time.
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from bench_configs import GPT2_SMALL, GPT_TINY, GPTConfig  # noqa: E402
+from rss import peak_rss_bytes  # noqa: E402
 
 CONFIGS = {"gpt2": GPT2_SMALL, "gpt_tiny": GPT_TINY}
 
@@ -173,13 +173,13 @@ def convert_once(cfg: GPTConfig, src: Path, dst: Path) -> dict:
     """In this (fresh) process: convert src -> dst and report times and peak RSS."""
     import xinit.port as xp
 
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_before = peak_rss_bytes()
     tm, fm = _models(cfg, "meta")
     t0 = time.perf_counter()
     report = xp.convert_file(src, dst, tm, fm.module, *fm.inputs)
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "tensors": len(report.converted),
-            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_rss": peak_rss_bytes(),
             "rss_before": rss_before, "checkpoint_bytes": src.stat().st_size,
             "output_bytes": dst.stat().st_size}
 

@@ -16,7 +16,7 @@ parameters) is sharded over 8 CPU devices (``--xla_force_host_platform_device_co
   way Flax users initialize sharded models.
 
 Reported per side: seconds of the call (cold: compilation included, as a user
-pays it once per process), the process's peak RSS (``ru_maxrss``) and its rise
+pays it once per process), the process's peak RSS (``VmHWM``, :mod:`rss`) and its rise
 over the RSS just before the call, as a multiple of the parameter bytes (the
 target: xinit <= 1.25x). ``run.py --sections sharding`` adds these rows to the
 performance page (not in ``--quick``: a minute or more, 6 GB per side).
@@ -37,12 +37,13 @@ DEVICES = 8
 TARGET = 1.25  # peak RSS rise / parameter bytes, xinit side
 
 WORKER = r'''
-import json, math, os, resource, sys, time
+import json, math, sys, time
 sys.path.insert(0, sys.argv[3])
 import jax, jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import flax_models
 from bench_configs import GPT2_XL
+from rss import peak_rss_bytes, rss_bytes
 
 side, name = sys.argv[1], sys.argv[2]
 model = {"gpt2_xl": lambda inits: flax_models.gpt2(GPT2_XL, inits),
@@ -64,22 +65,18 @@ shardings = jax.tree.map(lambda x: NamedSharding(mesh, spec(x)), abstract)
 param_bytes = sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(abstract))
 sharded = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract) if spec(x) != P())
 
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
 if side == "xinit":
     import xinit.flax as xf
     call = lambda: xf.initialize(abstract, "torch_default", key=0, shardings=shardings)
 else:
     init = jax.jit(model.module.init, out_shardings=shardings)
     call = lambda: init(jax.random.key(0), *model.inputs)
-before = rss()
+before = rss_bytes()
 t0 = time.perf_counter()
 out = call()
 jax.block_until_ready(out)
 seconds = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = peak_rss_bytes()
 leaf = out["params"]["h_0"]["mlp"]["c_fc"]["kernel"]
 print(json.dumps({"side": side, "model": name, "seconds": seconds, "param_bytes": param_bytes,
                   "parameters": sum(math.prod(x.shape) for x in jax.tree.leaves(abstract)),
