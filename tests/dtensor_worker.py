@@ -229,14 +229,18 @@ def _torch_versions(mesh, placements) -> dict[str, tuple[int, int | None] | str]
     return out
 
 
-def _checkpoint_cases(rank: int, world: int, mesh, path: str, out: dict, versions: dict) -> None:
-    """initialize/materialize with a full checkpoint on sharded models; refused DTensor entries."""
+def _checkpoint_cases(rank: int, world: int, mesh, path: str, out: dict, versions: dict,
+                      reads: dict) -> None:
+    """initialize/materialize with a full checkpoint on sharded models; refused DTensor
+    entries. ``reads``: elements read from the .safetensors file, and the rank's local
+    elements of the parameters it holds."""
     from safetensors.torch import save_file
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor, Replicate, distribute_tensor
 
     from xinit.core.errors import CheckpointError
+    from xinit.torch._checkpoint import LazySafetensors
 
     keys = dict(CHECKPOINT_CASES)
 
@@ -259,7 +263,21 @@ def _checkpoint_cases(rank: int, world: int, mesh, path: str, out: dict, version
     fully_shard(model, mesh=mesh)
     file = f"{path}.rank{rank}.safetensors"
     save_file(checkpoint(), file)
-    xt.materialize(model, "cpu", "transformer", key=keys["ckpt_fsdp"], state_dict=file)
+    read = LazySafetensors.read
+    blocks = []
+
+    def recording_read(self, name, box):
+        blocks.append(value := read(self, name, box))
+        return value
+
+    LazySafetensors.read = recording_read
+    try:
+        xt.materialize(model, "cpu", "transformer", key=keys["ckpt_fsdp"], state_dict=file)
+    finally:
+        LazySafetensors.read = read
+    params = dict(model.named_parameters())
+    reads["ckpt_fsdp"] = (sum(b.numel() for b in blocks),
+                          sum(params[k].to_local().numel() for k in CHECKPOINT_KEYS))
     _full(model, "ckpt_fsdp", out)
 
     # DTensor entries: the model's own placements, or Replicate (torch's copy_ redistributes)
@@ -315,20 +333,17 @@ def worker(path: str) -> None:
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import Partial
 
+    from engine_spy import record_requests  # tests/, this script's directory
     from xinit.core import engine
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    drawn: list[int] = []  # elements each engine.run draws (complex: pairs of parts)
-    run = engine.run
+    drawn = record_requests(engine)  # every request the engine's runs draw
 
-    def counting_run(requests, sink, **kw):
-        requests = list(requests)
-        drawn.append(sum(r.size // (1 if r.complex_dtype is None else 2) for r in requests))
-        return run(requests, sink, **kw)
+    def elements(requests) -> int:  # complex requests count pairs of parts
+        return sum(r.size // (1 if r.complex_dtype is None else 2) for r in requests)
 
-    engine.run = counting_run
     out, counts, versions = {}, {}, {}
     for pname, mesh_shape, codes in PLACEMENTS[world]:
         mesh = init_device_mesh("cpu", mesh_shape)
@@ -342,7 +357,7 @@ def worker(path: str) -> None:
             assert call(fn, kwargs, dt, 100 + k) is dt
             versions[f"{pname}/{name}"] = _moved(dt, before)
             assert dt.to_local().data_ptr() == ptr  # written in place
-            counts[f"{pname}/{name}"] = (sum(drawn), local.numel())
+            counts[f"{pname}/{name}"] = (elements(drawn), local.numel())
             out[f"{pname}/{name}"] = dt.full_tensor().clone()
 
     mesh = init_device_mesh("cpu", (world,))
@@ -403,7 +418,7 @@ def worker(path: str) -> None:
     drawn.clear()
     xt.materialize(model, "cpu", "transformer", key=9)
     versions["fsdp"] = _model_versions(model)
-    counts["fsdp"] = (sum(drawn), sum(p.to_local().numel() for p in model.parameters()))
+    counts["fsdp"] = (elements(drawn), sum(p.to_local().numel() for p in model.parameters()))
     # memory each rank holds: its (padded) shard, never the global tensor
     out["fsdp_storage"] = [(p.to_local().untyped_storage().nbytes(), p.nbytes, p.shape[0])
                            for p in model.parameters()]
@@ -441,17 +456,19 @@ def worker(path: str) -> None:
         out["fsdp_tp_placements"] = [str(p.placements) for p in model.parameters()]
         _full(model, "fsdp_tp", out)
 
-    engine.run = run
-    _checkpoint_cases(rank, world, mesh, path, out, versions)
+    reads: dict = {}
+    _checkpoint_cases(rank, world, mesh, path, out, versions, reads)
     # last: torch's own DTensor random ops start its RNG tracker (which syncs RNG states)
     versions["torch"] = _torch_versions(mesh, (_placement("S0"),))
 
-    all_counts, all_versions = [None] * world, [None] * world
+    all_counts, all_versions, all_reads = [None] * world, [None] * world, [None] * world
     dist.all_gather_object(all_counts, counts)
     dist.all_gather_object(all_versions, versions)
+    dist.all_gather_object(all_reads, reads)
     if rank == 0:
         out["counts"] = all_counts
         out["versions"] = all_versions
+        out["reads"] = all_reads
         torch.save(out, path)
     dist.barrier()
     dist.destroy_process_group()

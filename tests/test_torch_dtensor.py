@@ -264,6 +264,15 @@ def test_checkpoint_loads_each_rank_its_slice(job, reference, case):
             assert _equal(out[f"{case}.{n}"], sd[n].float()), n
 
 
+def test_safetensors_checkpoint_is_read_per_shard(job):
+    """From a .safetensors path, each rank reads its shards' blocks of the checkpoint
+    (FSDP2's Shard(0): exactly its rows), not the whole tensors."""
+    world, out = job
+    for rank_reads in out["reads"]:
+        read, local = rank_reads["ckpt_fsdp"]
+        assert read == local
+
+
 def test_checkpoint_dtensor_entries_refused_untouched(job):
     """A DTensor entry for a plain parameter (its full_tensor() would be a collective
     xinit cannot promise every rank runs) or on another mesh is refused before anything

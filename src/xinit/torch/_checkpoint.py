@@ -49,6 +49,18 @@ class LazySafetensors(Mapping):
         with safe_open(self.path, self.framework) as f:  # no mapping outlives the read
             return f.get_tensor(name)
 
+    def read(self, name: str, box: tuple[slice, ...]):
+        """The block ``box`` (one ``slice(start, stop)`` per dimension) of tensor
+        ``name``, reading only its bytes' rows from the file (safetensors' ``get_slice``)."""
+        from safetensors import safe_open
+
+        if name not in self._meta:
+            raise KeyError(name)
+        with safe_open(self.path, self.framework) as f:
+            if not box:  # a 0-d tensor
+                return f.get_tensor(name)
+            return f.get_slice(name)[box]
+
     def __iter__(self):
         return iter(self._meta)
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -247,12 +248,16 @@ def _take(value: torch.Tensor, indices: list[np.ndarray]) -> torch.Tensor:
     return value
 
 
-def load_(tensor: torch.Tensor, value: torch.Tensor) -> None:
+def load_(tensor: torch.Tensor, value: torch.Tensor | Callable[[tuple[slice, ...]], torch.Tensor]) -> None:
     """Copy the checkpoint entry ``value`` into the DTensor ``tensor`` (checked with
     :func:`load_problem`), casting floating point dtypes: a plain (full) tensor gives
     each rank its shard's slice, with no communication; a DTensor is copied by torch
     (as ``load_state_dict`` does). Through torch's ``copy_`` on the DTensor, so its
-    version counter moves as torch's does."""
+    version counter moves as torch's does.
+
+    ``value`` may also be a reader of blocks of the full tensor (``read(box)``, one
+    ``slice`` per dimension, e.g. of a ``.safetensors`` file): each rank then reads
+    only the block that bounds its shard, never the whole tensor."""
     from torch.distributed.tensor import DTensor
 
     with torch.no_grad():
@@ -260,6 +265,11 @@ def load_(tensor: torch.Tensor, value: torch.Tensor) -> None:
             indices = _global_indices(tensor)
             if indices is None:  # this rank is not in the mesh: it holds nothing
                 indices = [np.arange(0)] * tensor.dim()
+            if callable(value):
+                box = tuple(slice(int(ix.min()), int(ix.max()) + 1) if len(ix) else slice(0, 0)
+                            for ix in indices)
+                value = value(box)
+                indices = [ix - b.start for ix, b in zip(indices, box, strict=True)]
             value = DTensor.from_local(_take(value, indices), tensor.device_mesh, tensor.placements,
                                        run_check=False, shape=tensor.shape, stride=tensor.stride())
         tensor.copy_(value)

@@ -331,12 +331,16 @@ def _match_checkpoint(entries: list[Entry], sd: Mapping | None) -> dict[int, str
 
 def _load(entries: list[Entry], found: dict[int, str], sd: Mapping, targets: dict[int, torch.Tensor]):
     """Copy each checkpoint tensor into its target (casting floating point dtypes); a
-    DTensor target takes its shard's slice (:func:`xinit.torch._dtensor.load_`)."""
+    DTensor target takes its shard's slice (:func:`xinit.torch._dtensor.load_`), read
+    alone from a ``.safetensors`` file."""
     with torch.no_grad():
         for i, key in found.items():
             target = targets.get(i, entries[i].tensor)
             if _dtensor.is_dtensor(target) and not target.is_meta:
-                _dtensor.load_(target, _tensor(sd, key))
+                if isinstance(sd, LazySafetensors):
+                    _dtensor.load_(target, lambda box, key=key: sd.read(key, box))
+                else:
+                    _dtensor.load_(target, _tensor(sd, key))
             elif not target.is_meta:
                 target.copy_(_tensor(sd, key))
 
