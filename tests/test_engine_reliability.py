@@ -151,6 +151,47 @@ def test_compiler_out_of_memory_is_out_of_memory_error(monkeypatch):
     assert torch.equal(t, torch.full((64, 64), 3.0)) and t._version == version
 
 
+def test_a_failed_run_finishes_no_request_not_even_an_empty_one(monkeypatch):
+    """Zero-element requests are finished only once the rest is drawn: a sink moves a
+    version counter at ``finish`` (a DTensor's, on a rank that holds none of it), so a
+    run that fails while compiling must finish nothing."""
+    from xinit.core import engine, specs
+
+    programs.clear_caches()
+
+    def failing_compile(self, *args, **kwargs):
+        raise jax.errors.JaxRuntimeError("INTERNAL: Unable to allocate section memory!")
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", failing_compile)
+
+    class Recording:
+        in_place = True
+
+        def __init__(self):
+            self.finished, self.stopped = [], False
+
+        def write(self, chunk):
+            return False
+
+        def finish(self, index):
+            self.finished.append(index)
+
+        def stop(self):
+            self.stopped = True
+
+    plan = specs.Normal().plan((8, 4))
+    reqs = [engine.request(plan, 0, (8, 4), "float32", region=((0, 0), (0, 4))),
+            engine.request(plan, 0, (8, 4), "float32")]
+    sink = Recording()
+    with pytest.raises(OutOfMemoryError):
+        engine.run(reqs, sink)
+    assert sink.finished == [] and sink.stopped
+    monkeypatch.undo()
+    sink = Recording()
+    engine.run(reqs, sink)
+    assert sorted(sink.finished) == [0, 1]
+
+
 def test_ynnpack_workspace_failure_is_out_of_memory_error():
     """XLA:CPU's matrix products (YNNPACK) report a failed workspace allocation as a bare
     "YNNPACK operation failed" (seen in the sweep above for orthogonal_)."""

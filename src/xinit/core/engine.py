@@ -267,7 +267,8 @@ class Chunk(NamedTuple):
 class Sink(Protocol):
     """Where a run's values go. The engine calls :meth:`write` for each chunk (a
     request's segments arrive in increasing region order), :meth:`finish` once a
-    request's region is complete (zero-element regions: at the start), and
+    request's region is complete (zero-element regions: once everything else is
+    drawn, so that a run that fails finishes none of them), and
     :meth:`stop` if the run ends early (an exception or an interrupt)."""
 
     #: True when the sink writes memory its caller already holds (a torch tensor):
@@ -697,13 +698,13 @@ def run(requests: Iterable[Request], sink: Sink, *, ahead: bool = True) -> None:
     bufs = _RunBuffers()
     try:
         with memory_errors("xinit: drawing"), _without_mesh():
-            for i, n in enumerate(left):
-                if n == 0:
-                    sink.finish(i)
+            empty = [i for i, n in enumerate(left) if n == 0]
             if elementwise or others:
                 ensure_checked()
                 _prepare(requests, groups, others, bufs, ahead)
                 _consume(requests, groups, others, elementwise, left, bufs, sink, ahead)
+            for i in empty:
+                sink.finish(i)
     except BaseException:
         sink.stop()
         raise
