@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from rss import peak_rss_bytes, rss_bytes
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -76,14 +78,6 @@ def gpt2_shaped(layers: int, width: int, vocab: int, positions: int = 1024):
 
 
 # ------------------------------------------------------------------ one rank
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
 
 
 def _reset_peak() -> None:
@@ -133,12 +127,12 @@ def rank_main(args) -> None:
     for _ in range(2):
         model = _sharded_meta_model(args, mesh)
         dist.barrier()
-        before = _status("VmRSS")
+        before = rss_bytes()
         _reset_peak()
         t0 = time.perf_counter()
         _step(args.side, model)
         seconds = time.perf_counter() - t0
-        peak = _status("VmHWM")
+        peak = peak_rss_bytes()
         local = sum(p.to_local().nbytes for p in model.parameters())
         result["runs"].append({"seconds": seconds, "rss_before": before, "peak_increase": peak - before,
                                "local_param_bytes": local,
