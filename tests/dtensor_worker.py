@@ -97,7 +97,7 @@ CHECKPOINT_KEYS = ("0.weight", "2.weight", "2.bias", "3.weight")
 
 #: (case, key) of the checkpoint cases: initialize and materialize with ``checkpoint()``.
 CHECKPOINT_CASES = (("ckpt_tp_init", 13), ("ckpt_tp_meta", 14), ("ckpt_fsdp", 15),
-                    ("ckpt_dtensors", 16), ("ckpt_fsdp_tp", 17))
+                    ("ckpt_dtensors", 16), ("ckpt_fsdp_tp", 17), ("ckpt_fsdp_tp_file", 18))
 
 
 def checkpoint() -> dict[str, torch.Tensor]:
@@ -317,14 +317,15 @@ def _checkpoint_cases(rank: int, world: int, mesh, path: str, out: dict, version
         out["ckpt_refused_meta"] = str(err)
     out["ckpt_refused_meta_untouched"] = all(p.is_meta for p in model.parameters())
 
-    if world == 4:  # FSDP2 over tensor parallelism: _StridedShard slices with gaps
-        mesh2 = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
-        with torch.device("meta"):
-            model = mlp()
-        _parallelize(model, mesh2["tp"])
-        fully_shard(model, mesh=mesh2["dp"])
-        xt.materialize(model, "cpu", "transformer", key=keys["ckpt_fsdp_tp"], state_dict=checkpoint())
-        _full(model, "ckpt_fsdp_tp", out)
+    if world == 4:  # FSDP2 over tensor parallelism: _StridedShard slices with gaps,
+        mesh2 = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))  # from a dict
+        for case, state_dict in (("ckpt_fsdp_tp", checkpoint()), ("ckpt_fsdp_tp_file", file)):
+            with torch.device("meta"):  # and from the .safetensors file (blocks read around them)
+                model = mlp()
+            _parallelize(model, mesh2["tp"])
+            fully_shard(model, mesh=mesh2["dp"])
+            xt.materialize(model, "cpu", "transformer", key=keys[case], state_dict=state_dict)
+            _full(model, case, out)
 
 
 def worker(path: str) -> None:
