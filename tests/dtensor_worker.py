@@ -266,7 +266,7 @@ def _checkpoint_cases(rank: int, world: int, mesh, path: str, out: dict, version
     read = LazySafetensors.read
     blocks = []
 
-    def recording_read(self, name, box):
+    def recording_read(self, name, box=None):
         blocks.append(value := read(self, name, box))
         return value
 

@@ -141,6 +141,32 @@ def test_checkpoint_files_and_arrays(tmp_path):
         xt.initialize(m, key=0, state_dict=[1, 2])
 
 
+def test_a_safetensors_checkpoint_is_read_once_per_tensor(tmp_path, monkeypatch):
+    """Checking which keys a .safetensors file holds reads its header, not its tensors
+    (Mapping's default ``in`` would read each tensor whole): initialize reads every
+    tensor once, to load it."""
+    from safetensors.torch import save_file
+
+    from xinit.torch._checkpoint import LazySafetensors, load_torch_state
+
+    src = trained()
+    state = {k: v for k, v in src.state_dict().items() if k != "out.weight"}  # tied: saved once
+    save_file(state, tmp_path / "ckpt.safetensors")
+    read, names = LazySafetensors.read, []
+
+    def recording_read(self, name, box=None):
+        names.append(name)
+        return read(self, name, box)
+
+    monkeypatch.setattr(LazySafetensors, "read", recording_read)
+    sd = load_torch_state(tmp_path / "ckpt.safetensors")
+    assert "head.weight" in sd and "missing" not in sd and names == []
+    m = Net()
+    xt.initialize(m, key=0, state_dict=tmp_path / "ckpt.safetensors")
+    assert torch.equal(m.head.weight, src.head.weight)
+    assert sorted(names) == sorted(state)
+
+
 # ---------------------------------------------------------------------- manifest
 
 

@@ -42,24 +42,23 @@ class LazySafetensors(Mapping):
                 self._meta[k] = (tuple(s.get_shape()), s.get_dtype())
 
     def __getitem__(self, name: str) -> np.ndarray:
+        return self.read(name)
+
+    def read(self, name: str, box: tuple[slice, ...] | None = None):
+        """Tensor ``name``, or only its block ``box`` (one ``slice(start, stop)`` per
+        dimension), reading only that block's bytes from the file (safetensors'
+        ``get_slice``)."""
         from safetensors import safe_open
 
         if name not in self._meta:
             raise KeyError(name)
         with safe_open(self.path, self.framework) as f:  # no mapping outlives the read
-            return f.get_tensor(name)
-
-    def read(self, name: str, box: tuple[slice, ...]):
-        """The block ``box`` (one ``slice(start, stop)`` per dimension) of tensor
-        ``name``, reading only its bytes' rows from the file (safetensors' ``get_slice``)."""
-        from safetensors import safe_open
-
-        if name not in self._meta:
-            raise KeyError(name)
-        with safe_open(self.path, self.framework) as f:
-            if not box:  # a 0-d tensor
+            if not box:  # the whole tensor (a 0-d tensor has no block either)
                 return f.get_tensor(name)
             return f.get_slice(name)[box]
+
+    def __contains__(self, name) -> bool:
+        return name in self._meta  # from the header: Mapping's default would read the tensor
 
     def __iter__(self):
         return iter(self._meta)

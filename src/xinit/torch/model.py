@@ -272,7 +272,11 @@ def _header(sd: Mapping, key: str) -> tuple[tuple[int, ...], torch.dtype, bool]:
 
 
 def _tensor(sd: Mapping, key: str) -> torch.Tensor:
-    value = sd[key]
+    return _as_torch(sd[key])
+
+
+def _as_torch(value) -> torch.Tensor:
+    """A checkpoint value (a torch tensor, or a numpy array) as a torch tensor."""
     if isinstance(value, np.ndarray):
         value = np.array(value, order="C", copy=not value.flags.c_contiguous)  # keeps 0-d arrays
         if value.dtype.name == "bfloat16":
@@ -338,7 +342,7 @@ def _load(entries: list[Entry], found: dict[int, str], sd: Mapping, targets: dic
             target = targets.get(i, entries[i].tensor)
             if _dtensor.is_dtensor(target) and not target.is_meta:
                 if isinstance(sd, LazySafetensors):
-                    _dtensor.load_(target, lambda box, key=key: sd.read(key, box))
+                    _dtensor.load_(target, lambda box, key=key: _as_torch(sd.read(key, box)))
                 else:
                     _dtensor.load_(target, _tensor(sd, key))
             elif not target.is_meta:
