@@ -404,3 +404,17 @@ def test_no_init_section_on_a_tiny_gpt2(run, tmp_path):
     md = (tmp_path / "performance.md").read_text()
     assert "## Building a transformers model under `no_init`" in md
     assert "| gpt2_tiny (transformers) built under no_init |" in md
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
+def test_a_child_measures_its_own_peak_not_its_parents():
+    """The memory rows run their measured step in a child of a large process (run.py holds
+    ~4 GiB by then); ``ru_maxrss`` carries the parent's peak into the child across
+    fork + exec (it read 3.7-4.1 GiB for a 0.9 GiB conversion), ``rss.peak_rss_bytes`` does not."""
+    import numpy as np
+
+    ballast = np.ones(512 * 2**20 // 8)  # this process: at least 512 MiB resident
+    probe = "import rss; print(rss.peak_rss_bytes())"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=BENCH, capture_output=True,
+                         text=True, check=True)
+    assert int(out.stdout) < ballast.nbytes / 4  # a bare interpreter's peak, not this one's
