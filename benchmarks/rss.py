@@ -29,3 +29,22 @@ def peak_rss_bytes() -> int:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def rss_parts() -> dict[str, int]:
+    """The resident set now, by kind, in bytes (``/proc/self/status``): ``anon``,
+    memory the process allocated; ``file``, pages of mapped files (shared
+    libraries' code: JAX's compiler is ~40 MiB of it, made resident on its first
+    use, shared between processes); ``shmem``, shared memory. Empty where
+    ``/proc`` is missing."""
+    names = {"RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
+    parts = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                name = names.get(line.split(maxsplit=1)[0]) if line.strip() else None
+                if name:
+                    parts[name] = int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return parts

@@ -526,6 +526,7 @@ def bench_torch_sharding(world: int = 4, **shape) -> list[Row]:
                   ours["seconds"], "to_empty + reset_parameters", peer["seconds"],
                   "compiles included" if run_name == "first" else "warm",
                   {"local_bytes": ours["local_param_bytes"], "rise": ours["peak_increase"],
+                   "anon_rise": ours["anon_increase"], "file_rise": ours["file_increase"],
                    "peer_rise": peer["peak_increase"], "cpu": setup["cpu"]})
         print(f"  {row.case}: {_fmt_row(row)} rise xinit {ours['worst_ratio']:.2f}x "
               f"torch {peer['worst_ratio']:.2f}x local", flush=True)
@@ -1038,12 +1039,24 @@ def render(rows, meta, notes: str, runs=None, lim=None, history: str = "") -> st
                   "processes: `xinit.torch.materialize(model, \"cpu\", \"torch_default\", key=0)` "
                   "against `model.to_empty(device=\"cpu\")` and every module's "
                   "`reset_parameters()`. Times: the slowest rank; peak RSS rise: the largest "
-                  "rank's peak over its RSS before the call, per local parameter byte.", ""]
-        rise = lambda key: lambda r: f"{r.extra[key] / r.extra['local_bytes']:.2f}"  # noqa: E731
+                  "rank's peak over its RSS before the call, per local parameter byte; xinit's "
+                  "split (its peak is the RSS at the call's end) into anonymous memory, what the "
+                  "process allocated, and pages of mapped files: the code of JAX's compiler, "
+                  "resident from its first use in a process and shared between processes.", ""]
+
+        def rise(key):
+            def cell(r):
+                value = r.extra.get(key)
+                return "-" if value is None else f"{value / r.extra['local_bytes']:.2f}"
+            return cell
+
         lines += _table(tshard, [
             ("case", lambda r: r.case), ("model", lambda r: r.shape),
             ("local MiB", lambda r: f"{r.extra['local_bytes'] / 2**20:.0f}"),
-            ("xinit peak RSS rise", rise("rise")), ("torch peak RSS rise", rise("peer_rise")),
+            ("xinit peak RSS rise", rise("rise")), ("of it anonymous", rise("anon_rise")),
+            ("of it file pages MiB", lambda r: "-" if r.extra.get("file_rise") is None
+             else f"{r.extra['file_rise'] / 2**20:.0f}"),
+            ("torch peak RSS rise", rise("peer_rise")),
             ("torch s", lambda r: f"{r.peer_s:.2f}"), ("xinit s", lambda r: f"{r.xinit_s:.2f}"),
             ratio, ("CPU", lambda r: r.extra.get("cpu", ""))])
         lines.append("")

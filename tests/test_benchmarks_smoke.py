@@ -380,7 +380,10 @@ def test_torch_sharding_section_on_a_tiny_model(run, tmp_path):
     for r in rows:
         assert r.xinit_s > 0 and r.peer_s > 0
         assert r.extra["local_bytes"] > 0 and r.extra["rise"] >= 0 and r.extra["peer_rise"] >= 0
-    assert "## FSDP2 materialize on gloo ranks" in (tmp_path / "performance.md").read_text()
+        if r.extra["anon_rise"] is not None:  # the peak at the end: its parts add up to it
+            assert abs(r.extra["anon_rise"] + r.extra["file_rise"] - r.extra["rise"]) <= 3 * 2**20
+    md = (tmp_path / "performance.md").read_text()
+    assert "## FSDP2 materialize on gloo ranks" in md and "| of it anonymous |" in md
 
 
 def test_sharding_section_on_a_tiny_model(run, tmp_path):
@@ -418,3 +421,17 @@ def test_a_child_measures_its_own_peak_not_its_parents():
     out = subprocess.run([sys.executable, "-c", probe], cwd=BENCH, capture_output=True,
                          text=True, check=True)
     assert int(out.stdout) < ballast.nbytes / 4  # a bare interpreter's peak, not this one's
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
+def test_rss_parts_tell_allocated_memory_from_mapped_files():
+    """``rss.rss_parts`` (the FSDP2 rows' split of a rise): 64 MiB written into a new
+    array is anonymous memory; the RSS is its parts' sum."""
+    probe = ("import numpy as np, rss\n"
+             "a = rss.rss_parts(); x = np.ones(64 * 2**20 // 8); b = rss.rss_parts(); n = rss.rss_bytes()\n"
+             "print(b['anon'] - a['anon'], b['file'] - a['file'], n - sum(b.values()))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=BENCH, capture_output=True,
+                         text=True, check=True)
+    anon, file, rest = (int(v) for v in out.stdout.split())
+    assert 64 * 2**20 <= anon < 66 * 2**20
+    assert abs(file) < 2**20 and abs(rest) < 2**20

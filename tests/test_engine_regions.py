@@ -362,3 +362,46 @@ def test_one_element_draws_inside_jit_equal_eager(spec, shape):
         eager = np.asarray(xc.sample(spec, seed, shape))
         traced = np.asarray(draw(jax.random.key(seed)))
         assert np.array_equal(_bits(eager), _bits(traced)), seed
+
+
+def _run_jax(reqs):
+    from xinit.core.arrays import JaxSink
+
+    sink = JaxSink(reqs, [xc.TORCH] * len(reqs), host=True)
+    engine.run(reqs, sink)
+    return [np.asarray(r) for r in sink.results]
+
+
+@pytest.mark.parametrize("spec,shape,region", [
+    (specs.KaimingUniform(), (16, 16), None),
+    (specs.Normal(0.3, 2.0), (7,), None),
+    (specs.TruncNormal(0.0, 0.5, -0.6, 0.9), (300, 77), ((1, 299), (1, 76))),  # indexed rows
+    (specs.XavierNormal(), (64, 4096), ((3, 60), (7, 3000))),  # more than one chunk: not packed
+    (specs.Uniform(-0.5, 0.7), (16, 8, 3, 3), ((4, 8), (0, 8), (1, 2), (0, 3))),
+], ids=str)
+def test_a_one_request_run_draws_what_a_run_of_many_draws(spec, shape, region):
+    """A run of one request looks its layout up without its key and packs a small chunk
+    once (engine._split): with any key, in any order, it draws what the general path
+    (a run of several requests, packed afresh) draws for that request."""
+    other = engine.request(specs.Normal().plan((5,)), 3, (5,), "float32")
+    for key in (1, 2, 1, 2**40 + 5):
+        req = engine.request(spec.plan(shape), key, shape, "float32", region=region)
+        (alone,) = _run_jax([req])
+        together, _ = _run_jax([req, other])
+        assert np.array_equal(_bits(alone), _bits(together)), key
+    whole = _whole(spec, shape, "float32", key=2**40 + 5)
+    expected = whole if region is None else whole[_slices(region)]
+    assert np.array_equal(_bits(alone), _bits(expected))
+
+
+def test_a_one_request_layout_follows_the_chunk_size(monkeypatch):
+    """The looked-up layout of a one-request run is the one for the current chunk size."""
+    shape = (64, 256)  # 64 rows of 256: one chunk by default, 8 chunks of 8 rows below
+    req = engine.request(specs.Normal().plan(shape), 9, shape, "float32")
+    (default,) = _run_jax([req])
+    assert engine._split([req]).packed is not None
+    monkeypatch.setattr(packing, "MAX_ROWS", 8)
+    split = engine._split([req])
+    assert split.packed is None and split.groups[0].nrows == 8 and split.groups[0].chunks == 8
+    (small_chunks,) = _run_jax([req])
+    assert np.array_equal(_bits(default), _bits(small_chunks))

@@ -130,6 +130,33 @@ def test_versions_are_bumped_once_per_written_tensor():
     assert a._version > va and b._version > vb
 
 
+def test_a_sink_prepares_each_chunk_before_it_is_written(monkeypatch):
+    """``Sink.prepare`` (optional) comes once per chunk, after its dispatch and before
+    its write; the torch sink makes its views there, and the values are the same."""
+    monkeypatch.setattr(packing, "MAX_ROWS", 4)  # 1 Ki-element chunks: several per run
+    tensors = [torch.empty(40, 30), torch.empty(7), torch.empty(3, 5).t()]
+    reqs = [engine.request(specs.Normal().plan(tuple(t.shape)), i, tuple(t.shape), np.float32)
+            for i, t in enumerate(tensors)]
+    calls = []
+
+    class Recording(TorchSink):
+        def prepare(self, chunk):
+            calls.append(("prepare", id(chunk.array)))
+            super().prepare(chunk)
+            assert all(seg.index in self._numpy for seg in chunk.segments)
+
+        def write(self, chunk):
+            calls.append(("write", id(chunk.array)))
+            return super().write(chunk)
+
+    engine.run(reqs, Recording(reqs, tensors))
+    assert len(calls) > 2 and [c[0] for c in calls] == ["prepare", "write"] * (len(calls) // 2)
+    assert all(p[1] == w[1] for p, w in zip(calls[::2], calls[1::2], strict=True))
+    for i, t in enumerate(tensors):
+        expected = _whole(specs.Normal(), tuple(t.shape), "float32", key=i)
+        assert torch.equal(t, _as_torch(expected, torch.float32))
+
+
 def test_expanded_tensors_are_refused_by_torch_not_written_through_numpy():
     base = torch.zeros(4, 1)
     expanded = base.expand(4, 3)

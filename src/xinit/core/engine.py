@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import _signal
 import contextlib
+import functools
 import math
 import signal
 import threading
@@ -205,7 +206,7 @@ class Request(NamedTuple):
 
     @property
     def size(self) -> int:
-        return math.prod(self.region_shape)
+        return math.prod([b - a for a, b in self.region])
 
 
 def _region(shape: tuple[int, ...], region) -> Region:
@@ -269,7 +270,11 @@ class Sink(Protocol):
     request's segments arrive in increasing region order), :meth:`finish` once a
     request's region is complete (zero-element regions: once everything else is
     drawn, so that a run that fails finishes none of them), and
-    :meth:`stop` if the run ends early (an exception or an interrupt)."""
+    :meth:`stop` if the run ends early (an exception or an interrupt).
+
+    A sink may also define ``prepare(chunk)``: called once the chunk is dispatched
+    and before it is ready, to set up what writing it needs (views of the
+    destinations) while it computes."""
 
     #: True when the sink writes memory its caller already holds (a torch tensor):
     #: interrupts are then deferred while a tensor is partly written.
@@ -425,16 +430,6 @@ class _RunBuffers:
 _SDS = jax.ShapeDtypeStruct
 
 
-def _group_buffers(g: packing.Group) -> list[tuple]:
-    """The buffer keys one chunk of ``g`` takes."""
-    out = _buffer_key(g.dtype, g.chunk_shape, g.device)
-    if g.split:
-        cdt = dist.param_dtype(g.family, g.dtype)
-        if cdt != g.dtype:
-            return [_buffer_key(cdt, g.chunk_shape, g.device), out]
-    return [out]
-
-
 _EXECUTABLES: dict[tuple, tuple] = {}  # group signature -> compiled executables
 programs.on_clear(_EXECUTABLES.clear)
 
@@ -450,18 +445,37 @@ def _executables(g: packing.Group) -> tuple:
     return exes
 
 
-def _launch_rows(g: packing.Group, args: packing.ChunkArgs, bufs) -> tuple[Chunk, list[tuple]]:
-    """Dispatch one chunk of ``g``; returns it and the (key, buffer) pairs it holds."""
-    exes = _executables(g)
+class _Launcher(NamedTuple):
+    """What dispatching a chunk of ``group`` takes, looked up once per run: its
+    compiled programs and the buffer keys of its output and (split groups) uniforms."""
+
+    group: packing.Group
+    exes: tuple
+    out_key: tuple
+    u_key: tuple | None  # split groups: the uniforms' buffer (== out_key for a 32/64-bit output)
+
+    @property
+    def buffer_keys(self) -> list[tuple]:
+        """The buffer keys one chunk takes."""
+        return [self.out_key] if self.u_key in (None, self.out_key) else [self.u_key, self.out_key]
+
+
+def _launcher(g: packing.Group) -> _Launcher:
+    """``g``'s :class:`_Launcher` (compiles its programs on first use)."""
     out_key = _buffer_key(g.dtype, g.chunk_shape, g.device)
-    with x64_scope(g.dtype):
-        if not g.split:
+    u_key = _buffer_key(dist.param_dtype(g.family, g.dtype), g.chunk_shape, g.device) if g.split else None
+    return _Launcher(g, _executables(g), out_key, u_key)
+
+
+def _launch_rows(launch: _Launcher, args: packing.ChunkArgs, bufs) -> tuple[Chunk, list[tuple]]:
+    """Dispatch one chunk of ``launch.group``; returns it and the (key, buffer) pairs it holds."""
+    exes, out_key, u_key = launch.exes, launch.out_key, launch.u_key
+    with x64_scope(launch.group.dtype):
+        if u_key is None:
             out = exes[0](bufs.take(out_key), args.rows, *args.counters)
             return Chunk(out, args.segments), [(out_key, out)]
-        cdt = dist.param_dtype(g.family, g.dtype)
-        u_key = _buffer_key(cdt, g.chunk_shape, g.device)
         u = exes[0](bufs.take(u_key), args.rows, *args.counters)
-        if cdt != g.dtype:  # a 16-bit output: a buffer of its own
+        if u_key != out_key:  # a 16-bit output: a buffer of its own
             out = exes[1](bufs.take(out_key), u, args.rows)
             return Chunk(out, args.segments), [(out_key, out), (u_key, u)]
         out = exes[1](u, args.rows)  # written over the uniforms
@@ -530,8 +544,9 @@ def _launch_orthogonal(req: Request, bufs) -> tuple[jax.Array, list[tuple]]:
     """The orthogonal matrix (or its region) and the buffers of the normal draw under it."""
     normal, rr, g = _orthogonal_normal(req)
     chunks, held = [], []
+    launch = _launcher(g)
     for args in packing.pack(g, [normal], {0: rr}):
-        chunk, h = _launch_rows(g, args, bufs)
+        chunk, h = _launch_rows(launch, args, bufs)
         chunks.append(chunk.array)
         held += h
     cdt = dist.compute_dtype(req.dtype)
@@ -592,26 +607,36 @@ _SIGINT = int(signal.SIGINT)
 class _Interrupts:
     """Defer SIGINT (on the main thread, when Python's own handler is installed): the
     run raises ``KeyboardInterrupt`` at the next point where no tensor is partly
-    written (:meth:`check`), or at the end. Any other handler is left alone."""
+    written (:meth:`check`), or at the end. Any other handler is left alone.
 
-    __slots__ = ("active", "installed", "pending")
+    With ``lazy``, the handler is installed by :meth:`arm`, which the engine calls
+    once the first chunk is dispatched and before anything is written: the system
+    call then overlaps with the chunk's computation instead of preceding it."""
 
-    def __init__(self, active: bool):
-        self.active = active
+    __slots__ = ("armable", "installed", "pending")
+
+    def __init__(self, active: bool, *, lazy: bool = False):
+        self.armable = active and threading.current_thread() is threading.main_thread()
         self.installed = False
         self.pending = False
+        if not lazy:
+            self.arm()
 
     def _handler(self, signum, frame):
         self.pending = True
 
-    def __enter__(self):
-        if self.active and threading.current_thread() is threading.main_thread():
+    def arm(self) -> None:
+        """Install the handler (once; a no-op when inactive or installed)."""
+        if self.armable:
+            self.armable = False
             # _signal: signal.signal without its enum conversions (called per drop-in)
             previous = _signal.signal(_SIGINT, self._handler)
             if previous is signal.default_int_handler:
                 self.installed = True
             else:
                 _signal.signal(_SIGINT, previous)
+
+    def __enter__(self):
         return self
 
     def check(self) -> None:
@@ -694,15 +719,15 @@ def run(requests: Iterable[Request], sink: Sink, *, ahead: bool = True) -> None:
         _run_traced(requests, sink)
         return
     left = [r.size for r in requests]
-    elementwise, others, groups = _split(requests)
+    split = _split(requests)
     bufs = _RunBuffers()
     try:
         with memory_errors("xinit: drawing"), _without_mesh():
             empty = [i for i, n in enumerate(left) if n == 0]
-            if elementwise or others:
+            if split.elementwise or split.others:
                 ensure_checked()
-                _prepare(requests, groups, others, bufs, ahead)
-                _consume(requests, groups, others, elementwise, left, bufs, sink, ahead)
+                launchers = _prepare(requests, split.groups, split.others, bufs, ahead)
+                _consume(requests, split, launchers, left, bufs, sink, ahead)
             for i in empty:
                 sink.finish(i)
     except BaseException:
@@ -726,20 +751,27 @@ def _wait(array: jax.Array) -> None:
     array.block_until_ready()
 
 
-def _consume(requests, groups, others, elementwise, left, bufs, sink, ahead) -> None:
+def _consume(requests, split: _Split, launchers, left, bufs, sink, ahead) -> None:
     """Dispatch the run's chunks (one ahead or not) and hand each, once ready, to the sink."""
 
     def launches():
-        for i in others:
+        for i in split.others:
             array, held = _launch_other(requests[i], bufs)
             yield Chunk(array, [Segment(i, 0, left[i], 0)]), held
-        for g in groups:
-            for args in packing.pack(g, requests, elementwise):
-                yield _launch_rows(g, args, bufs)
+        if split.packed is not None:
+            yield _launch_rows(launchers[0], _keyed(split.packed, requests[0].key), bufs)
+            return
+        for launch in launchers:
+            for args in packing.pack(launch.group, requests, split.elementwise):
+                yield _launch_rows(launch, args, bufs)
 
     partial: set[int] = set()
-    with _Interrupts(sink.in_place) as interrupts:
+    prepare = getattr(sink, "prepare", None)
+    with _Interrupts(sink.in_place, lazy=True) as interrupts:
         for chunk, held in _look_ahead(launches(), ahead):
+            interrupts.arm()  # before the first write, while the chunk computes
+            if prepare is not None:
+                prepare(chunk)
             if interrupts.pending:  # finish what is partly written, start nothing new
                 chunk = chunk._replace(segments=[s for s in chunk.segments if s.index in partial])
             _wait(chunk.array)
@@ -759,23 +791,66 @@ def _consume(requests, groups, others, elementwise, left, bufs, sink, ahead) -> 
                 interrupts.check()
 
 
-def _split(requests: list[Request]) -> tuple[dict[int, packing.Runs], list[int], list[packing.Group]]:
-    """How a run draws ``requests``: the elementwise ones' runs, the structured ones
-    (orthogonal, sparse: drawn first, by name) and the elementwise groups, chunk by
-    chunk. Zero-element requests are in none."""
+class _Split(NamedTuple):
+    """How a run draws its requests (see :func:`_split`); shared between runs: read only."""
+
+    elementwise: dict[int, packing.Runs]  # the elementwise requests' runs
+    others: list[int]  # the structured requests (orthogonal, sparse: drawn first, by name)
+    groups: list[packing.Group]  # the elementwise groups, chunk by chunk
+    # A run of one request whose group is one small chunk: that chunk packed with a
+    # zero key, and how many of its rows take the key.
+    packed: tuple[packing.ChunkArgs, int] | None = None
+
+
+_PACKED_MAX_ROWS = 1024  # at most 1024 x 256 elements, ~32 KiB of row data kept per entry
+
+
+def _split(requests: list[Request]) -> _Split:
+    """How a run draws ``requests``. Zero-element requests are in no part of it.
+
+    It depends on everything but the keys: a run of one request (a drop-in call)
+    looks it up by that request without its key, and a small chunk of it comes
+    packed (:func:`_keyed`): the Python between two small draws is most of their
+    cost (see benchmarks/notes.md, "Where a small drop-in call's time goes")."""
+    if len(requests) == 1:
+        try:
+            return _split_one(requests[0]._replace(key=None), packing.MAX_ROWS)
+        except TypeError:  # an unhashable parameter: computed afresh
+            pass
+    return _split_all(requests)
+
+
+@functools.lru_cache(maxsize=16)
+def _split_one(unkeyed: Request, max_rows: int) -> _Split:  # max_rows: the chunk size split for
+    split = _split_all([unkeyed])
+    if len(split.groups) == 1 and split.groups[0].chunks == 1 and split.groups[0].nrows <= _PACKED_MAX_ROWS:
+        zero_key = unkeyed._replace(key=np.zeros(2, np.uint32))
+        (args,) = packing.pack(split.groups[0], [zero_key], split.elementwise)
+        return split._replace(packed=(args, split.elementwise[0].rows))
+    return split
+
+
+def _split_all(requests: list[Request]) -> _Split:
     elementwise = {i: packing.runs_of(r) for i, r in enumerate(requests)
                    if r.size and isinstance(r.plan, Elementwise)}
     others = sorted((i for i, r in enumerate(requests) if r.size and i not in elementwise),
                     key=lambda i: requests[i].name)
-    return elementwise, others, packing.groups_of(requests, elementwise)
+    return _Split(elementwise, others, packing.groups_of(requests, elementwise))
 
 
-def _compile(requests: list[Request], groups: list[packing.Group], others: list[int]) -> None:
-    """Compile every program of a run (see :func:`_split`)."""
+def _keyed(packed: tuple[packing.ChunkArgs, int], key) -> packing.ChunkArgs:
+    """A packed chunk of one request with its key: what :func:`packing.pack` gives."""
+    args, rows = packed
+    out = args.rows.copy()
+    out[:rows, programs.ROW_KEY] = key
+    return args._replace(rows=out)
+
+
+def _compile(requests: list[Request], groups: list[packing.Group], others: list[int]) -> list[_Launcher]:
+    """Compile every program of a run (see :func:`_split`); the groups' launchers."""
     for i in others:
         _compile_other(requests[i])
-    for g in groups:
-        _executables(g)
+    return [_launcher(g) for g in groups]
 
 
 def compile_programs(requests: Iterable[Request]) -> None:
@@ -787,26 +862,28 @@ def compile_programs(requests: Iterable[Request]) -> None:
     requests = list(requests)
     if any(_is_tracer(r.key) for r in requests):
         return
-    _, others, groups = _split(requests)
-    if others or groups:
+    split = _split(requests)
+    if split.others or split.groups:
         with memory_errors("xinit: compiling"), _without_mesh():
             ensure_checked()
-            _compile(requests, groups, others)
+            _compile(requests, split.groups, split.others)
 
 
 def _prepare(requests, groups: list[packing.Group], others: list[int], bufs: _RunBuffers,
-             ahead: bool) -> None:
-    """Compile every program of the run and reserve every buffer its chunks reuse.
+             ahead: bool) -> list[_Launcher]:
+    """Compile every program of the run and reserve every buffer its chunks reuse;
+    the groups' launchers.
 
     Structured requests (drawn first) take their buffers as they go: each of them
     is written only once it is complete, so a failure leaves it untouched.
     """
-    _compile(requests, groups, others)
+    launchers = _compile(requests, groups, others)
     need: dict[tuple, int] = defaultdict(int)
-    for g in groups:
-        for key in _group_buffers(g):
-            need[key] += g.chunks
+    for launch in launchers:
+        for key in launch.buffer_keys:
+            need[key] += launch.group.chunks
     bufs.reserve({key: min(n, 2 if ahead else 1) for key, n in need.items()})
+    return launchers
 
 
 def _run_traced(requests: list[Request], sink: Sink) -> None:

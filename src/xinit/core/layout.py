@@ -30,9 +30,13 @@ def as_shape(shape) -> tuple[int, ...]:
     >>> as_shape(5), as_shape([2, 3])
     ((5,), (2, 3))
     """
-    try:
-        dims = (operator.index(shape),)
-    except TypeError:
+    dims = None
+    if not isinstance(shape, (tuple, list)):  # a sequence is never an index: no exception
+        try:
+            dims = (operator.index(shape),)
+        except TypeError:
+            pass
+    if dims is None:
         try:
             dims = tuple(operator.index(d) for d in shape)
         except TypeError:

@@ -243,6 +243,7 @@ def _n_float(family: str) -> int:
     return dist.FAMILIES[family].n_float + (1 if family == "uniform" else 0)
 
 
+@functools.cache
 def row_width(family: str, out_dtype) -> int:
     """Columns of a chunk's row data for ``family`` drawn in ``out_dtype``."""
     pdt = dist.param_dtype(family, out_dtype)

@@ -187,6 +187,9 @@ class VersionedSink:
             self._moved.add(id(t))
             bump_version(t)
 
+    def prepare(self, chunk: Chunk) -> None:
+        self.sink.prepare(chunk)
+
     def write(self, chunk: Chunk) -> bool:
         self._written.update(s.index for s in chunk.segments)  # before: a write may stop midway
         return self.sink.write(chunk)

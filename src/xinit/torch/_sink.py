@@ -92,35 +92,44 @@ class TorchSink:
         if canon is None:
             t = self.targets[i]
             layout = self.layouts[i]
-            identity = layout is TORCH or layout.is_identity(t.dim())
-            canon = self._canon[i] = t if identity else t.permute(layout.permutation(t.dim()))
+            if layout is TORCH or layout.is_identity(t.dim()):
+                canon = t
+            else:
+                with torch.no_grad():  # a view outside autograd, as the writes are
+                    canon = t.permute(layout.permutation(t.dim()))
+            self._canon[i] = canon
             view = self._numpy[i] = _numpy_view(canon)
             if view is not None and t.is_contiguous() and t.nbytes >= host_memory.PREFAULT_MIN_BYTES:
                 host_memory.prefault(_numpy_view(t).reshape(-1))  # map fresh pages at once
         return canon, self._numpy[i]
 
+    def prepare(self, chunk: Chunk) -> None:
+        """The destinations' views, made while the chunk computes."""
+        for seg in chunk.segments:
+            self._views(seg.index)
+
     def write(self, chunk: Chunk) -> bool:
         src_np = src_t = None
         cuda = set()
-        with torch.no_grad():
-            for seg in chunk.segments:
-                i = seg.index
-                canon, view = self._views(i)
-                if view is not None:
-                    if src_np is None:
-                        src_np = np.asarray(chunk.array).reshape(-1)
-                        src_np = src_np.view(_BITS_NUMPY[src_np.dtype.itemsize])
-                    self._touched.add(i)
-                    host_memory.write_range(view, seg.offset, src_np[seg.start : seg.start + seg.length])
-                    continue
-                if src_t is None:
-                    src_t = torch.from_dlpack(chunk.array).reshape(-1)
-                values = src_t[seg.start : seg.start + seg.length]
+        for seg in chunk.segments:
+            i = seg.index
+            canon, view = self._views(i)
+            if view is not None:
+                if src_np is None:
+                    src_np = np.asarray(chunk.array).reshape(-1)
+                    src_np = src_np.view(_BITS_NUMPY[src_np.dtype.itemsize])
+                self._touched.add(i)
+                host_memory.write_range(view, seg.offset, src_np[seg.start : seg.start + seg.length])
+                continue
+            if src_t is None:
+                src_t = torch.from_dlpack(chunk.array).reshape(-1)
+            values = src_t[seg.start : seg.start + seg.length]
+            with torch.no_grad():
                 for index, start, stop in flat_blocks(canon.shape, seg.offset, seg.length):
                     block = canon[index]
                     block.copy_(values[start:stop].view(block.shape))
-                if canon.device.type == "cuda":
-                    cuda.add(canon.device)
+            if canon.device.type == "cuda":
+                cuda.add(canon.device)
         for device in cuda:  # the chunk's buffer is reused next: torch must be done reading it
             torch.cuda.current_stream(device).synchronize()
         return False
