@@ -31,6 +31,9 @@ How a run draws:
 - Segments (:class:`Segment`) of a request reach the sink in increasing region
   order; a segment is a flat range of the region's row-major order
   (:func:`flat_blocks` splits it into rectangular blocks of the destination).
+- A run of one request (a drop-in call) looks its split up by the request
+  without its key, and a small chunk of it comes packed once, the key written in
+  per call: a small draw's cost is mostly the Python around it.
 
 Reliability, engine-wide:
 
@@ -802,7 +805,9 @@ class _Split(NamedTuple):
     packed: tuple[packing.ChunkArgs, int] | None = None
 
 
-_PACKED_MAX_ROWS = 1024  # at most 1024 x 256 elements, ~32 KiB of row data kept per entry
+# Packed once: chunks of at most 1024 rows in whole-row layout (~40 KiB of row data per
+# entry; a densely packed narrow region would keep two counters per element).
+_PACKED_MAX_ROWS = 1024
 
 
 def _split(requests: list[Request]) -> _Split:
@@ -823,9 +828,10 @@ def _split(requests: list[Request]) -> _Split:
 @functools.lru_cache(maxsize=16)
 def _split_one(unkeyed: Request, max_rows: int) -> _Split:  # max_rows: the chunk size split for
     split = _split_all([unkeyed])
-    if len(split.groups) == 1 and split.groups[0].chunks == 1 and split.groups[0].nrows <= _PACKED_MAX_ROWS:
+    g = split.groups[0] if len(split.groups) == 1 else None
+    if g is not None and g.chunks == 1 and g.nrows <= _PACKED_MAX_ROWS and not g.indexed:
         zero_key = unkeyed._replace(key=np.zeros(2, np.uint32))
-        (args,) = packing.pack(split.groups[0], [zero_key], split.elementwise)
+        (args,) = packing.pack(g, [zero_key], split.elementwise)
         return split._replace(packed=(args, split.elementwise[0].rows))
     return split
 
