@@ -18,16 +18,27 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def peak_rss_bytes() -> int:
-    """The peak resident set size of this process (``VmHWM``; ``ru_maxrss`` where
-    ``/proc`` is missing)."""
+def _status_bytes(fields: dict[str, str]) -> dict[str, int]:
+    """``/proc/self/status`` lines ``Field:  N kB`` as ``{fields[Field]: N * 1024}``
+    (the fields present; empty where ``/proc`` is missing)."""
+    out = {}
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # kB
+                field, _, rest = line.partition(":")
+                if field in fields:
+                    out[fields[field]] = int(rest.split()[0]) * 1024  # kB
     except OSError:
         pass
+    return out
+
+
+def peak_rss_bytes() -> int:
+    """The peak resident set size of this process (``VmHWM``; ``ru_maxrss`` where
+    ``/proc`` is missing)."""
+    peak = _status_bytes({"VmHWM": "peak"}).get("peak")
+    if peak is not None:
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
@@ -37,14 +48,4 @@ def rss_parts() -> dict[str, int]:
     libraries' code: JAX's compiler is ~40 MiB of it, made resident on its first
     use, shared between processes); ``shmem``, shared memory. Empty where
     ``/proc`` is missing."""
-    names = {"RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
-    parts = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                name = names.get(line.split(maxsplit=1)[0]) if line.strip() else None
-                if name:
-                    parts[name] = int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    return parts
+    return _status_bytes({"RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem"})

@@ -729,7 +729,7 @@ def run(requests: Iterable[Request], sink: Sink, *, ahead: bool = True) -> None:
             empty = [i for i, n in enumerate(left) if n == 0]
             if split.elementwise or split.others:
                 ensure_checked()
-                launchers = _prepare(requests, split.groups, split.others, bufs, ahead)
+                launchers = _prepare(requests, split, bufs, ahead)
                 _consume(requests, split, launchers, left, bufs, sink, ahead)
             for i in empty:
                 sink.finish(i)
@@ -852,11 +852,11 @@ def _keyed(packed: tuple[packing.ChunkArgs, int], key) -> packing.ChunkArgs:
     return args._replace(rows=out)
 
 
-def _compile(requests: list[Request], groups: list[packing.Group], others: list[int]) -> list[_Launcher]:
+def _compile(requests: list[Request], split: _Split) -> list[_Launcher]:
     """Compile every program of a run (see :func:`_split`); the groups' launchers."""
-    for i in others:
+    for i in split.others:
         _compile_other(requests[i])
-    return [_launcher(g) for g in groups]
+    return [_launcher(g) for g in split.groups]
 
 
 def compile_programs(requests: Iterable[Request]) -> None:
@@ -872,18 +872,17 @@ def compile_programs(requests: Iterable[Request]) -> None:
     if split.others or split.groups:
         with memory_errors("xinit: compiling"), _without_mesh():
             ensure_checked()
-            _compile(requests, split.groups, split.others)
+            _compile(requests, split)
 
 
-def _prepare(requests, groups: list[packing.Group], others: list[int], bufs: _RunBuffers,
-             ahead: bool) -> list[_Launcher]:
+def _prepare(requests, split: _Split, bufs: _RunBuffers, ahead: bool) -> list[_Launcher]:
     """Compile every program of the run and reserve every buffer its chunks reuse;
     the groups' launchers.
 
     Structured requests (drawn first) take their buffers as they go: each of them
     is written only once it is complete, so a failure leaves it untouched.
     """
-    launchers = _compile(requests, groups, others)
+    launchers = _compile(requests, split)
     need: dict[tuple, int] = defaultdict(int)
     for launch in launchers:
         for key in launch.buffer_keys:
